@@ -1,0 +1,198 @@
+"""The one entry point: ``synthmed <verb>``. Parses arguments and calls the workflows.
+
+User errors print one line (``synthmed: error: ...``) and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from synthmed.errors import SynthmedError
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+
+
+def _parse_overrides(items: list[str] | None) -> dict:
+    """``--set key=value`` (values parsed as JSON when they can be: 64, 0.5, true, [1,2])."""
+    overrides = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SynthmedError(f"--set {item}: use key=value, e.g. --set generator_channels=32")
+        key, value = item.split("=", 1)
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synthmed", description="Medical image synthesis: translate modalities, generate images with masks.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("demo", help="phantoms -> prepare -> train pix2pix -> translate -> evaluate vs identity")
+    p.add_argument("--out", default="synthmed-demo", help="demo folder (default: ./synthmed-demo)")
+    p.add_argument("--subjects", type=int, default=10)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the small preset's)")
+    p.add_argument("--model", default="pix2pix")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("phantom", help="write synthetic heads (T1, T2, PD, FLAIR, T1c, CT, labels, lesion)")
+    p.add_argument("out")
+    p.add_argument("--subjects", type=int, default=10)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("prepare", help="fingerprint, plan and slice a dataset")
+    p.add_argument("data", nargs="?", default=None, help="data folder (optional with --manifest)")
+    p.add_argument("--source", required=True)
+    p.add_argument("--target", default=None)
+    p.add_argument("--label", default=None, help="label/mask modality to keep with the slices")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=None, help="slice size N (default: from the foreground boxes)")
+    p.add_argument("--axis", default="axial", help="axial, coronal, sagittal or 0-2")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--pattern", help="e.g. '{subject}-{modality}.nii.gz' or '{subject}/{modality}_N4_*.nii.gz'")
+    group.add_argument("--manifest", help="CSV/JSON with subject, modality, path [, split, mask, label, key, channel]")
+    p.add_argument("--alias", action="append", help="modality alias, e.g. t2f=flair (repeatable, or comma-separated)")
+    p.add_argument("--split", default="0.7,0.1,0.2", help="train,val,test fractions of subjects")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resample", action="store_true", help="resample other modalities onto the source grid")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("train", help="train a method on a prepared folder")
+    p.add_argument("prep")
+    p.add_argument("--model", required=True)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config setting")
+    _add_common(p)
+
+    p = sub.add_parser("translate", help="translate a volume or a folder with a trained run")
+    p.add_argument("run")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--reference", help="scan(s) of the target modality whose intensity scale the output takes (MR)")
+    p.add_argument("--checkpoint", default="best", help="best (default) or last")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="PSNR, SSIM, MAE, NMSE of predictions against references")
+    p.add_argument("pred")
+    p.add_argument("ref")
+    p.add_argument("--mask", help="mask file or folder (default: the reference's foreground)")
+    p.add_argument("--out", help="metrics.json (a CSV is written beside it)")
+    p.add_argument("--pred-name", help="modality file to take from each prediction subject folder")
+    p.add_argument("--ref-name", help="modality file to take from each reference subject folder")
+    p.add_argument("--match-intensity", action="store_true", help="map predictions onto the reference's scale first (identity baseline)")
+    _add_common(p)
+
+    p = sub.add_parser("models", help="list the registered methods")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    progress = not getattr(args, "quiet", False)
+    if args.verb == "demo":
+        from synthmed.workflows.demo import demo
+
+        demo(args.out, subjects=args.subjects, size=args.size, steps=args.steps, model=args.model, seed=args.seed,
+             overwrite=args.overwrite, progress=progress, device=args.device)
+    elif args.verb == "phantom":
+        from synthmed.data.phantom import write_phantoms
+
+        folders = write_phantoms(args.out, subjects=args.subjects, size=args.size, seed=args.seed, overwrite=args.overwrite)
+        print(f"wrote {len(folders)} phantom subjects to {args.out}")
+    elif args.verb == "prepare":
+        from synthmed.data.prepare import load_plan, prepare
+
+        out = prepare(args.data, source=args.source, target=args.target, label=args.label, out=args.out, size=args.size,
+                      axis=args.axis, pattern=args.pattern, manifest=args.manifest, split=args.split, seed=args.seed,
+                      aliases=",".join(args.alias) if args.alias else None, resample=args.resample,
+                      overwrite=args.overwrite, progress=progress)
+        plan = load_plan(out)
+        counts = ", ".join(f"{k} {len(v)} subjects/{plan['n_slices'][k]} slices" for k, v in plan["split"].items())
+        print(f"prepared {plan['source']} -> {plan.get('target') or '-'} at {plan['size']}px in {out}: {counts}")
+    elif args.verb == "train":
+        from synthmed.workflows.train import train
+
+        summary = train(args.prep, model=args.model, preset=args.preset, out=args.out, steps=args.steps,
+                        batch_size=args.batch_size, resume=args.resume, seed=args.seed, device=args.device,
+                        overrides=_parse_overrides(args.set), progress=progress, num_workers=args.workers,
+                        val_every=args.val_every)
+        best = summary["best"]
+        print(f"trained {summary['steps']} steps in {summary['seconds']} s on {summary['device']}; "
+              f"best validation PSNR {best['value']:.2f} dB at step {best['step']}; run in {args.out}")
+    elif args.verb == "translate":
+        from synthmed.workflows.translate import translate
+
+        written = translate(args.run, args.input, args.output, reference=args.reference, overwrite=args.overwrite,
+                            batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint, progress=progress)
+        print(f"wrote {len(written)} volume(s): {written[0]}{' ...' if len(written) > 1 else ''}")
+    elif args.verb == "evaluate":
+        from synthmed.workflows.evaluate import evaluate, format_table
+
+        result = evaluate(args.pred, args.ref, mask=args.mask, out=args.out, pred_name=args.pred_name,
+                          ref_name=args.ref_name, match=args.match_intensity)
+        print(format_table({Path(args.pred).name: result}))
+        if args.out:
+            print(f"metrics: {args.out}")
+    elif args.verb == "models":
+        from synthmed.models.registry import available_models
+
+        listing = {
+            name: {"paper": cls.paper, "paired": cls.paired, "task": cls.task, "presets": cls.PRESETS,
+                   "defaults": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cls.Config()).items()}}
+            for name, cls in available_models().items()
+        }
+        if args.json:
+            print(json.dumps(listing, indent=2))
+        else:
+            for name, entry in listing.items():
+                kind = "paired" if entry["paired"] else "unpaired"
+                print(f"{name:<12} {entry['task']:<10} {kind:<9} presets: {', '.join(entry['presets'])}\n  {entry['paper']}")
+                print("  defaults: " + ", ".join(f"{k}={v}" for k, v in entry["defaults"].items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(levelname)s: %(message)s")
+    try:
+        return run_command(args)
+    except SynthmedError as error:
+        print(f"synthmed: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("synthmed: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

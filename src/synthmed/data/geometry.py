@@ -1,0 +1,152 @@
+"""Slice geometry: which axis to slice along, and the invertible crop/resize of slices.
+
+A volume becomes a stack of square ``size x size`` slices: the in-plane foreground
+bounding box is made square (centred, with a margin, padded where it leaves the
+image) and resized to ``size``. :class:`SliceGeometry` records all of it, so model
+outputs are pasted back into the original grid voxel for voxel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthmed.errors import SynthmedError
+
+AXIS_NAMES = {"sagittal": ("L", "R"), "coronal": ("A", "P"), "axial": ("S", "I")}
+BOX_MARGIN = 0.04
+
+
+def slice_axis(affine: np.ndarray, axis: str | int, is_2d: bool = False) -> int:
+    """Index of the voxel axis to slice along.
+
+    ``axis`` is a voxel index (0, 1, 2) or an anatomical name; for 2D stacks with no
+    geometry (PNG/TIFF slices, .mat and .npy stacks) slices are along the last axis.
+    """
+    if isinstance(axis, int) or str(axis).isdigit():
+        index = int(axis)
+        if index not in (0, 1, 2):
+            raise SynthmedError(f"--axis {axis}: use 0, 1, 2, axial, coronal or sagittal")
+        return index
+    name = str(axis).lower()
+    if name not in AXIS_NAMES:
+        raise SynthmedError(f"--axis {axis}: use axial, coronal, sagittal or a voxel axis 0-2")
+    if is_2d:
+        return 2
+    codes = nib.aff2axcodes(affine)
+    for index, code in enumerate(codes):
+        if code in AXIS_NAMES[name]:
+            return index
+    return 2
+
+
+def to_slices(volume: np.ndarray, axis: int) -> np.ndarray:
+    """(X, Y, Z) volume -> (n_slices, H, W) stack along ``axis``."""
+    return np.moveaxis(volume, axis, 0)
+
+
+def from_slices(stack: np.ndarray, axis: int) -> np.ndarray:
+    """Inverse of :func:`to_slices`."""
+    return np.moveaxis(stack, 0, axis)
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """How one volume was turned into model-sized slices (JSON-serialisable)."""
+
+    axis: int
+    shape: tuple[int, int, int]
+    row0: int
+    col0: int
+    side: int
+    size: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "SliceGeometry":
+        return cls(
+            axis=int(record["axis"]),
+            shape=tuple(int(s) for s in record["shape"]),
+            row0=int(record["row0"]),
+            col0=int(record["col0"]),
+            side=int(record["side"]),
+            size=int(record["size"]),
+        )
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        shape = list(self.shape)
+        shape.pop(self.axis)
+        return shape[0], shape[1]
+
+
+def fit_geometry(foreground: np.ndarray, axis: int, size: int) -> SliceGeometry:
+    """Square in-plane box around the foreground of all slices, with a small margin."""
+    plane = to_slices(foreground, axis).any(axis=0)
+    if not plane.any():
+        raise SynthmedError("empty foreground: no voxel above the background level")
+    rows = np.flatnonzero(plane.any(axis=1))
+    cols = np.flatnonzero(plane.any(axis=0))
+    height = rows[-1] - rows[0] + 1
+    width = cols[-1] - cols[0] + 1
+    side = int(np.ceil(max(height, width) * (1 + BOX_MARGIN)))
+    side = max(side, 2)
+    row0 = int((rows[0] + rows[-1] + 1) // 2 - side // 2)
+    col0 = int((cols[0] + cols[-1] + 1) // 2 - side // 2)
+    return SliceGeometry(axis, tuple(int(s) for s in foreground.shape), row0, col0, side, int(size))
+
+
+def _resize(stack: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    if stack.shape[-1] == size and stack.shape[-2] == size:
+        return stack.astype(np.float32, copy=False)
+    tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
+    if nearest:
+        out = F.interpolate(tensor, size=(size, size), mode="nearest-exact")
+    else:
+        out = F.interpolate(
+            tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=stack.shape[-1] > size
+        )
+    return out[:, 0].numpy()
+
+
+def _overlap(geometry: SliceGeometry) -> tuple[slice, slice, slice, slice]:
+    """Matching windows (image rows, image cols, box rows, box cols)."""
+    height, width = geometry.plane_shape
+    r0, c0, side = geometry.row0, geometry.col0, geometry.side
+    ir = slice(max(r0, 0), min(r0 + side, height))
+    ic = slice(max(c0, 0), min(c0 + side, width))
+    br = slice(ir.start - r0, ir.stop - r0)
+    bc = slice(ic.start - c0, ic.stop - c0)
+    return ir, ic, br, bc
+
+
+def crop_slices(volume: np.ndarray, geometry: SliceGeometry, fill: float, nearest: bool = False) -> np.ndarray:
+    """Volume -> (n_slices, size, size) float32 stack in the geometry's box."""
+    stack = to_slices(volume, geometry.axis)
+    boxed = np.full((stack.shape[0], geometry.side, geometry.side), fill, dtype=np.float32)
+    ir, ic, br, bc = _overlap(geometry)
+    boxed[:, br, bc] = stack[:, ir, ic]
+    return _resize(boxed, geometry.size, nearest)
+
+
+def uncrop_slices(stack: np.ndarray, geometry: SliceGeometry, fill: float) -> np.ndarray:
+    """Inverse of :func:`crop_slices`: (n_slices, size, size) -> volume of ``geometry.shape``."""
+    boxed = _resize(stack, geometry.side, nearest=False)
+    height, width = geometry.plane_shape
+    full = np.full((stack.shape[0], height, width), fill, dtype=np.float32)
+    ir, ic, br, bc = _overlap(geometry)
+    full[:, ir, ic] = boxed[:, br, bc]
+    return from_slices(full, geometry.axis)
+
+
+def default_size(sides: list[int]) -> int:
+    """Power of two nearest to the median box side, between 32 and 512."""
+    median = float(np.median(sides)) if sides else 256.0
+    exponent = int(np.clip(np.round(np.log2(max(median, 1.0))), 5, 9))
+    return 2**exponent

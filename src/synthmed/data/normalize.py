@@ -1,0 +1,84 @@
+"""Invertible per-volume intensity normalisation.
+
+Every volume is mapped to [-1, 1] by a linear transform whose two parameters are
+recorded in the plan, so a model output can be brought back to the target's units.
+
+- MR (arbitrary scanner units): ``lo`` is the 0.5th percentile of the whole volume
+  (the background level) and ``hi`` the 99.5th percentile of the foreground, so a
+  few very bright voxels (vessels, enhancing rims) do not squash the tissue contrast.
+  Values outside [lo, hi] are clipped to [-1, 1].
+- CT (Hounsfield units): a fixed window, by default [-1000, 2000] HU, the same for
+  every scan, so the mapping back to HU is exact and scanner independent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from synthmed.errors import SynthmedError
+
+MR_LOW_PERCENTILE = 0.5
+MR_HIGH_PERCENTILE = 99.5
+CT_WINDOW = (-1000.0, 2000.0)
+CT_MODALITY_NAMES = {"ct", "cbct", "sct", "cect", "ncct"}
+
+
+def modality_kind(modality: str) -> str:
+    """'ct' for CT-like modality names (fixed HU window), 'mr' for everything else."""
+    return "ct" if modality.lower() in CT_MODALITY_NAMES else "mr"
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Linear map ``x -> 2 (x - lo) / (hi - lo) - 1``, clipped to [-1, 1]."""
+
+    kind: str
+    lo: float
+    hi: float
+
+    def apply(self, volume: np.ndarray) -> np.ndarray:
+        scaled = (volume.astype(np.float32) - self.lo) * (2.0 / (self.hi - self.lo)) - 1.0
+        return np.clip(scaled, -1.0, 1.0, out=scaled)
+
+    def invert(self, normalized: np.ndarray) -> np.ndarray:
+        return ((normalized.astype(np.float32) + 1.0) * (0.5 * (self.hi - self.lo)) + self.lo).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "Normalization":
+        return cls(kind=str(record["kind"]), lo=float(record["lo"]), hi=float(record["hi"]))
+
+
+def fit_normalization(volume: np.ndarray, foreground: np.ndarray, kind: str, name: str = "volume") -> Normalization:
+    """Fit the recorded transform of one volume (see the module docstring)."""
+    if kind == "ct":
+        return Normalization("ct", *CT_WINDOW)
+    if kind != "mr":
+        raise SynthmedError(f"unknown normalisation kind {kind!r} for {name}; use 'mr' or 'ct'")
+    values = volume[foreground] if foreground.any() else volume.ravel()
+    lo = float(np.percentile(volume, MR_LOW_PERCENTILE))
+    hi = float(np.percentile(values, MR_HIGH_PERCENTILE))
+    if not hi > lo:
+        raise SynthmedError(
+            f"{name}: intensities are constant inside the foreground ({lo:g}); "
+            "this is not an image the model can learn from (check the file)"
+        )
+    return Normalization("mr", lo, hi)
+
+
+def median_normalization(records: list[Normalization]) -> Normalization:
+    """The typical transform over training volumes (used when no reference scale exists)."""
+    if not records:
+        raise SynthmedError("no normalisation records to summarise")
+    kinds = {r.kind for r in records}
+    if len(kinds) != 1:
+        raise SynthmedError(f"mixed normalisation kinds {sorted(kinds)} for one modality")
+    return Normalization(
+        records[0].kind,
+        float(np.median([r.lo for r in records])),
+        float(np.median([r.hi for r in records])),
+    )

@@ -1,0 +1,339 @@
+"""Dataset fingerprint, plan and prepared slice arrays (``synthmed prepare``).
+
+The output folder holds ``plan.json`` (the fingerprint, every choice made from it, the
+subject split and the per-volume geometry and normalisation records) and one
+memory-mapped ``.npy`` array per role under ``slices/``:
+
+- ``source.npy`` / ``target.npy``: float32 (n, size, size) in [-1, 1];
+- ``mask.npy``: uint8 foreground of the source (what metrics are computed inside);
+- ``label.npy``: uint8 label map, when ``--label`` is given;
+- ``index.npy``: int32 (n, 2) = (subject number in ``plan['subjects']``, slice number).
+
+The folder is written under a temporary name and renamed at the end, so it is either
+complete or absent. Re-running with the same inputs and options does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from synthmed.data.discovery import FileRef, Subject, canonical_modality, discover, patient_key, require_modalities
+from synthmed.data.geometry import SliceGeometry, crop_slices, default_size, fit_geometry, slice_axis
+from synthmed.data.io import Volume, read_volume
+from synthmed.data.normalize import Normalization, fit_normalization, median_normalization, modality_kind
+from synthmed.data.splits import parse_ratios, split_subjects
+from synthmed.errors import SynthmedError
+from synthmed.metrics import foreground_mask
+
+log = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+MIN_FOREGROUND_FRACTION = 0.01
+AFFINE_TOLERANCE_MM = 1e-2
+
+
+def read_ref(ref: FileRef) -> Volume:
+    return read_volume(ref.path, key=ref.key, channel=ref.channel)
+
+
+def load_plan(prep: str | Path) -> dict:
+    path = Path(prep) / "plan.json"
+    if not path.is_file():
+        raise SynthmedError(f"{prep}: no plan.json here; run `synthmed prepare ... --out {prep}` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SynthmedError(f"{path}: not valid JSON ({error}); re-run prepare with --overwrite") from None
+
+
+def _input_hash(subjects: list[Subject], options: dict) -> str:
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())
+    for subject in subjects:
+        for modality, ref in sorted(subject.files.items()):
+            for path in sorted(Path().glob(ref.path) if any(c in ref.path for c in "*?[") else [Path(ref.path)]):
+                stat = path.stat() if path.exists() else None
+                entry = (subject.id, modality, str(path), ref.key, ref.channel, stat and stat.st_size, stat and stat.st_mtime_ns)
+                digest.update(repr(entry).encode())
+    return digest.hexdigest()
+
+
+def _check_usable(volume: Volume, foreground: np.ndarray, what: str) -> None:
+    finite = volume.data
+    if float(finite.max()) == float(finite.min()):
+        raise SynthmedError(f"{volume.path}: {what} is a constant image (all voxels {finite.min():g}); check the file")
+    if not foreground.any():
+        raise SynthmedError(f"{volume.path}: {what} has an empty foreground (nothing above the background level)")
+
+
+def _coregister(subject: str, source: Volume, other: Volume, role: str, resample: bool, is_label: bool) -> np.ndarray:
+    """``other``'s data on the source grid; error if it is not co-registered and resampling is off."""
+    same_shape = source.data.shape == other.data.shape
+    same_affine = np.allclose(source.affine, other.affine, atol=AFFINE_TOLERANCE_MM)
+    if same_shape and same_affine:
+        return other.data
+    if source.is_2d or other.is_2d:
+        if same_shape:
+            return other.data
+        raise SynthmedError(
+            f"subject {subject}: {role} {other.path} has shape {'x'.join(map(str, other.data.shape))}, source has "
+            f"{'x'.join(map(str, source.data.shape))}; 2D stacks cannot be resampled: give matching slices"
+        )
+    if not resample:
+        problem = (
+            f"shape {'x'.join(map(str, other.data.shape))}, source has {'x'.join(map(str, source.data.shape))}"
+            if not same_shape
+            else "the same shape but a different affine (position/orientation) than the source"
+        )
+        raise SynthmedError(
+            f"subject {subject}: {role} {Path(other.path).name} has {problem}: not co-registered; "
+            "register them or pass --resample to resample onto the source grid"
+        )
+    # voxel of source -> world -> voxel of other
+    mapping = np.linalg.inv(other.affine) @ source.affine
+    return ndimage.affine_transform(
+        other.data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=source.data.shape,
+        order=0 if is_label else 1, mode="constant", cval=float(other.data.min()),
+    ).astype(np.float32)
+
+
+def _volume_summary(volume: Volume) -> dict:
+    return {
+        "shape": "x".join(map(str, volume.data.shape)),
+        "spacing": [float(s) for s in volume.spacing],
+        "orientation": "".join(nib.aff2axcodes(volume.affine)),
+        "format": volume.format,
+    }
+
+
+def _fingerprint(summaries: dict[str, list[dict]], percentiles: dict[str, list[list[float]]]) -> dict:
+    result = {}
+    for modality, items in summaries.items():
+        result[modality] = {
+            "shapes": sorted({item["shape"] for item in items}),
+            "spacing_median": [float(s) for s in np.median([item["spacing"] for item in items], axis=0)],
+            "orientations": sorted({item["orientation"] for item in items}),
+            "formats": sorted({item["format"] for item in items}),
+            "foreground_percentiles_median": dict(
+                zip(["p0.5", "p50", "p99.5"], [float(x) for x in np.median(percentiles[modality], axis=0)])
+            ),
+        }
+    return result
+
+
+def prepare(
+    data: str | Path | None,
+    *,
+    source: str,
+    out: str | Path,
+    target: str | None = None,
+    label: str | None = None,
+    size: int | None = None,
+    axis: str | int = "axial",
+    pattern: str | None = None,
+    manifest: str | Path | None = None,
+    split: str | Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    aliases=None,
+    resample: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Prepare a dataset for training; returns the output folder. See the module docstring."""
+    out = Path(out)
+    ratios = parse_ratios(split)
+    source_mod = canonical_modality(source, _aliases(aliases))
+    target_mod = canonical_modality(target, _aliases(aliases)) if target else None
+    label_mod = canonical_modality(label, _aliases(aliases)) if label else None
+    if target_mod == source_mod:
+        raise SynthmedError(f"--source and --target are both {source_mod}; choose two modalities")
+
+    subjects = discover(data, pattern=pattern, manifest=manifest, aliases=aliases)
+    if not subjects:
+        raise SynthmedError(f"{data or manifest}: no subjects found")
+    roles = [m for m in (source_mod, target_mod) if m]
+    require_modalities(subjects, roles)
+    if label_mod:
+        missing = [s.id for s in subjects if label_mod not in s.files and s.label is None]
+        if missing:
+            raise SynthmedError(f"subject {missing[0]} has no {label_mod} label (--label {label}); {len(missing)} subject(s) lack it")
+
+    options = {
+        "version": PLAN_VERSION, "source": source_mod, "target": target_mod, "label": label_mod, "size": size,
+        "axis": str(axis), "pattern": pattern, "manifest": str(manifest) if manifest else None,
+        "split": ratios, "seed": seed, "resample": resample,
+    }
+    inputs_hash = _input_hash(subjects, options)
+    if out.exists():
+        existing = out / "plan.json"
+        if existing.is_file() and not overwrite:
+            try:
+                if json.loads(existing.read_text()).get("inputs_hash") == inputs_hash:
+                    log.info("%s is up to date (same inputs and options); nothing to do", out)
+                    return out
+            except json.JSONDecodeError:
+                pass
+        if not overwrite and (not out.is_dir() or any(out.iterdir())):
+            raise SynthmedError(f"{out} exists and holds something else; pass --overwrite to replace it or choose another --out")
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SynthmedError(f"cannot create {out.parent}: {error.strerror}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise SynthmedError(f"{out.parent} is not writable; choose another --out")
+
+    if size is None:
+        # A cheap pre-pass over the sources alone picks the slice size from the foreground boxes.
+        sides = []
+        for subject in tqdm(subjects, desc="sizing", disable=not progress, unit="subject"):
+            src = read_ref(subject.files[source_mod])
+            sides.append(fit_geometry(foreground_mask(src.data), slice_axis(src.affine, axis, src.is_2d), 1).side)
+        size = default_size(sides)
+    if size < 16:
+        raise SynthmedError(f"--size {size}: use at least 16 pixels")
+
+    records: dict[str, dict] = {}
+    stacks: dict[str, dict[str, np.ndarray]] = {}
+    fp_volumes: dict[str, list[dict]] = {m: [] for m in roles}
+    fp_percentiles: dict[str, list[list[float]]] = {m: [] for m in roles}
+    skipped: dict[str, str] = {}
+    for subject in tqdm(subjects, desc="preparing", disable=not progress, unit="subject"):
+        volumes = {role: read_ref(subject.files[role]) for role in roles}
+        src = volumes[source_mod]
+        src_fg = foreground_mask(src.data)
+        _check_usable(src, src_fg, source_mod)
+        arrays = {source_mod: src.data}
+        if target_mod:
+            arrays[target_mod] = _coregister(subject.id, src, volumes[target_mod], target_mod, resample, is_label=False)
+            if np.array_equal(arrays[target_mod], src.data):
+                skipped[subject.id] = f"{target_mod} is an exact copy of {source_mod}"
+                log.warning("subject %s skipped: %s (a missing sequence replaced by a copy?)", subject.id, skipped[subject.id])
+                continue
+        label_ref = (subject.files.get(label_mod) or subject.label) if label_mod else None
+        if label_ref is not None:
+            arrays["label"] = _coregister(subject.id, src, read_ref(label_ref), "label", resample, is_label=True)
+
+        geometry = fit_geometry(src_fg, slice_axis(src.affine, axis, src.is_2d), size)
+        normalizations: dict[str, Normalization] = {}
+        subject_stacks: dict[str, np.ndarray] = {}
+        for role in roles:
+            fg = src_fg if role == source_mod else foreground_mask(arrays[role])
+            _check_usable(volumes[role], fg, role)
+            norm = fit_normalization(arrays[role], fg, modality_kind(role), name=f"{subject.id} {role}")
+            normalizations[role] = norm
+            subject_stacks[role] = crop_slices(norm.apply(arrays[role]), geometry, fill=-1.0)
+            fp_volumes[role].append(_volume_summary(volumes[role]))
+            fp_percentiles[role].append([float(v) for v in np.percentile(arrays[role][fg], [0.5, 50, 99.5])])
+        mask = crop_slices(src_fg.astype(np.float32), geometry, fill=0.0, nearest=True) > 0.5
+        keep = np.flatnonzero(mask.reshape(len(mask), -1).mean(axis=1) >= MIN_FOREGROUND_FRACTION)
+        subject_stacks = {role: stack[keep] for role, stack in subject_stacks.items()}
+        subject_stacks["mask"] = mask[keep].astype(np.uint8)
+        if "label" in arrays:
+            labels = crop_slices(arrays["label"], geometry, fill=0.0, nearest=True)
+            subject_stacks["label"] = labels[keep].round().astype(np.uint8)
+        number = len(records)
+        subject_stacks["index"] = np.stack([np.full(len(keep), number), keep], axis=1).astype(np.int32)
+        stacks[subject.id] = subject_stacks
+        records[subject.id] = {
+            "number": number,
+            "files": {role: subject.files[role].path for role in roles},
+            "file_refs": {role: _ref_dict(subject.files[role]) for role in roles},
+            "geometry": geometry.to_dict(),
+            "normalization": {role: n.to_dict() for role, n in normalizations.items()},
+            "n_slices": int(len(keep)),
+        }
+    if not records:
+        raise SynthmedError("no usable subjects left after checks; see the warnings above")
+
+    subject_ids = list(records)
+    fixed = {s.id: s.split for s in subjects if s.split and s.id in records}
+    split_ids = split_subjects(subject_ids, ratios, seed, group_of=patient_key, fixed=fixed)
+
+    reference = {
+        role: median_normalization(
+            [Normalization.from_dict(records[s]["normalization"][role]) for s in split_ids["train"] if s in records]
+            or [Normalization.from_dict(r["normalization"][role]) for r in records.values()]
+        ).to_dict()
+        for role in roles
+    }
+    plan = {
+        "synthmed_plan": PLAN_VERSION,
+        "inputs_hash": inputs_hash,
+        "data": str(Path(data).resolve()) if data else None,
+        "pattern": pattern,
+        "manifest": str(Path(manifest).resolve()) if manifest else None,
+        "source": source_mod,
+        "target": target_mod,
+        "label": label_mod,
+        "axis": str(axis),
+        "size": int(size),
+        "normalization_kind": {role: modality_kind(role) for role in roles},
+        "reference_normalization": reference,
+        "fingerprint": _fingerprint(fp_volumes, fp_percentiles),
+        "coregistration": "resampled onto the source grid" if resample else "checked: same shape and affine",
+        "seed": seed,
+        "split_ratios": list(ratios),
+        "split": split_ids,
+        "subjects": subject_ids,
+        "skipped": skipped,
+        "volumes": records,
+        "n_slices": {name: int(sum(records[s]["n_slices"] for s in ids)) for name, ids in split_ids.items()},
+    }
+    _write_prepared(out, plan, stacks, subject_ids, overwrite)
+    return out
+
+
+def _ref_dict(ref: FileRef) -> dict:
+    return {"path": ref.path, "key": ref.key, "channel": ref.channel}
+
+
+def _aliases(aliases):
+    from synthmed.data.discovery import parse_aliases
+
+    return parse_aliases(aliases)
+
+
+def _write_prepared(out: Path, plan: dict, stacks: dict[str, dict[str, np.ndarray]], order: list[str], overwrite: bool) -> None:
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        (tmp / "slices").mkdir(parents=True)
+        names = sorted({name for s in stacks.values() for name in s})
+        for name in names:
+            parts = [stacks[s][name] for s in order if name in stacks[s]]
+            total = sum(len(p) for p in parts)
+            array = np.lib.format.open_memmap(tmp / "slices" / f"{_array_file(plan, name)}.npy", mode="w+",
+                                              dtype=parts[0].dtype, shape=(total, *parts[0].shape[1:]))
+            start = 0
+            for part in parts:
+                array[start:start + len(part)] = part
+                start += len(part)
+            array.flush()
+            del array
+        (tmp / "plan.json").write_text(json.dumps(plan, indent=2))
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _array_file(plan: dict, name: str) -> str:
+    if name == plan["source"]:
+        return "source"
+    if name == plan["target"]:
+        return "target"
+    return name

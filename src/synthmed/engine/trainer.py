@@ -1,0 +1,342 @@
+"""The training loop. It knows nothing about any method (see :mod:`synthmed.models.base`).
+
+It handles: device and seeding, mixed precision on GPUs, EMA, a reproducible data
+order (a fresh permutation per epoch from the seed, so a resumed run sees the same
+batches), periodic validation (PSNR/SSIM on validation slices), ``best.pt`` and
+``last.pt`` checkpoints written atomically, resume, Ctrl-C / SIGTERM saving a
+checkpoint before exiting, a CSV log (plus TensorBoard when installed), a progress
+bar with the losses and ETA, and a PNG grid of source / prediction / target.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from synthmed.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from synthmed.engine.ema import EMA
+from synthmed.errors import SynthmedError
+from synthmed.metrics import psnr, ssim
+from synthmed.models.base import SynthesisModel
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(SynthmedError):
+    """Raised after a checkpoint was saved on Ctrl-C or SIGTERM."""
+
+    exit_code = 130
+
+
+@dataclass
+class TrainSettings:
+    steps: int
+    batch_size: int
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto (bf16 on CUDA when supported) | bf16 | fp16-free: off
+    num_workers: int = 0
+    log_every: int = 25
+    val_every: int = 250
+    checkpoint_every: int = 250
+    sample_every: int = 250
+    max_val_slices: int = 64
+    progress: bool = True
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise SynthmedError(f"--device {name}: not a device name (use auto, cpu, cuda, cuda:1, mps)") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a permutation drawn from (seed, epoch), last partial batch dropped."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: SynthesisModel,
+        train_set: Dataset,
+        val_set: Dataset | None,
+        run_dir: str | Path,
+        settings: TrainSettings,
+        run_info: dict[str, Any],
+    ):
+        self.model = model
+        self.train_set = train_set
+        self.val_set = val_set
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.run_info = run_info
+        self.device = pick_device(settings.device)
+        self.batch_size = max(1, min(settings.batch_size, len(train_set)))
+        self.step = 0
+        self.best = {"metric": "psnr", "value": -math.inf, "step": 0}
+        self.ema: EMA | None = None
+        self._stop_signal: str | None = None
+        self._log_fields: list[str] | None = None
+        self._tensorboard = None
+
+    # --- set-up -------------------------------------------------------------------
+    def _amp_dtype(self) -> torch.dtype | None:
+        if self.device.type != "cuda" or self.settings.amp == "off":
+            return None
+        if self.settings.amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+
+    def _prepare(self) -> None:
+        seed_everything(self.settings.seed)
+        self.model.to(self.device)
+        self.model.amp_dtype = self._amp_dtype()
+        decay = float(getattr(self.model.config, "ema_decay", 0.0) or 0.0)
+        if decay > 0 and self.model.ema_modules:
+            self.ema = EMA(self.model, self.model.ema_modules, decay)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "samples").mkdir(exist_ok=True)
+
+    def _checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "model": self.run_info["model"],
+            "preset": self.run_info.get("preset"),
+            "config": self.model.config_dict(),
+            "step": self.step,
+            "state": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizers": {k: v.state_dict() for k, v in self.model.optimizers().items()},
+            "schedulers": {k: v.state_dict() for k, v in self.model.schedulers().items()},
+            "rng": rng_state(),
+            "best": dict(self.best),
+            "batch_size": self.batch_size,
+            "seed": self.settings.seed,
+            "torch_version": str(torch.__version__),
+        }
+
+    def save(self, name: str = "last.pt") -> Path:
+        return save_checkpoint(self.run_dir / "checkpoints" / name, self._checkpoint_payload())
+
+    def resume(self) -> None:
+        path = self.run_dir / "checkpoints" / "last.pt"
+        record = load_checkpoint(path, map_location=self.device)
+        # The step budget may grow on resume (train longer); everything else must match.
+        saved = {k: v for k, v in record["config"].items() if k != "steps"}
+        wanted = {k: v for k, v in self.model.config_dict().items() if k != "steps"}
+        if record["model"] != self.run_info["model"] or saved != wanted:
+            changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+            raise SynthmedError(
+                f"{path}: this run was trained with model {record['model']} and a different configuration "
+                f"({', '.join(changed) or 'model name'}); resume with the same settings or choose another --out"
+            )
+        if record.get("batch_size") != self.batch_size or record.get("seed") != self.settings.seed:
+            raise SynthmedError(f"{path}: batch size or seed differ from the saved run; resume with the same settings")
+        self.model.load_state_dict(record["state"])
+        for name, optimizer in self.model.optimizers().items():
+            optimizer.load_state_dict(record["optimizers"][name])
+        for name, scheduler in self.model.schedulers().items():
+            scheduler.load_state_dict(record["schedulers"][name])
+        if self.ema and record.get("ema"):
+            self.ema.load_state_dict(record["ema"])
+        set_rng_state(record["rng"])
+        self.step = int(record["step"])
+        self.best = dict(record["best"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # --- loop ---------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        self._prepare()
+        if resume:
+            self.resume()
+        steps = self.settings.steps
+        if self.step >= steps:
+            log.info("run already at step %d of %d; nothing to train", self.step, steps)
+            return self.summary(0.0)
+        previous_handler = self._install_sigterm()
+        start = time.perf_counter()
+        bar = tqdm(total=steps, initial=self.step, desc=f"train {self.run_info['model']}", unit="step",
+                   disable=not self.settings.progress, dynamic_ncols=True)
+        try:
+            self._loop(bar)
+        except KeyboardInterrupt:
+            self._stop_signal = "Ctrl-C"
+        finally:
+            bar.close()
+            self._restore_sigterm(previous_handler)
+            if self._tensorboard:
+                self._tensorboard.close()
+        if self._stop_signal:
+            path = self.save()
+            raise TrainingInterrupted(
+                f"{self._stop_signal}: stopped at step {self.step}; checkpoint saved to {path}; continue with --resume"
+            )
+        return self.summary(time.perf_counter() - start)
+
+    def _loop(self, bar) -> None:
+        n = len(self.train_set)
+        per_epoch = max(n // self.batch_size, 1)
+        model = self.model
+        while self.step < self.settings.steps:
+            epoch, offset = divmod(self.step, per_epoch)
+            if hasattr(self.train_set, "set_epoch"):
+                self.train_set.set_epoch(epoch)
+            batches = epoch_batches(n, self.batch_size, self.settings.seed, epoch)[offset:]
+            # Its own generator: creating a loader must not consume the global RNG (exact resume).
+            loader = DataLoader(self.train_set, batch_sampler=batches, num_workers=self.settings.num_workers,
+                                pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(self.settings.seed + epoch))
+            for batch in loader:
+                model.train()
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                losses = model.training_step(batch, self.step)
+                if self.ema:
+                    self.ema.update()
+                self.step += 1
+                bar.update(1)
+                self._periodic(losses, bar, epoch)
+                if self._stop_signal or self.step >= self.settings.steps:
+                    return
+
+    def _periodic(self, losses: dict[str, Any], bar, epoch: int) -> None:
+        s, step = self.settings, self.step
+        last = step == s.steps
+        row: dict[str, Any] | None = None
+        if step % s.log_every == 0 or last or step == 1:
+            values = {k: float(v) for k, v in losses.items()}
+            bar.set_postfix({k: f"{v:.3g}" for k, v in list(values.items())[:3]})
+            if not all(math.isfinite(v) for v in values.values()):
+                self.save("last.pt")
+                raise SynthmedError(f"training diverged at step {step} (losses {values}); lower the learning rate")
+            row = {"step": step, "epoch": epoch, "elapsed_s": round(bar.format_dict.get("elapsed", 0.0), 2), **values}
+        if self.val_set is not None and (step % s.val_every == 0 or last):
+            metrics = self.validate()
+            row = {**(row or {"step": step, "epoch": epoch}), **{f"val_{k}": v for k, v in metrics.items()}}
+            if metrics["psnr"] > self.best["value"]:
+                self.best = {"metric": "psnr", "value": metrics["psnr"], "step": step}
+                self.save("best.pt")
+        if step % s.sample_every == 0 or last:
+            self.write_samples()
+        if step % s.checkpoint_every == 0 or last:
+            self.save("last.pt")
+        if row is not None:
+            self._log(row)
+
+    # --- validation, samples, logs --------------------------------------------------
+    def _val_batches(self):
+        n = len(self.val_set)
+        count = min(n, self.settings.max_val_slices)
+        picks = np.unique(np.linspace(0, n - 1, count).round().astype(int)).tolist()
+        for i in range(0, len(picks), self.batch_size):
+            items = [self.val_set[j] for j in picks[i : i + self.batch_size]]
+            yield {k: torch.stack([item[k] for item in items]).to(self.device) for k in items[0]}
+
+    def predict(self, source: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        if self.ema:
+            with self.ema.applied():
+                return self.model.translate(source)
+        return self.model.translate(source)
+
+    def validate(self) -> dict[str, float]:
+        """Mean PSNR/SSIM over validation slices, in the normalised [-1, 1] range, inside the mask."""
+        predictions, targets, masks = [], [], []
+        for batch in self._val_batches():
+            predictions.append(self.predict(batch["source"]).float().cpu())
+            targets.append(batch["target"].cpu())
+            masks.append(batch["mask"].cpu())
+        pred = torch.cat(predictions)[:, 0].permute(1, 2, 0).numpy()
+        ref = torch.cat(targets)[:, 0].permute(1, 2, 0).numpy()
+        mask = torch.cat(masks)[:, 0].permute(1, 2, 0).numpy() > 0.5
+        return {"psnr": psnr(pred, ref, mask, data_range=2.0), "ssim": ssim(pred, ref, mask, data_range=2.0)}
+
+    def write_samples(self, count: int = 4) -> Path | None:
+        if self.val_set is None:
+            return None
+        n = len(self.val_set)
+        picks = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))
+        items = [self.val_set[int(j)] for j in picks]
+        source = torch.stack([item["source"] for item in items]).to(self.device)
+        prediction = self.predict(source).float().cpu()
+        rows = [source.cpu(), prediction] + ([torch.stack([item["target"] for item in items])] if "target" in items[0] else [])
+        grid = torch.cat([torch.cat(list(row[:, 0]), dim=1) for row in rows], dim=0)
+        pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
+        Image.fromarray(pixels).save(path)
+        return path
+
+    def _log(self, row: dict[str, Any]) -> None:
+        path = self.run_dir / "log.csv"
+        if self._log_fields is None:
+            if path.exists() and path.stat().st_size:
+                with path.open() as stream:
+                    self._log_fields = next(csv.reader(stream))
+            else:
+                losses = [k for k in row if k not in ("step", "epoch", "elapsed_s") and not k.startswith("val_")]
+                self._log_fields = ["step", "epoch", "elapsed_s", *losses, "val_psnr", "val_ssim"]
+                with path.open("w", newline="") as stream:
+                    csv.writer(stream).writerow(self._log_fields)
+        with path.open("a", newline="") as stream:
+            csv.DictWriter(stream, fieldnames=self._log_fields, extrasaction="ignore").writerow(row)
+        writer = self._tensorboard_writer()
+        if writer is not None:
+            for key, value in row.items():
+                if key not in ("step", "epoch"):
+                    writer.add_scalar(key, value, row["step"])
+
+    def _tensorboard_writer(self):
+        if self._tensorboard is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tensorboard = False
+            else:
+                self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        return self._tensorboard or None
+
+    # --- signals ------------------------------------------------------------------
+    def _install_sigterm(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_sigterm(signum, frame):
+            self._stop_signal = "SIGTERM"
+
+        return signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_sigterm(self, previous) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        return {"steps": self.step, "seconds": round(seconds, 2), "best": self.best, "device": str(self.device),
+                "settings": asdict(self.settings)}

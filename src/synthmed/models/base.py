@@ -1,0 +1,70 @@
+"""The small protocol every method follows, so the engine never special-cases one.
+
+A model is an ``nn.Module`` that
+
+- is built from a config dataclass (``Config``), whose defaults are the paper's and
+  whose named presets (``PRESETS``: at least ``paper`` and ``small``) override them;
+- owns its optimisers (GANs need several) and does its own backward passes in
+  ``training_step(batch, step) -> dict`` of detached scalar losses;
+- translates with ``translate(source) -> target`` (translators) or generates with
+  ``sample(n) -> dict`` (generators), on tensors in [-1, 1] of shape (B, 1, H, W).
+
+The engine moves the model to its device, sets ``amp_dtype`` (autocast inside
+``self.autocast()``), keeps EMA copies of ``ema_modules``, checkpoints
+``state_dict`` plus the optimiser states, and handles logging and progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import fields
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class SynthesisModel(nn.Module):
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    paired: ClassVar[bool] = True
+    task: ClassVar[str] = "translate"  # or "generate"
+    Config: ClassVar[type]
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    ema_modules: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.amp_dtype: torch.dtype | None = None
+
+    # --- engine hooks -------------------------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def schedulers(self) -> dict[str, Any]:
+        return {}
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor | float]:
+        raise TypeError(f"{type(self).__name__} does not train")
+
+    def translate(self, source: torch.Tensor) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} is not a translator")
+
+    # --- helpers ------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def autocast(self):
+        """Mixed precision where the engine enabled it (bf16 on GPUs that have it)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def config_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self.config, f.name)) for f in fields(self.config)}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value

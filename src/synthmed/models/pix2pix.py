@@ -1,0 +1,105 @@
+"""pix2pix: conditional GAN for paired translation (Isola et al., CVPR 2017).
+
+Generator: U-Net with skip connections (:mod:`synthmed.nn.unet`). Discriminator:
+70x70 PatchGAN on the (source, image) pair. Losses: the conditional GAN loss
+(binary cross-entropy on logits) plus lambda_L1 = 100 times the L1 distance to the
+target; the discriminator's loss is halved, as in the paper. Adam lr 2e-4,
+betas (0.5, 0.999). Dropout is off at translation time (eval mode), so translations
+are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from synthmed.models.base import SynthesisModel
+from synthmed.models.registry import register
+from synthmed.nn.discriminators import PatchDiscriminator
+from synthmed.nn.layers import init_gan_weights
+from synthmed.nn.unet import UNetGenerator
+
+
+@dataclass
+class Pix2PixConfig:
+    image_size: int = 256
+    generator_channels: int = 64
+    generator_depth: int = 8  # capped at log2(image_size): 1x1 bottleneck at most
+    discriminator_channels: int = 64
+    discriminator_layers: int = 3  # 70x70 receptive field
+    norm: str = "batch"
+    dropout: float = 0.5
+    lambda_l1: float = 100.0
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = 1
+    steps: int = 200_000
+    ema_decay: float = 0.0
+
+
+@register
+class Pix2Pix(SynthesisModel):
+    name = "pix2pix"
+    paper = "Isola et al., Image-to-Image Translation with Conditional Adversarial Networks, CVPR 2017"
+    paired = True
+    task = "translate"
+    Config = Pix2PixConfig
+    PRESETS = {
+        "paper": {},
+        "small": {
+            "image_size": 64, "generator_channels": 32, "discriminator_channels": 32,
+            "batch_size": 16, "steps": 1000,
+        },
+    }
+    ema_modules = ("generator",)
+
+    def __init__(self, config: Pix2PixConfig):
+        super().__init__(config)
+        depth = min(config.generator_depth, int(math.log2(config.image_size)))
+        self.generator = UNetGenerator(1, 1, config.generator_channels, depth, norm=config.norm, dropout=config.dropout)
+        # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
+        layers = min(config.discriminator_layers, max(1, int(math.log2(config.image_size)) - 2))
+        self.discriminator = PatchDiscriminator(2, config.discriminator_channels, layers, norm=config.norm)
+        init_gan_weights(self)
+        self._optimizers = {
+            "generator": torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=config.betas),
+            "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=config.betas),
+        }
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._optimizers
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        source, target = batch["source"], batch["target"]
+        opt_g, opt_d = self._optimizers["generator"], self._optimizers["discriminator"]
+
+        with self.autocast():
+            fake = self.generator(source)
+            # Discriminator: real pairs -> 1, translated pairs -> 0.
+            real_logits = self.discriminator(torch.cat([source, target], 1))
+            fake_logits = self.discriminator(torch.cat([source, fake.detach()], 1))
+            loss_d = 0.5 * (
+                F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+            )
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+
+        with self.autocast():
+            fake_logits = self.discriminator(torch.cat([source, fake], 1))
+            loss_gan = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+            loss_l1 = F.l1_loss(fake.float(), target)
+            loss_g = loss_gan + self.config.lambda_l1 * loss_l1
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "gan": loss_gan.detach(), "l1": loss_l1.detach()}
+
+    @torch.inference_mode()
+    def translate(self, source: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.generator(source).float()

@@ -1,0 +1,68 @@
+"""Model registry: method names -> classes, with their papers and presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from synthmed.errors import SynthmedError
+from synthmed.models.base import SynthesisModel
+
+MODELS: dict[str, type[SynthesisModel]] = {}
+
+
+def register(cls: type[SynthesisModel]) -> type[SynthesisModel]:
+    """Class decorator: make a method available by its ``name``."""
+    if not cls.name or cls.name in MODELS:
+        raise ValueError(f"model name {cls.name!r} missing or registered twice")
+    for required in ("paper", "small"):
+        if required not in cls.PRESETS:
+            raise ValueError(f"{cls.name} has no {required!r} preset")
+    MODELS[cls.name] = cls
+    return cls
+
+
+def _load_builtin_models() -> None:
+    # Importing the method modules registers them.
+    from synthmed.models import pix2pix  # noqa: F401
+
+
+def model_class(name: str) -> type[SynthesisModel]:
+    _load_builtin_models()
+    if name not in MODELS:
+        raise SynthmedError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))} (see `synthmed models`)")
+    return MODELS[name]
+
+
+def available_models() -> dict[str, type[SynthesisModel]]:
+    _load_builtin_models()
+    return dict(sorted(MODELS.items()))
+
+
+def make_config(name: str, preset: str = "small", overrides: dict[str, Any] | None = None):
+    cls = model_class(name)
+    if preset not in cls.PRESETS:
+        raise SynthmedError(f"model {name} has no preset {preset!r}; available: {', '.join(cls.PRESETS)}")
+    values = dict(cls.PRESETS[preset])
+    known = {f.name: f for f in dataclasses.fields(cls.Config)}
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise SynthmedError(f"{name} has no setting {key!r}; settings: {', '.join(known)}")
+        values[key] = value
+    return config_from_dict(name, values)
+
+
+def build_model(name: str, preset: str = "small", overrides: dict[str, Any] | None = None) -> SynthesisModel:
+    return model_class(name)(make_config(name, preset, overrides))
+
+
+def config_from_dict(name: str, values: dict[str, Any]):
+    """Rebuild a config saved in a checkpoint or run.json (lists back to tuples)."""
+    cls = model_class(name)
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    defaults = cls.Config()
+    clean = {}
+    for key, value in values.items():
+        if key in known:
+            clean[key] = tuple(value) if isinstance(getattr(defaults, key), tuple) else value
+    return cls.Config(**clean)

@@ -1,0 +1,110 @@
+"""``synthmed train``: train a registered method on a prepared folder into a run folder.
+
+A run folder holds ``run.json`` (model, preset, config, settings, versions),
+``plan.json`` (a copy of the data plan, so translation needs nothing else),
+``checkpoints/{best,last}.pt``, ``log.csv`` and ``samples/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import synthmed
+from synthmed.data.datasets import PreparedData, SliceDataset
+from synthmed.engine.trainer import Trainer, TrainSettings, seed_everything
+from synthmed.errors import SynthmedError
+from synthmed.models.registry import build_model, model_class
+
+log = logging.getLogger(__name__)
+
+
+def versions() -> dict[str, str]:
+    import monai
+    import numpy
+
+    return {"synthmed": synthmed.__version__, "torch": torch.__version__, "monai": monai.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def train(
+    prep: str | Path,
+    *,
+    model: str,
+    out: str | Path,
+    preset: str = "small",
+    steps: int | None = None,
+    batch_size: int | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Train ``model`` on the prepared data in ``prep``; returns the training summary."""
+    out = Path(out)
+    cls = model_class(model)
+    data = PreparedData(prep)
+    plan = data.plan
+    if cls.task == "translate" and not plan.get("target"):
+        raise SynthmedError(f"{prep} was prepared without --target; {model} translates and needs a target modality")
+
+    config_values = dict(overrides or {})
+    config_values["image_size"] = int(plan["size"])
+    seed_everything(seed)  # the initial weights depend on the seed only
+    net = build_model(model, preset, config_values)
+    settings_obj = TrainSettings(
+        steps=int(steps if steps is not None else net.config.steps),
+        batch_size=int(batch_size if batch_size is not None else net.config.batch_size),
+        seed=seed, device=device, progress=progress, **settings,
+    )
+    if settings_obj.steps < 1:
+        raise SynthmedError(f"--steps {settings_obj.steps}: train for at least one step")
+    checkpoint = out / "checkpoints" / "last.pt"
+    if resume and not checkpoint.is_file():
+        raise SynthmedError(f"{out}: nothing to resume (no checkpoints/last.pt); drop --resume to start a new run")
+    if not resume and out.exists() and any(out.iterdir()):
+        hint = "pass --resume to continue it" if checkpoint.is_file() else "choose another --out"
+        raise SynthmedError(f"{out} already holds a run; {hint}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SynthmedError(f"cannot create run folder {out}: {error.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise SynthmedError(f"{out} is not writable; choose another --out")
+
+    run_info = {
+        "model": model,
+        "preset": preset,
+        "task": cls.task,
+        "paired": cls.paired,
+        "config": net.config_dict(),
+        "settings": {k: v for k, v in vars(settings_obj).items()},
+        "prepared": str(Path(prep).resolve()),
+        "source": plan["source"],
+        "target": plan.get("target"),
+        "versions": versions(),
+    }
+    if resume and (out / "run.json").is_file():
+        saved = json.loads((out / "run.json").read_text())
+        if saved.get("model") != model:
+            raise SynthmedError(f"{out} holds a {saved.get('model')} run, not {model}; resume it with --model {saved.get('model')}")
+    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    (out / "plan.json").write_text(json.dumps(plan, indent=2))
+
+    train_set = SliceDataset(data, "train", unpaired=not cls.paired, seed=seed)
+    val_set = SliceDataset(data, "val") if plan["split"]["val"] else None
+    if val_set is None:
+        log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
+    trainer = Trainer(net, train_set, val_set, out, settings_obj, run_info)
+    summary = trainer.fit(resume=resume)
+    summary["parameters"] = int(sum(p.numel() for p in net.parameters()))
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

@@ -1,0 +1,214 @@
+"""``synthmed translate``: apply a trained run to whole volumes, same geometry out.
+
+Each input volume goes through the same steps as at preparation (foreground box,
+square crop, resize, per-volume normalisation of the source), its slices are batched
+through the model, and the output is pasted back into the source grid and written
+with the source's affine and header.
+
+Intensities come back in the target's units. For CT targets the fixed HU window makes
+that exact. MR units are arbitrary per scan, so the output takes the scale of a
+reference scan of the target modality when one is given (``reference``: a file, or a
+folder mirrored on the input folder; only its two robust percentiles are used), and
+otherwise the median scale of the training targets recorded in the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from synthmed.data.discovery import canonical_modality
+from synthmed.data.geometry import crop_slices, fit_geometry, slice_axis, uncrop_slices
+from synthmed.data.io import Volume, is_volume_path, read_volume, volume_suffix, write_volume
+from synthmed.data.normalize import Normalization, fit_normalization, modality_kind
+from synthmed.engine.checkpoint import load_checkpoint
+from synthmed.engine.trainer import pick_device
+from synthmed.errors import SynthmedError
+from synthmed.metrics import foreground_mask
+from synthmed.models.base import SynthesisModel
+from synthmed.models.registry import config_from_dict, model_class
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".tif", ".tiff"}
+
+
+@dataclass
+class LoadedRun:
+    model: SynthesisModel
+    plan: dict
+    info: dict
+    checkpoint: Path
+
+
+def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") -> LoadedRun:
+    """Model (EMA weights where the run kept them) + plan of a run folder, ready to translate."""
+    run = Path(run)
+    info_path, plan_path = run / "run.json", run / "plan.json"
+    if not info_path.is_file() or not plan_path.is_file():
+        raise SynthmedError(f"{run}: not a synthmed run folder (no run.json/plan.json); train one with `synthmed train`")
+    info = json.loads(info_path.read_text())
+    plan = json.loads(plan_path.read_text())
+    names = ["best.pt", "last.pt"] if checkpoint == "best" else [f"{checkpoint}.pt" if not checkpoint.endswith(".pt") else checkpoint]
+    path = next((run / "checkpoints" / n for n in names if (run / "checkpoints" / n).is_file()), None)
+    if path is None:
+        raise SynthmedError(f"{run}: no checkpoint ({' or '.join(names)}) in {run / 'checkpoints'}; has training started?")
+    target = pick_device(device)
+    record = load_checkpoint(path, map_location=target)
+    cls = model_class(record["model"])
+    model = cls(config_from_dict(record["model"], record["config"]))
+    try:
+        model.load_state_dict(record["state"])
+        for name, values in (record.get("ema") or {}).items():
+            getattr(model, name).load_state_dict(values)
+    except (RuntimeError, KeyError, AttributeError) as error:
+        raise SynthmedError(f"{path}: weights do not fit the {record['model']} model ({str(error).splitlines()[0][:100]})") from None
+    model.to(target).eval()
+    return LoadedRun(model, plan, info, path)
+
+
+def translate_volume(
+    loaded: LoadedRun,
+    volume: Volume,
+    target_normalization: Normalization,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Translate one source volume; returns an array in the source's grid and the target's units."""
+    plan, model = loaded.plan, loaded.model
+    data = volume.data
+    if float(data.max()) == float(data.min()):
+        raise SynthmedError(f"{volume.path}: constant image (all voxels {data.min():g}); nothing to translate")
+    foreground = foreground_mask(data)
+    if not foreground.any():
+        raise SynthmedError(f"{volume.path}: empty foreground (nothing above the background level)")
+    source_kind = plan["normalization_kind"][plan["source"]]
+    geometry = fit_geometry(foreground, slice_axis(volume.affine, plan["axis"], volume.is_2d), int(plan["size"]))
+    normalized = fit_normalization(data, foreground, source_kind, name=str(volume.path)).apply(data)
+    slices = crop_slices(normalized, geometry, fill=-1.0)
+    device = model.device
+    outputs = np.empty_like(slices)
+    with torch.inference_mode():
+        for start in range(0, len(slices), batch_size):
+            chunk = torch.from_numpy(slices[start : start + batch_size])[:, None].to(device)
+            outputs[start : start + batch_size] = model.translate(chunk)[:, 0].float().cpu().numpy()
+    restored = uncrop_slices(outputs, geometry, fill=-1.0)
+    return target_normalization.invert(restored)
+
+
+def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Normalization:
+    target = loaded.plan["target"]
+    if reference is None:
+        return Normalization.from_dict(loaded.plan["reference_normalization"][target])
+    volume = read_volume(reference)
+    kind = modality_kind(target)
+    return fit_normalization(volume.data, foreground_mask(volume.data), kind, name=str(reference))
+
+
+def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: Path | None) -> list[tuple[Path, Path, Path | None]]:
+    """(input, output, reference) triples for a file or a folder input."""
+    if not input_path.exists() and not any(c in str(input_path) for c in "*?["):
+        raise SynthmedError(f"{input_path}: no such file or folder")
+    if input_path.is_file() or not input_path.is_dir() or is_volume_path(input_path) and not _has_subjects(input_path):
+        if output.is_dir():
+            raise SynthmedError(f"{output} is a folder; for a single input give an output file name like out.nii.gz")
+        return [(input_path, output, reference)]
+    jobs = []
+    source = loaded.plan["source"]
+    for entry in sorted(input_path.iterdir()):
+        if entry.is_dir():
+            files = [f for f in sorted(entry.iterdir()) if volume_suffix(f) and _modality_of(f, entry.name) == source]
+            if not files:
+                continue
+            in_file = files[0]
+            suffix = _output_suffix(in_file)
+            out_file = output / entry.name / f"{_target_name(loaded)}{suffix}"
+            ref = None
+            if reference is not None:
+                matches = [f for f in sorted((reference / entry.name).glob("*"))
+                           if volume_suffix(f) and _modality_of(f, entry.name) == loaded.plan["target"]] if (reference / entry.name).is_dir() else []
+                ref = matches[0] if matches else None
+                if ref is None:
+                    raise SynthmedError(f"reference folder {reference / entry.name} has no {loaded.plan['target']} scan")
+            jobs.append((in_file, out_file, ref))
+        elif volume_suffix(entry):
+            out_file = output / (entry.name[: -len(volume_suffix(entry))] + _output_suffix(entry))
+            ref = None
+            if reference is not None:
+                ref = reference / entry.name if reference.is_dir() else reference
+                if not ref.exists():
+                    raise SynthmedError(f"no reference {ref} for {entry}")
+            jobs.append((entry, out_file, ref))
+    if not jobs:
+        raise SynthmedError(f"{input_path}: no volumes found (neither image files nor subject folders with a {source} scan)")
+    return jobs
+
+
+def _has_subjects(folder: Path) -> bool:
+    return any(p.is_dir() for p in folder.iterdir())
+
+
+def _modality_of(path: Path, subject: str) -> str:
+    stem = path.name[: -len(volume_suffix(path))]
+    for sep in ("-", "_"):
+        if stem.startswith(subject + sep):
+            stem = stem[len(subject) + 1 :]
+    return canonical_modality(stem)
+
+
+def _target_name(loaded: LoadedRun) -> str:
+    # Keep the user's spelling of the target modality when the plan recorded files.
+    for record in loaded.plan.get("volumes", {}).values():
+        path = record.get("files", {}).get(loaded.plan["target"])
+        if path:
+            name = Path(path).name
+            stem = name[: -len(volume_suffix(Path(name)))] if volume_suffix(Path(name)) else name
+            if canonical_modality(stem) == loaded.plan["target"]:
+                return stem
+    return loaded.plan["target"]
+
+
+def _output_suffix(path: Path) -> str:
+    suffix = volume_suffix(path)
+    return ".tif" if suffix in IMAGE_SUFFIXES else suffix or ".nii.gz"
+
+
+def translate(
+    run: str | Path,
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    reference: str | Path | None = None,
+    overwrite: bool = False,
+    batch_size: int = 32,
+    device: str = "auto",
+    checkpoint: str = "best",
+    progress: bool = True,
+) -> list[Path]:
+    """Translate a file or a folder; returns the written paths. Refuses to overwrite unless asked."""
+    loaded = load_run(run, device=device, checkpoint=checkpoint)
+    if loaded.model.task != "translate":
+        raise SynthmedError(f"{run} holds a {loaded.info.get('model')} generator; use `synthmed generate`")
+    jobs = plan_outputs(loaded, Path(input_path), Path(output), Path(reference) if reference else None)
+    existing = [out for _, out, _ in jobs if out.exists()]
+    if existing and not overwrite:
+        raise SynthmedError(f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace")
+    for _, out, _ in jobs:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SynthmedError(f"cannot create {out.parent}: {error.strerror}") from None
+        if not os.access(out.parent, os.W_OK):
+            raise SynthmedError(f"{out.parent} is not writable; choose another output")
+    written = []
+    for in_file, out_file, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
+        volume = read_volume(in_file)
+        result = translate_volume(loaded, volume, _reference_normalization(loaded, ref), batch_size=batch_size)
+        written.append(write_volume(out_file, result, like=volume, overwrite=overwrite))
+    return written

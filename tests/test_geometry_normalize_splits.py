@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from synthmed.data.geometry import crop_slices, default_size, fit_geometry, slice_axis, uncrop_slices
+from synthmed.data.normalize import Normalization, fit_normalization, median_normalization, modality_kind
+from synthmed.data.splits import parse_ratios, split_subjects
+from synthmed.errors import SynthmedError
+
+
+def test_slice_axis_follows_orientation():
+    ras = np.diag([1.0, 1.0, 1.0, 1.0])
+    assert slice_axis(ras, "axial") == 2
+    assert slice_axis(ras, "sagittal") == 0
+    assert slice_axis(ras, "coronal") == 1
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    assert slice_axis(lps, "axial") == 2
+    # voxel axis 0 runs superior-inferior: axial slices are along axis 0
+    swapped = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    assert slice_axis(swapped, "axial") == 0
+    assert slice_axis(ras, 1) == 1
+    assert slice_axis(swapped, "axial", is_2d=True) == 2
+    with pytest.raises(SynthmedError):
+        slice_axis(ras, "oblique")
+
+
+def test_crop_uncrop_round_trip_is_exact_without_resizing():
+    rng = np.random.default_rng(0)
+    volume = np.zeros((40, 50, 12), np.float32)
+    volume[5:30, 10:45, :] = rng.random((25, 35, 12))
+    foreground = volume > 0
+    geometry = fit_geometry(foreground, axis=2, size=1)
+    geometry = type(geometry)(**{**geometry.to_dict(), "size": geometry.side})  # no resize
+    slices = crop_slices(volume, geometry, fill=0.0)
+    assert slices.shape == (12, geometry.side, geometry.side)
+    restored = uncrop_slices(slices, geometry, fill=0.0)
+    assert restored.shape == volume.shape
+    np.testing.assert_allclose(restored, volume, atol=1e-6)
+
+
+def test_crop_with_resize_keeps_geometry_and_values_close():
+    x, y = np.meshgrid(np.linspace(-1, 1, 60), np.linspace(-1, 1, 60), indexing="ij")
+    blob = np.exp(-(x**2 + y**2) * 3).astype(np.float32)
+    volume = np.repeat(blob[:, :, None], 5, axis=2) * (np.hypot(x, y) < 0.9)[:, :, None]
+    geometry = fit_geometry(volume > 0, axis=2, size=32)
+    assert geometry.size == 32
+    restored = uncrop_slices(crop_slices(volume, geometry, fill=0.0), geometry, fill=0.0)
+    assert restored.shape == volume.shape
+    inside = volume > 0.2
+    assert np.abs(restored - volume)[inside].mean() < 0.02
+    assert geometry.to_dict() == type(geometry).from_dict(geometry.to_dict()).to_dict()
+
+
+def test_box_leaving_the_image_is_padded():
+    volume = np.zeros((20, 20, 3), np.float32)
+    volume[0:20, 15:20, :] = 1.0  # foreground touching the border, tall and thin
+    geometry = fit_geometry(volume > 0, axis=2, size=16)
+    slices = crop_slices(volume, geometry, fill=-1.0)
+    assert slices.shape == (3, 16, 16)
+    assert slices.min() == pytest.approx(-1.0, abs=1e-5)  # padding was filled
+    assert uncrop_slices(slices, geometry, fill=0).shape == volume.shape
+
+
+def test_normalization_is_invertible_and_recorded():
+    rng = np.random.default_rng(1)
+    volume = np.zeros((30, 30, 30), np.float32)
+    volume[5:25, 5:25, 5:25] = rng.uniform(100, 900, (20, 20, 20))
+    foreground = volume > 0
+    norm = fit_normalization(volume, foreground, "mr")
+    scaled = norm.apply(volume)
+    assert scaled.min() >= -1 and scaled.max() <= 1
+    inside = (volume >= norm.lo) & (volume <= norm.hi)
+    np.testing.assert_allclose(norm.invert(scaled)[inside], volume[inside], rtol=1e-5, atol=1e-3)
+    assert Normalization.from_dict(norm.to_dict()) == norm
+    ct = fit_normalization(volume - 1000, foreground, "ct")
+    assert (ct.lo, ct.hi) == (-1000.0, 2000.0)
+    assert modality_kind("CT") == "ct" and modality_kind("t2") == "mr"
+    with pytest.raises(SynthmedError, match="constant"):
+        fit_normalization(np.full((5, 5, 5), 7.0, np.float32), np.ones((5, 5, 5), bool), "mr")
+    median = median_normalization([Normalization("mr", 0, 10), Normalization("mr", 2, 30), Normalization("mr", 1, 20)])
+    assert (median.lo, median.hi) == (1.0, 20.0)
+
+
+def test_split_is_by_patient_reproducible_and_respects_fixed():
+    ids = [f"sub-{i:02d}" for i in range(10)] + ["TCGA-DU-7294", "TCGA_DU_7294_19890104"]
+    group = lambda s: "TCGA-DU-7294" if s.startswith("TCGA") else s  # noqa: E731
+    a = split_subjects(ids, (0.7, 0.1, 0.2), seed=3, group_of=group)
+    b = split_subjects(ids, (0.7, 0.1, 0.2), seed=3, group_of=group)
+    assert a == b
+    assert sorted(sum(a.values(), [])) == sorted(ids)
+    where = {s: name for name, members in a.items() for s in members}
+    assert where["TCGA-DU-7294"] == where["TCGA_DU_7294_19890104"]
+    assert len(a["val"]) >= 1 and len(a["test"]) >= 1
+    fixed = split_subjects(ids, (0.7, 0.1, 0.2), seed=3, group_of=group, fixed={"sub-00": "test"})
+    assert "sub-00" in fixed["test"]
+    assert parse_ratios("7,1,2") == pytest.approx((0.7, 0.1, 0.2))
+    with pytest.raises(SynthmedError):
+        parse_ratios("0.5,0.5")
+
+
+def test_default_size_is_a_power_of_two():
+    assert default_size([50, 60, 70]) == 64
+    assert default_size([200, 210]) == 256
+    assert default_size([5]) == 32

@@ -1,0 +1,85 @@
+"""The demo path end to end on tiny phantoms: prepare -> train -> translate -> evaluate."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from synthmed.cli import main
+from synthmed.data.datasets import PreparedData, SliceDataset
+from synthmed.data.prepare import prepare
+
+
+def test_plan_records_choices_and_split_by_subject(prepared, phantoms):
+    plan = json.loads((prepared / "plan.json").read_text())
+    assert plan["source"] == "t1" and plan["target"] == "t2" and plan["size"] == 32
+    split = plan["split"]
+    assert set(split) == {"train", "val", "test"}
+    everyone = split["train"] + split["val"] + split["test"]
+    assert sorted(everyone) == sorted(p.name for p in phantoms.iterdir() if p.is_dir())
+    assert len(set(everyone)) == len(everyone)
+    assert split["val"] and split["test"]
+    fingerprint = plan["fingerprint"]["t1"]
+    assert fingerprint["shapes"] == ["32x32x32"] and "p99.5" in fingerprint["foreground_percentiles_median"]
+    data = PreparedData(prepared)
+    assert data.arrays["source"].shape[1:] == (32, 32)
+    assert data.arrays["source"].shape == data.arrays["target"].shape == data.arrays["mask"].shape
+    assert -1.0 <= float(np.min(data.arrays["source"])) and float(np.max(data.arrays["source"])) <= 1.0
+    train_subjects = {plan["volumes"][s]["number"] for s in split["train"]}
+    rows = data.rows("train")
+    assert set(data.arrays["index"][rows, 0]) == train_subjects
+    sample = SliceDataset(data, "train")[0]
+    assert sample["source"].shape == (1, 32, 32)
+
+
+def test_prepare_twice_is_a_no_op(prepared, phantoms):
+    before = (prepared / "slices" / "source.npy").stat().st_mtime_ns
+    prepare(phantoms, source="T1", target="T2", out=prepared, size=32, split="0.5,0.25,0.25", seed=0, progress=False)
+    assert (prepared / "slices" / "source.npy").stat().st_mtime_ns == before
+
+
+def test_translate_keeps_geometry_and_evaluate_writes_metrics(trained_run, phantoms, tmp_path, capsys):
+    plan = json.loads((trained_run / "plan.json").read_text())
+    subject = plan["split"]["test"][0]
+    source = phantoms / subject / "T1.nii.gz"
+    out = tmp_path / "pred" / subject / "T2.nii.gz"
+    assert main(["translate", str(trained_run), str(source), str(out), "--quiet",
+                 "--reference", str(phantoms / subject / "T2.nii.gz")]) == 0
+    src, pred = nib.load(source), nib.load(out)
+    assert pred.shape == src.shape
+    np.testing.assert_array_equal(pred.affine, src.affine)
+    np.testing.assert_array_equal(pred.header.get_sform(), src.header.get_sform())
+    assert np.isfinite(pred.get_fdata()).all()
+    # refuses to overwrite, then does with --overwrite
+    assert main(["translate", str(trained_run), str(source), str(out), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["translate", str(trained_run), str(source), str(out), "--quiet", "--overwrite"]) == 0
+
+    # folder in -> folder out, subject folders mirrored
+    folder_out = tmp_path / "folder_out"
+    assert main(["translate", str(trained_run), str(phantoms), str(folder_out), "--quiet"]) == 0
+    assert sorted(p.name for p in folder_out.iterdir()) == sorted(p.name for p in phantoms.iterdir() if p.is_dir())
+    assert (folder_out / subject / "T2.nii.gz").is_file()
+
+    metrics = tmp_path / "metrics.json"
+    assert main(["evaluate", str(tmp_path / "pred"), str(phantoms), "--out", str(metrics)]) == 0
+    result = json.loads(metrics.read_text())
+    assert set(result["mean"]) >= {"psnr", "ssim", "mae", "nmse"}
+    assert subject in result["per_subject"]
+    assert metrics.with_suffix(".csv").read_text().startswith("subject,psnr")
+
+
+def test_models_lists_pix2pix(capsys):
+    assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "pix2pix" in text and "paired" in text and "lambda_l1=100.0" in text
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--subjects", "5", "--size", "32", "--steps", "20", "--quiet"]) == 0
+    report = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    assert set(report["results"]) == {"identity (source)", "pix2pix"}
+    assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
+    assert "identity" in capsys.readouterr().out
