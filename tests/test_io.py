@@ -383,6 +383,11 @@ def test_folder_and_glob_of_slices_in_natural_order(tmp_path):
     for k in (10, 9):
         Image.fromarray(np.full((3, 3), k, np.uint8)).save(only / f"s{k}.png")
     np.testing.assert_array_equal(read_volume(only).data[0, 0], [9, 10])
+    named = tmp_path / "named"
+    named.mkdir()
+    for k, name in enumerate(("top", "bottom")):  # unnumbered names are not "two kinds"
+        Image.fromarray(np.full((3, 3), k, np.uint8)).save(named / f"slice_{name}.png")
+    assert read_volume(named).data.shape == (3, 3, 2)
     with raises("*.png"):
         read_volume(str(tmp_path / "nothing" / "*.png"))
 

@@ -246,7 +246,7 @@ def _read_nifti(path: Path, channel: int | None, dtype) -> Volume:
     except FileNotFoundError:
         raise SynthmedError(f"{where}: no such file") from None
     except Exception as error:  # noqa: BLE001 - anything nibabel raises here means a bad file
-        raise SynthmedError(f"{where}: not a NIfTI file (header unreadable: {_first_line(error)}); is it really an image?") from None
+        raise SynthmedError(f"{where}: not a NIfTI file (header unreadable: {_first_line(error)}); is it truncated, or not really an image?") from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise SynthmedError(f"{where}: not a NIfTI file ({type(image).__name__}); convert it to .nii.gz")
     shape = tuple(int(s) for s in image.shape)
@@ -570,7 +570,9 @@ def _read_slices(files: list[str], source: str, channel: int | None, glob_hint: 
     templates: dict[str, list[str]] = {}
     for file in files:
         templates.setdefault(_slice_template(file), []).append(file)
-    if len(templates) > 1:
+    # Two or more numbered series side by side (LGG's P_3.tif and P_3_mask.tif) cannot be one
+    # stack; single odd names (slice_a.png, slice_b.png) are fine.
+    if sum(len(names) >= 2 for names in templates.values()) >= 2:
         kinds = sorted(templates.items(), key=lambda kv: -len(kv[1]))
         shown = ", ".join(f"{len(names)} like {os.path.basename(names[0])}" for _, names in kinds[:3])
         raise SynthmedError(
