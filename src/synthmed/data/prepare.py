@@ -15,6 +15,7 @@ complete or absent. Re-running with the same inputs and options does nothing.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -61,7 +62,8 @@ def _input_hash(subjects: list[Subject], options: dict) -> str:
     digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())
     for subject in subjects:
         for modality, ref in sorted(subject.files.items()):
-            for path in sorted(Path().glob(ref.path) if any(c in ref.path for c in "*?[") else [Path(ref.path)]):
+            paths = glob.glob(ref.path) if any(c in ref.path for c in "*?[") else [ref.path]
+            for path in map(Path, sorted(paths)):
                 stat = path.stat() if path.exists() else None
                 entry = (subject.id, modality, str(path), ref.key, ref.channel, stat and stat.st_size, stat and stat.st_mtime_ns)
                 digest.update(repr(entry).encode())
