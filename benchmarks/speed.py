@@ -56,7 +56,8 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     data = (head * (500 + 300 * np.cos(6 * x) * np.sin(5 * y))).astype(np.float32)
     volume = Volume(data=data, affine=np.eye(4), path="synthetic", format="nifti")
     norm = Normalization("mr", 0.0, 800.0)
-    translate_volume(loaded, Volume(data=data[:, :, :8].copy(), affine=np.eye(4), path="warm", format="nifti"), norm)
+    z0 = volume_shape[2] // 2 - 4
+    translate_volume(loaded, Volume(data=data[:, :, z0:z0 + 8].copy(), affine=np.eye(4), path="warm", format="nifti"), norm)
     sync()
     start = time.perf_counter()
     translate_volume(loaded, volume, norm)

@@ -83,3 +83,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert set(report["results"]) == {"identity (source)", "pix2pix"}
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
     assert "identity" in capsys.readouterr().out
+
+
+def test_identity_baseline_by_evaluating_the_sources(phantoms, tmp_path):
+    out = tmp_path / "identity.json"
+    assert main(["evaluate", str(phantoms), str(phantoms), "--pred-name", "T1", "--ref-name", "T2",
+                 "--match-intensity", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == len([p for p in phantoms.iterdir() if p.is_dir()])
+    # T1 is not T2: the identity baseline is far from perfect, but finite
+    assert 5 < result["mean"]["psnr"] < 25 and result["mean"]["ssim"] < 0.6

@@ -288,6 +288,15 @@ def _folder_modality(stem: str, subject: str) -> str:
     return stem
 
 
+def file_modality(path: str | Path, subject: str, aliases: dict[str, str] | None = None) -> str | None:
+    """Canonical modality of an image file inside a subject folder (None if not an image):
+    the file name without its suffix and without a leading ``<subject>-``/``_`` prefix."""
+    name = Path(path).name
+    if image_suffix(name) is None:
+        return None
+    return canonical_modality(_folder_modality(_strip_suffix(name), subject), aliases)
+
+
 def _discover_folders(root: Path, aliases: dict[str, str]) -> list[Subject]:
     subjects: list[Subject] = []
     loose_images: list[str] = []

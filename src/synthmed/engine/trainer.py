@@ -48,7 +48,7 @@ class TrainSettings:
     batch_size: int
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # auto (bf16 on CUDA when supported) | bf16 | fp16-free: off
+    amp: str = "auto"  # "auto"/"bf16": bf16 autocast on CUDA GPUs that support it; "off": full precision
     num_workers: int = 0
     log_every: int = 25
     val_every: int = 250

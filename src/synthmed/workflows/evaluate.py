@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.data.discovery import canonical_modality
+from synthmed.data.discovery import canonical_modality, file_modality
 from synthmed.data.io import read_volume, volume_suffix
 from synthmed.data.normalize import fit_normalization
 from synthmed.errors import SynthmedError
@@ -41,17 +41,8 @@ def _subject_name(path: Path, root: Path) -> str:
 
 
 def _find_modality(folder: Path, modality: str) -> Path | None:
-    for candidate in sorted(folder.iterdir()):
-        suffix = volume_suffix(candidate)
-        if not suffix:
-            continue
-        stem = candidate.name[: -len(suffix)]
-        for sep in ("-", "_"):
-            if stem.startswith(folder.name + sep):
-                stem = stem[len(folder.name) + 1 :]
-        if canonical_modality(stem) == canonical_modality(modality):
-            return candidate
-    return None
+    wanted = canonical_modality(modality)
+    return next((c for c in sorted(folder.iterdir()) if file_modality(c, folder.name) == wanted), None)
 
 
 def match_pairs(pred: Path, ref: Path, pred_name: str | None = None, ref_name: str | None = None) -> list[tuple[str, Path, Path]]:
@@ -163,7 +154,7 @@ def write_metrics(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path = out if out.suffix == ".json" else out.with_suffix(".json")
     csv_path = json_path.with_suffix(".csv")
-    json_path.write_text(json.dumps(result, indent=2, default=_json_number))
+    json_path.write_text(json.dumps(_finite(result), indent=2, default=_json_number))
     with csv_path.open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["subject", *METRIC_KEYS])
@@ -172,6 +163,15 @@ def write_metrics(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
         for row in ("mean", "sd"):
             writer.writerow([row, *[result[row].get(k) for k in METRIC_KEYS]])
     return json_path, csv_path
+
+
+def _finite(value):
+    """Strict JSON has no Infinity: an infinite PSNR (identical images) is written as the string "inf"."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
 
 
 def _json_number(value):

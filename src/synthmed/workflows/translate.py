@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synthmed.data.discovery import canonical_modality
+from synthmed.data.discovery import canonical_modality, file_modality
 from synthmed.data.geometry import crop_slices, fit_geometry, slice_axis, uncrop_slices
 from synthmed.data.io import Volume, is_volume_path, read_volume, volume_suffix, write_volume
 from synthmed.data.normalize import Normalization, fit_normalization, modality_kind
@@ -123,7 +123,7 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
     source = loaded.plan["source"]
     for entry in sorted(input_path.iterdir()):
         if entry.is_dir():
-            files = [f for f in sorted(entry.iterdir()) if volume_suffix(f) and _modality_of(f, entry.name) == source]
+            files = [f for f in sorted(entry.iterdir()) if volume_suffix(f) and file_modality(f, entry.name) == source]
             if not files:
                 continue
             in_file = files[0]
@@ -132,7 +132,7 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
             ref = None
             if reference is not None:
                 matches = [f for f in sorted((reference / entry.name).glob("*"))
-                           if volume_suffix(f) and _modality_of(f, entry.name) == loaded.plan["target"]] if (reference / entry.name).is_dir() else []
+                           if volume_suffix(f) and file_modality(f, entry.name) == loaded.plan["target"]] if (reference / entry.name).is_dir() else []
                 ref = matches[0] if matches else None
                 if ref is None:
                     raise SynthmedError(f"reference folder {reference / entry.name} has no {loaded.plan['target']} scan")
@@ -152,14 +152,6 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
 
 def _has_subjects(folder: Path) -> bool:
     return any(p.is_dir() for p in folder.iterdir())
-
-
-def _modality_of(path: Path, subject: str) -> str:
-    stem = path.name[: -len(volume_suffix(path))]
-    for sep in ("-", "_"):
-        if stem.startswith(subject + sep):
-            stem = stem[len(subject) + 1 :]
-    return canonical_modality(stem)
 
 
 def _target_name(loaded: LoadedRun) -> str:
