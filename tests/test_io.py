@@ -137,7 +137,7 @@ def test_nifti_2d_and_4d_channel(tmp_path):
     four = tmp_path / "scan.nii.gz"
     data = ramp((4, 5, 6, 3))
     nib.save(nib.Nifti1Image(data, oblique_affine()), four)
-    with raises("scan.nii.gz", "4D (4x5x6x3)", "channel=N (0-2)"):
+    with raises("scan.nii.gz", "4D (4x5x6x3)", "channel 0-2", "--channel N"):
         read_volume(four)
     picked = read_volume(four, channel=2)
     np.testing.assert_array_equal(picked.data, data[..., 2])
@@ -331,7 +331,7 @@ def test_png_8_and_16_bit(tmp_path):
 def test_rgb_channels(tmp_path):
     rgb = np.stack([ramp((4, 5)), ramp((4, 5)) * 2, ramp((4, 5)) * 3], axis=-1).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
-    with raises("rgb.png", "channel=N"):
+    with raises("rgb.png", "--channel N"):
         read_volume(tmp_path / "rgb.png")
     np.testing.assert_array_equal(read_volume(tmp_path / "rgb.png", channel=1).data[..., 0], rgb[..., 1])
     with raises("rgb.png", "channel=5"):
@@ -544,7 +544,7 @@ def test_real_lgg_slices():
     assert names[:3] == ["TCGA_CS_4941_19960909_1.tif", "TCGA_CS_4941_19960909_2.tif", "TCGA_CS_4941_19960909_3.tif"]
     assert [Path(f).name.replace("_mask", "") for f in masks.meta["files"]] == names
     assert set(np.unique(masks.data)) <= {0.0, 255.0}
-    with raises("TCGA_CS_4941_19960909", "channel=N"):
+    with raises("TCGA_CS_4941_19960909", "--channel N"):
         read_volume(prefix + "*[0-9].tif")  # RGB with different channels
     with raises("TCGA_CS_4941_19960909", "glob"):
         read_volume(folder)  # images and masks mixed

@@ -93,3 +93,13 @@ def test_identity_baseline_by_evaluating_the_sources(phantoms, tmp_path):
     assert result["n"] == len([p for p in phantoms.iterdir() if p.is_dir()])
     # T1 is not T2: the identity baseline is far from perfect, but finite
     assert 5 < result["mean"]["psnr"] < 25 and result["mean"]["ssim"] < 0.6
+
+
+def test_translate_picks_a_channel_of_a_4d_input(trained_run, phantoms, tmp_path, capsys):
+    t1 = nib.load(next(phantoms.glob("*/T1.nii.gz")))
+    four_d = tmp_path / "t1_4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([t1.get_fdata()] * 2, axis=-1).astype(np.float32), t1.affine), four_d)
+    assert main(["translate", str(trained_run), str(four_d), str(tmp_path / "a.nii.gz"), "--quiet"]) == 2
+    assert "--channel" in capsys.readouterr().err
+    assert main(["translate", str(trained_run), str(four_d), str(tmp_path / "b.nii.gz"), "--quiet", "--channel", "1"]) == 0
+    assert nib.load(tmp_path / "b.nii.gz").shape == t1.shape

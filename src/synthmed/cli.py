@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output")
     p.add_argument("--reference", help="scan(s) of the target modality whose intensity scale the output takes (MR)")
     p.add_argument("--checkpoint", default="best", help="best (default) or last")
+    p.add_argument("--channel", type=int, default=None, help="channel of a 4D or RGB input to translate")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
@@ -151,7 +152,8 @@ def run_command(args: argparse.Namespace) -> int:
         from synthmed.workflows.translate import translate
 
         written = translate(args.run, args.input, args.output, reference=args.reference, overwrite=args.overwrite,
-                            batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint, progress=progress)
+                            batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint,
+                            channel=args.channel, progress=progress)
         print(f"wrote {len(written)} volume(s): {written[0]}{' ...' if len(written) > 1 else ''}")
     elif args.verb == "evaluate":
         from synthmed.workflows.evaluate import evaluate, format_table

@@ -217,7 +217,7 @@ def _pick_channel(array: np.ndarray, channel: int | None, where: str, what: str 
         n = array.shape[3]
         if channel is None:
             raise SynthmedError(
-                f"{where} is 4D ({_shape_text(array.shape)}){what}: pass channel=N (0-{n - 1}) to pick one"
+                f"{where} is 4D ({_shape_text(array.shape)}){what}: choose a channel 0-{n - 1} (translate --channel N, or a 'channel' column in a prepare --manifest)"
             )
         _check_channel(channel, n, where, f"4D ({_shape_text(array.shape)})")
         return array[..., channel]
@@ -260,7 +260,7 @@ def _read_nifti(path: Path, channel: int | None, dtype) -> Volume:
     if big:
         n = shape[big[0]]
         if channel is None:
-            raise SynthmedError(f"{where} is 4D ({_shape_text(shape)}): pass channel=N (0-{n - 1}) to pick one")
+            raise SynthmedError(f"{where} is 4D ({_shape_text(shape)}): choose a channel 0-{n - 1} (translate --channel N, or a 'channel' column in a prepare --manifest)")
         _check_channel(channel, n, where, f"4D ({_shape_text(shape)})")
     elif channel not in (None, 0):
         raise SynthmedError(f"{where} is {min(len(shape), 3)}D ({_shape_text(shape)}) with no channels: drop channel={channel}")
@@ -314,7 +314,7 @@ def _from_itk_image(image, path: Path, channel: int | None, fmt: str, where: str
             if components in (3, 4) and all(np.array_equal(spatial[..., 0], spatial[..., c]) for c in range(1, 3)):
                 spatial = spatial[..., :1]
             else:
-                raise SynthmedError(f"{where} has {components} components per voxel: pass channel=N (0-{components - 1}) to pick one")
+                raise SynthmedError(f"{where} has {components} components per voxel: choose a channel 0-{components - 1} (translate --channel N, or a 'channel' column in a prepare --manifest)")
         else:
             _check_channel(channel, components, where, f"{components} components")
             spatial = spatial[..., channel : channel + 1]
@@ -523,7 +523,7 @@ def _image_to_2d(image, channel: int | None, where: str) -> tuple[np.ndarray, in
     if all(np.array_equal(array[:, :, 0], array[:, :, c]) for c in range(1, colour)):
         return array[:, :, 0], bits
     names = {"RGB": "0=R, 1=G, 2=B", "RGBA": "0=R, 1=G, 2=B, 3=A"}.get(mode, f"0-{n - 1}")
-    raise SynthmedError(f"{where}: {mode} image with different channels: pass channel=N ({names}) to pick one")
+    raise SynthmedError(f"{where}: {mode} image with different channels: choose a channel ({names}) (translate --channel N, or a 'channel' column in a prepare --manifest)")
 
 
 def _read_image_file(path: str, channel: int | None) -> tuple[np.ndarray, dict]:

@@ -182,13 +182,14 @@ def _json_number(value):
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
     """Plain-text table of ``{name: result}`` (mean +/- sd for each metric)."""
-    header = f"{'method':<22}" + "".join(f"{k:>18}" for k in ("psnr", "ssim", "mae", "nmse"))
+    digits = {"psnr": 2, "ssim": 4, "mae": 3, "nmse": 4}
+    width = 22
+    header = f"{'method':<20}" + "".join(f"{k.upper() + ' (mean +/- sd)':>{width}}" for k in digits)
     lines = [header, "-" * len(header)]
     for name, result in rows.items():
-        cells = []
-        for key in ("psnr", "ssim", "mae", "nmse"):
-            mean, sd = result["mean"].get(key), result["sd"].get(key)
-            precision = 2 if key == "psnr" else 4 if key in ("ssim", "nmse") else 3
-            cells.append(f"{mean:>10.{precision}f} +/- {sd:<5.{min(precision, 3)}f}"[:18].rjust(18))
-        lines.append(f"{name:<22}" + "".join(cells))
+        cells = ""
+        for key, d in digits.items():
+            mean, sd = result["mean"][key], result["sd"][key]
+            cells += f"{mean:.{d}f} +/- {sd:.{d}f}".rjust(width)
+        lines.append(f"{name:<20}{cells}")
     return "\n".join(lines)

@@ -181,6 +181,7 @@ def translate(
     batch_size: int = 32,
     device: str = "auto",
     checkpoint: str = "best",
+    channel: int | None = None,
     progress: bool = True,
 ) -> list[Path]:
     """Translate a file or a folder; returns the written paths. Refuses to overwrite unless asked."""
@@ -200,7 +201,7 @@ def translate(
             raise SynthmedError(f"{out.parent} is not writable; choose another output")
     written = []
     for in_file, out_file, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
-        volume = read_volume(in_file)
+        volume = read_volume(in_file, channel=channel)
         result = translate_volume(loaded, volume, _reference_normalization(loaded, ref), batch_size=batch_size)
         written.append(write_volume(out_file, result, like=volume, overwrite=overwrite))
     return written
