@@ -103,3 +103,22 @@ def test_translate_picks_a_channel_of_a_4d_input(trained_run, phantoms, tmp_path
     assert "--channel" in capsys.readouterr().err
     assert main(["translate", str(trained_run), str(four_d), str(tmp_path / "b.nii.gz"), "--quiet", "--channel", "1"]) == 0
     assert nib.load(tmp_path / "b.nii.gz").shape == t1.shape
+
+
+def test_mr_to_ct_comes_back_in_hounsfield_units(phantoms, tmp_path):
+    from synthmed.workflows.train import train
+    from synthmed.workflows.translate import translate
+
+    prep = prepare(phantoms, source="T1", target="CT", out=tmp_path / "prep", size=32, split="0.5,0.25,0.25", progress=False)
+    plan = json.loads((prep / "plan.json").read_text())
+    assert plan["normalization_kind"]["ct"] == "ct"
+    assert plan["reference_normalization"]["ct"] == {"kind": "ct", "lo": -1000.0, "hi": 2000.0}
+    run = tmp_path / "run"
+    train(prep, model="pix2pix", out=run, steps=4, batch_size=4, progress=False,
+          overrides={"generator_channels": 8, "discriminator_channels": 8})
+    subject = plan["split"]["test"][0]
+    out = translate(run, phantoms / subject / "T1.nii.gz", tmp_path / "ct.nii.gz", progress=False)[0]
+    hu = nib.load(out).get_fdata()
+    assert -1000.0 - 1e-3 <= hu.min() and hu.max() <= 2000.0 + 1e-3
+    # outside the head the output is air (-1000 HU) whatever the (barely trained) model says inside
+    assert hu[0, 0, 0] == pytest.approx(-1000.0, abs=1e-3)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthmed.errors import SynthmedError
+from synthmed.data.io import has_dicom_magic
 
 __all__ = [
     "DEFAULT_ALIASES",
@@ -243,15 +244,6 @@ def _scandir(path: Path):
         raise SynthmedError(f"{path}: cannot list this folder ({error.strerror}); check its permissions") from None
 
 
-def _has_dicm_magic(path: str) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _is_dicom_series(path: Path | str) -> bool:
     """True when the folder holds ``.dcm`` files, or extension-less files with 'DICM' at byte 128."""
     candidates = []
@@ -267,7 +259,7 @@ def _is_dicom_series(path: Path | str) -> bool:
                     candidates.append(entry.path)
     except OSError:
         return False
-    return any(_has_dicm_magic(p) for p in candidates)
+    return any(has_dicom_magic(p) for p in candidates)
 
 
 def _add(files: dict[str, FileRef], origin: dict[str, str], subject: str, modality: str, ref: FileRef, where: str) -> None:

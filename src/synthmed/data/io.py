@@ -139,7 +139,7 @@ def volume_suffix(path: str | os.PathLike) -> str:
     return _suffix_of_name(path.name)
 
 
-def _has_dicm_magic(path: str) -> bool:
+def has_dicom_magic(path: str) -> bool:
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
@@ -159,7 +159,7 @@ def _dicom_files(folder: Path, limit: int | None = None) -> list[str]:
         if entry.name.startswith(".") or not entry.is_file():
             continue
         lowered = entry.name.lower()
-        if lowered.endswith((".dcm", ".dicom")) or (not _suffix_of_name(entry.name) and _has_dicm_magic(entry.path)):
+        if lowered.endswith((".dcm", ".dicom")) or (not _suffix_of_name(entry.name) and has_dicom_magic(entry.path)):
             found.append(entry.path)
             if limit is not None and len(found) >= limit:
                 break
@@ -696,7 +696,7 @@ def read_volume(
             else:
                 lowered = path.name.lower()
                 hint = ("; point at the folder holding the DICOM series" if lowered.endswith((".dcm", ".dicom"))
-                        or _has_dicm_magic(str(path)) else "")
+                        or has_dicom_magic(str(path)) else "")
                 raise SynthmedError(
                     f"{path}: unsupported file type{' ' + repr(Path(lowered).suffix) if Path(lowered).suffix else ''}"
                     f"{hint or '; use ' + ', '.join(VOLUME_SUFFIXES) + ' or a DICOM series folder'}"
@@ -841,6 +841,18 @@ def _write_image(tmp: str, pages: list[np.ndarray], suffix: str) -> None:
         images[0].save(tmp, format=fmt)
 
 
+def ensure_writable_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and parents) if needed; a :class:`SynthmedError` if that fails or it is read-only."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SynthmedError(f"cannot create folder {folder} ({error.strerror or error}); choose another output") from None
+    if not os.access(folder, os.W_OK):
+        raise SynthmedError(f"folder {folder} is not writable; choose another output")
+    return folder
+
+
 def write_volume(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -876,13 +888,7 @@ def write_volume(
     if out.exists() and not overwrite:
         raise SynthmedError(f"{out} exists; pass --overwrite to replace it")
     pages = _image_pages(data, out, suffix) if suffix in SLICE_SUFFIXES else None
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SynthmedError(f"{out}: cannot create folder {parent} ({error.strerror or error}); choose another output") from None
-    if not os.access(parent, os.W_OK):
-        raise SynthmedError(f"{out}: folder {parent} is not writable; choose another output")
+    parent = ensure_writable_folder(out.parent if str(out.parent) else Path("."))
 
     if suffix == ".mhd":
         return _write_mhd(out, data, like)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from synthmed.data.discovery import FileRef, Subject, canonical_modality, discover, patient_key, require_modalities
 from synthmed.data.geometry import SliceGeometry, crop_slices, default_size, fit_geometry, slice_axis
-from synthmed.data.io import Volume, read_volume
+from synthmed.data.io import Volume, ensure_writable_folder, read_volume
 from synthmed.data.normalize import Normalization, fit_normalization, median_normalization, modality_kind
 from synthmed.data.splits import parse_ratios, split_subjects
 from synthmed.errors import SynthmedError
@@ -188,12 +188,7 @@ def prepare(
         if not overwrite and (not out.is_dir() or any(out.iterdir())):
             raise SynthmedError(f"{out} exists and holds something else; pass --overwrite to replace it or choose another --out")
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SynthmedError(f"cannot create {out.parent}: {error.strerror}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise SynthmedError(f"{out.parent} is not writable; choose another --out")
+    ensure_writable_folder(out.parent)
 
     if size is None:
         # A cheap pre-pass over the sources alone picks the slice size from the foreground boxes.

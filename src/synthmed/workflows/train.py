@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 
 import synthmed
 from synthmed.data.datasets import PreparedData, SliceDataset
+from synthmed.data.io import ensure_writable_folder
 from synthmed.engine.trainer import Trainer, TrainSettings, seed_everything
 from synthmed.errors import SynthmedError
 from synthmed.models.registry import build_model, model_class
@@ -73,12 +73,7 @@ def train(
     if not resume and out.exists() and any(out.iterdir()):
         hint = "pass --resume to continue it" if checkpoint.is_file() else "choose another --out"
         raise SynthmedError(f"{out} already holds a run; {hint}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SynthmedError(f"cannot create run folder {out}: {error.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise SynthmedError(f"{out} is not writable; choose another --out")
+    ensure_writable_folder(out)
 
     run_info = {
         "model": model,

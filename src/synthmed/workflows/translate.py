@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from synthmed.data.discovery import canonical_modality, file_modality
 from synthmed.data.geometry import crop_slices, fit_geometry, slice_axis, uncrop_slices
-from synthmed.data.io import Volume, is_volume_path, read_volume, volume_suffix, write_volume
+from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
 from synthmed.data.normalize import Normalization, fit_normalization, modality_kind
 from synthmed.engine.checkpoint import load_checkpoint
 from synthmed.engine.trainer import pick_device
@@ -192,13 +191,8 @@ def translate(
     existing = [out for _, out, _ in jobs if out.exists()]
     if existing and not overwrite:
         raise SynthmedError(f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace")
-    for _, out, _ in jobs:
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise SynthmedError(f"cannot create {out.parent}: {error.strerror}") from None
-        if not os.access(out.parent, os.W_OK):
-            raise SynthmedError(f"{out.parent} is not writable; choose another output")
+    for folder in sorted({out.parent for _, out, _ in jobs}):
+        ensure_writable_folder(folder)
     written = []
     for in_file, out_file, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
         volume = read_volume(in_file, channel=channel)
