@@ -211,3 +211,34 @@ def test_console_script_prints_no_traceback(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "norun" in result.stderr
+
+
+@pytest.mark.parametrize("setting", ["generator_channels=abc", "norm=foo", "lr=-1", "betas=0.5", "generator_channels=0"])
+def test_bad_settings(prepared, tmp_path, capsys, setting):
+    code, err = run_cli(["train", prepared, "--model", "pix2pix", "--out", tmp_path / "run", "--set", setting, "--quiet"], capsys)
+    assert_clean_error(code, err, setting.split("=")[0] if "channels=0" not in setting else "generator_channels")
+    assert not (tmp_path / "run").exists()
+
+
+def test_size_must_suit_the_networks(dataset, tmp_path, capsys):
+    code, err = run_cli(["prepare", dataset, "--source", "T1", "--target", "T2", "--out", tmp_path / "p", "--size", "40"], capsys)
+    assert_clean_error(code, err, "--size 40", "multiple of 16")
+
+
+def test_missing_cuda_device(prepared, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, err = run_cli(["train", prepared, "--model", "pix2pix", "--out", tmp_path / "run", "--device", "cuda"], capsys)
+    assert_clean_error(code, err, "--device cuda")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failing_volume_in_a_folder_leaves_no_outputs(trained_run, phantoms, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, subject in enumerate(sorted(p for p in phantoms.iterdir() if p.is_dir())[:2]):
+        shutil.copy(subject / "T1.nii.gz", flat / f"case{i}.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 32), np.float32), np.eye(4)), flat / "case9.nii.gz")
+    code, err = run_cli(["translate", trained_run, flat, tmp_path / "out", "--quiet"], capsys)
+    assert_clean_error(code, err, "case9.nii.gz")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

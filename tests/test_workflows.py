@@ -122,3 +122,22 @@ def test_mr_to_ct_comes_back_in_hounsfield_units(phantoms, tmp_path):
     assert -1000.0 - 1e-3 <= hu.min() and hu.max() <= 2000.0 + 1e-3
     # outside the head the output is air (-1000 HU) whatever the (barely trained) model says inside
     assert hu[0, 0, 0] == pytest.approx(-1000.0, abs=1e-3)
+
+
+def test_aliases_are_kept_for_translation(phantoms, tmp_path):
+    from synthmed.workflows.train import train
+    from synthmed.workflows.translate import translate
+
+    data = tmp_path / "data"
+    for subject in sorted(p for p in phantoms.iterdir() if p.is_dir()):
+        (data / subject.name).mkdir(parents=True)
+        (data / subject.name / "MPRAGE.nii.gz").write_bytes((subject / "T1.nii.gz").read_bytes())
+        (data / subject.name / "T2SPACE.nii.gz").write_bytes((subject / "T2.nii.gz").read_bytes())
+    prep = prepare(data, source="t1", target="t2", aliases="mprage=t1,t2space=t2", out=tmp_path / "prep", size=32,
+                   split="0.5,0.25,0.25", progress=False)
+    run = tmp_path / "run"
+    train(prep, model="pix2pix", out=run, steps=2, batch_size=4, progress=False,
+          overrides={"generator_channels": 8, "discriminator_channels": 8})
+    written = translate(run, data, tmp_path / "out", progress=False)
+    assert len(written) == len(list(data.iterdir()))
+    assert all(path.name == "T2SPACE.nii.gz" for path in written)

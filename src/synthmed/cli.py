@@ -14,6 +14,23 @@ from pathlib import Path
 from synthmed.errors import SynthmedError
 
 
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {minimum}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+non_negative_int = _int_at_least(0)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
@@ -39,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="phantoms -> prepare -> train pix2pix -> translate -> evaluate vs identity")
     p.add_argument("--out", default="synthmed-demo", help="demo folder (default: ./synthmed-demo)")
-    p.add_argument("--subjects", type=int, default=10)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the small preset's)")
+    p.add_argument("--subjects", type=positive_int, default=10)
+    p.add_argument("--size", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the small preset's)")
     p.add_argument("--model", default="pix2pix")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -50,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantom", help="write synthetic heads (T1, T2, PD, FLAIR, T1c, CT, labels, lesion)")
     p.add_argument("out")
-    p.add_argument("--subjects", type=int, default=10)
-    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--subjects", type=positive_int, default=10)
+    p.add_argument("--size", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     _add_common(p)
@@ -62,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=None)
     p.add_argument("--label", default=None, help="label/mask modality to keep with the slices")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=int, default=None, help="slice size N (default: from the foreground boxes)")
+    p.add_argument("--size", type=positive_int, default=None, help="slice size N (default: from the foreground boxes)")
     p.add_argument("--axis", default="axial", help="axial, coronal, sagittal or 0-2")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--pattern", help="e.g. '{subject}-{modality}.nii.gz' or '{subject}/{modality}_N4_*.nii.gz'")
@@ -79,13 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--preset", default="small")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--val-every", type=int, default=250)
+    p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    p.add_argument("--val-every", type=positive_int, default=250)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config setting")
     _add_common(p)
 
@@ -96,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="scan(s) of the target modality whose intensity scale the output takes (MR)")
     p.add_argument("--checkpoint", default="best", help="best (default) or last")
     p.add_argument("--channel", type=int, default=None, help="channel of a 4D or RGB input to translate")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     _add_common(p)
@@ -162,7 +179,7 @@ def run_command(args: argparse.Namespace) -> int:
                           ref_name=args.ref_name, match=args.match_intensity)
         print(format_table({Path(args.pred).name: result}))
         if args.out:
-            print(f"metrics: {args.out}")
+            print(f"metrics: {', '.join(map(str, result['written']))}")
     elif args.verb == "models":
         from synthmed.models.registry import available_models
 
@@ -194,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("synthmed: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # disk full, permission denied, a path under /proc, ...
+        where = f" {error.filename}" if error.filename else ""
+        print(f"synthmed: error:{where}: {error.strerror or error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

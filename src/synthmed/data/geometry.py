@@ -31,7 +31,7 @@ def slice_axis(affine: np.ndarray, axis: str | int, is_2d: bool = False) -> int:
         index = int(axis)
         if index not in (0, 1, 2):
             raise SynthmedError(f"--axis {axis}: use 0, 1, 2, axial, coronal or sagittal")
-        return index
+        return 2 if is_2d else index  # a stack of 2D images is only ever sliced along its stacking axis
     name = str(axis).lower()
     if name not in AXIS_NAMES:
         raise SynthmedError(f"--axis {axis}: use axial, coronal, sagittal or a voxel axis 0-2")

@@ -197,8 +197,8 @@ def prepare(
             src = read_ref(subject.files[source_mod])
             sides.append(fit_geometry(foreground_mask(src.data), slice_axis(src.affine, axis, src.is_2d), 1).side)
         size = default_size(sides)
-    if size < 16:
-        raise SynthmedError(f"--size {size}: use at least 16 pixels")
+    if size < 16 or size > 1024 or size % 16:
+        raise SynthmedError(f"--size {size}: use a multiple of 16 between 16 and 1024 (e.g. 64, 128, 256)")
 
     records: dict[str, dict] = {}
     stacks: dict[str, dict[str, np.ndarray]] = {}
@@ -273,6 +273,7 @@ def prepare(
         "source": source_mod,
         "target": target_mod,
         "label": label_mod,
+        "aliases": _aliases(aliases),
         "axis": str(axis),
         "size": int(size),
         "normalization_kind": {role: modality_kind(role) for role in roles},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise SynthmedError(f"{path}: checkpoint not found")
     try:
-        record = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files; our message says it all
+            warnings.simplefilter("ignore")
+            record = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # any failure to parse an untrusted file means the same thing to the user
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        first_line = next((line for line in lines if "Unsupported global" in line), lines[0])
+        first_line = next((line for line in lines if "Unsupported" in line), lines[0])
         first_line = first_line.replace("WeightsUnpickler error: ", "")
         raise SynthmedError(
             f"{path}: not a loadable synthmed checkpoint (truncated, or not made by synthmed; refused to unpickle "

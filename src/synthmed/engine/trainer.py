@@ -66,9 +66,14 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise SynthmedError(f"--device {name}: not a device name (use auto, cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise SynthmedError(f"--device {name}: no such CUDA device here (this torch sees {torch.cuda.device_count()}); use --device cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise SynthmedError(f"--device {name}: MPS is not available here; use --device cpu")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -108,6 +113,7 @@ class Trainer:
         self._stop_signal: str | None = None
         self._log_fields: list[str] | None = None
         self._tensorboard = None
+        self._started = time.perf_counter()
 
     # --- set-up -------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
@@ -150,6 +156,9 @@ class Trainer:
     def resume(self) -> None:
         path = self.run_dir / "checkpoints" / "last.pt"
         record = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in ("model", "config", "step", "state", "optimizers", "rng", "best") if k not in record]
+        if missing:
+            raise SynthmedError(f"{path}: checkpoint lacks {', '.join(missing)}; it cannot be resumed (start a new --out)")
         # The step budget may grow on resume (train longer); everything else must match.
         saved = {k: v for k, v in record["config"].items() if k != "steps"}
         wanted = {k: v for k, v in self.model.config_dict().items() if k != "steps"}
@@ -182,8 +191,9 @@ class Trainer:
         if self.step >= steps:
             log.info("run already at step %d of %d; nothing to train", self.step, steps)
             return self.summary(0.0)
-        previous_handler = self._install_sigterm()
-        start = time.perf_counter()
+        previous_handlers = self._install_signals()
+        start = self._started = time.perf_counter()
+        first_step = self.step
         bar = tqdm(total=steps, initial=self.step, desc=f"train {self.run_info['model']}", unit="step",
                    disable=not self.settings.progress, dynamic_ncols=True)
         try:
@@ -192,7 +202,7 @@ class Trainer:
             self._stop_signal = "Ctrl-C"
         finally:
             bar.close()
-            self._restore_sigterm(previous_handler)
+            self._restore_signals(previous_handlers)
             if self._tensorboard:
                 self._tensorboard.close()
         if self._stop_signal:
@@ -200,7 +210,7 @@ class Trainer:
             raise TrainingInterrupted(
                 f"{self._stop_signal}: stopped at step {self.step}; checkpoint saved to {path}; continue with --resume"
             )
-        return self.summary(time.perf_counter() - start)
+        return self.summary(time.perf_counter() - start, self.step - first_step)
 
     def _loop(self, bar) -> None:
         n = len(self.train_set)
@@ -235,9 +245,11 @@ class Trainer:
             values = {k: float(v) for k, v in losses.items()}
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(values.items())[:3]})
             if not all(math.isfinite(v) for v in values.values()):
-                self.save("last.pt")
-                raise SynthmedError(f"training diverged at step {step} (losses {values}); lower the learning rate")
-            row = {"step": step, "epoch": epoch, "elapsed_s": round(bar.format_dict.get("elapsed", 0.0), 2), **values}
+                raise SynthmedError(
+                    f"training diverged at step {step} (losses {values}); the last good checkpoint is kept; "
+                    "start a new --out with a lower --set lr=..."
+                )
+            row = {"step": step, "epoch": epoch, "elapsed_s": round(time.perf_counter() - self._started, 2), **values}
         if self.val_set is not None and (step % s.val_every == 0 or last):
             metrics = self.validate()
             row = {**(row or {"step": step, "epoch": epoch}), **{f"val_{k}": v for k, v in metrics.items()}}
@@ -324,19 +336,21 @@ class Trainer:
         return self._tensorboard or None
 
     # --- signals ------------------------------------------------------------------
-    def _install_sigterm(self):
+    def _install_signals(self) -> dict:
+        """Ctrl-C (SIGINT) and SIGTERM set a flag; the loop saves and stops after the current step,
+        so a checkpoint never holds half an update."""
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return {}
 
-        def on_sigterm(signum, frame):
-            self._stop_signal = "SIGTERM"
+        def on_signal(signum, frame):
+            self._stop_signal = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
 
-        return signal.signal(signal.SIGTERM, on_sigterm)
+        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
-    def _restore_sigterm(self, previous) -> None:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    def _restore_signals(self, previous: dict) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
-    def summary(self, seconds: float) -> dict[str, Any]:
-        return {"steps": self.step, "seconds": round(seconds, 2), "best": self.best, "device": str(self.device),
+    def summary(self, seconds: float, trained: int = 0) -> dict[str, Any]:
+        return {"steps": self.step, "trained_steps": trained, "seconds": round(seconds, 2), "best": self.best, "device": str(self.device),
                 "settings": asdict(self.settings)}

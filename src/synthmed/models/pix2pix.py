@@ -58,7 +58,17 @@ class Pix2Pix(SynthesisModel):
 
     def __init__(self, config: Pix2PixConfig):
         super().__init__(config)
-        depth = min(config.generator_depth, int(math.log2(config.image_size)))
+        # As deep as the paper's 8 levels allow, with every level halving the image exactly.
+        depth = 0
+        while depth < config.generator_depth and config.image_size % 2 ** (depth + 1) == 0:
+            depth += 1
+        if depth < 3:
+            raise ValueError(f"image size {config.image_size} must be a multiple of 8 (prepare with --size 64, 128 or 256)")
+        for key in ("generator_channels", "discriminator_channels", "discriminator_layers", "batch_size"):
+            if getattr(config, key) < 1:
+                raise ValueError(f"{key} must be at least 1")
+        if config.lr <= 0 or config.lambda_l1 < 0:
+            raise ValueError("lr must be positive and lambda_l1 non-negative")
         self.generator = UNetGenerator(1, 1, config.generator_channels, depth, norm=config.norm, dropout=config.dropout)
         # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
         layers = min(config.discriminator_layers, max(1, int(math.log2(config.image_size)) - 2))

@@ -53,16 +53,41 @@ def make_config(name: str, preset: str = "small", overrides: dict[str, Any] | No
 
 
 def build_model(name: str, preset: str = "small", overrides: dict[str, Any] | None = None) -> SynthesisModel:
-    return model_class(name)(make_config(name, preset, overrides))
+    return instantiate(name, make_config(name, preset, overrides))
 
 
 def config_from_dict(name: str, values: dict[str, Any]):
-    """Rebuild a config saved in a checkpoint or run.json (lists back to tuples)."""
+    """Rebuild a config saved in a checkpoint or run.json, or given with --set; values are
+    checked against the types of the paper defaults (lists back to tuples)."""
     cls = model_class(name)
     known = {f.name for f in dataclasses.fields(cls.Config)}
     defaults = cls.Config()
     clean = {}
     for key, value in values.items():
-        if key in known:
-            clean[key] = tuple(value) if isinstance(getattr(defaults, key), tuple) else value
+        if key not in known:
+            continue
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)) or len(value) != len(default):
+                raise SynthmedError(f"{name} setting {key}={value!r}: give {len(default)} values like {list(default)}")
+            value = tuple(value)
+        elif isinstance(default, bool) != isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ) or (isinstance(default, str) and not isinstance(value, str)):
+            raise SynthmedError(f"{name} setting {key}={value!r}: expected a {type(default).__name__} like {default!r}")
+        elif isinstance(default, float):
+            value = float(value)
+        elif isinstance(default, int) and isinstance(value, float):
+            if not value.is_integer():
+                raise SynthmedError(f"{name} setting {key}={value!r}: expected a whole number")
+            value = int(value)
+        clean[key] = value
     return cls.Config(**clean)
+
+
+def instantiate(name: str, config) -> SynthesisModel:
+    """Build the model, turning invalid settings into a one-line error."""
+    try:
+        return model_class(name)(config)
+    except (ValueError, TypeError) as error:
+        raise SynthmedError(f"{name}: invalid settings ({error})") from None

@@ -125,7 +125,7 @@ def evaluate_pairs(
         **summary,
     }
     if out is not None:
-        write_metrics(result, Path(out))
+        result["written"] = list(write_metrics(result, Path(out)))
     return result
 
 
@@ -154,7 +154,7 @@ def write_metrics(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path = out if out.suffix == ".json" else out.with_suffix(".json")
     csv_path = json_path.with_suffix(".csv")
-    json_path.write_text(json.dumps(_finite(result), indent=2, default=_json_number))
+    json_path.write_text(json.dumps(_finite({k: v for k, v in result.items() if k != "written"}), indent=2, default=_json_number))
     with csv_path.open("w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["subject", *METRIC_KEYS])

@@ -18,7 +18,7 @@ import torch
 import synthmed
 from synthmed.data.datasets import PreparedData, SliceDataset
 from synthmed.data.io import ensure_writable_folder
-from synthmed.engine.trainer import Trainer, TrainSettings, seed_everything
+from synthmed.engine.trainer import Trainer, TrainSettings, pick_device, seed_everything
 from synthmed.errors import SynthmedError
 from synthmed.models.registry import build_model, model_class
 
@@ -65,14 +65,24 @@ def train(
         batch_size=int(batch_size if batch_size is not None else net.config.batch_size),
         seed=seed, device=device, progress=progress, **settings,
     )
-    if settings_obj.steps < 1:
-        raise SynthmedError(f"--steps {settings_obj.steps}: train for at least one step")
+    for key in ("steps", "batch_size", "log_every", "val_every", "checkpoint_every", "sample_every", "max_val_slices"):
+        if getattr(settings_obj, key) < 1:
+            raise SynthmedError(f"--{key.replace('_', '-')} {getattr(settings_obj, key)}: must be at least 1")
+    if settings_obj.num_workers < 0:
+        raise SynthmedError(f"--workers {settings_obj.num_workers}: must be 0 or more")
+    pick_device(device)
     checkpoint = out / "checkpoints" / "last.pt"
     if resume and not checkpoint.is_file():
         raise SynthmedError(f"{out}: nothing to resume (no checkpoints/last.pt); drop --resume to start a new run")
-    if not resume and out.exists() and any(out.iterdir()):
-        hint = "pass --resume to continue it" if checkpoint.is_file() else "choose another --out"
-        raise SynthmedError(f"{out} already holds a run; {hint}")
+    if not resume and checkpoint.is_file():
+        raise SynthmedError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if not resume and out.exists() and any(p.name not in ("run.json", "plan.json", "checkpoints") for p in out.iterdir()):
+        raise SynthmedError(f"{out} is not empty; choose another --out")
+    # Datasets first: nothing is written into the run folder before the inputs are known to work.
+    train_set = SliceDataset(data, "train", unpaired=not cls.paired, seed=seed)
+    val_set = SliceDataset(data, "val") if plan["split"]["val"] else None
+    if val_set is None:
+        log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
     ensure_writable_folder(out)
 
     run_info = {
@@ -94,10 +104,6 @@ def train(
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
     (out / "plan.json").write_text(json.dumps(plan, indent=2))
 
-    train_set = SliceDataset(data, "train", unpaired=not cls.paired, seed=seed)
-    val_set = SliceDataset(data, "val") if plan["split"]["val"] else None
-    if val_set is None:
-        log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
     trainer = Trainer(net, train_set, val_set, out, settings_obj, run_info)
     summary = trainer.fit(resume=resume)
     summary["parameters"] = int(sum(p.numel() for p in net.parameters()))

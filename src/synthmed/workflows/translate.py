@@ -32,7 +32,7 @@ from synthmed.engine.trainer import pick_device
 from synthmed.errors import SynthmedError
 from synthmed.metrics import foreground_mask
 from synthmed.models.base import SynthesisModel
-from synthmed.models.registry import config_from_dict, model_class
+from synthmed.models.registry import config_from_dict, instantiate
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,10 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
         raise SynthmedError(f"{run}: no checkpoint ({' or '.join(names)}) in {run / 'checkpoints'}; has training started?")
     target = pick_device(device)
     record = load_checkpoint(path, map_location=target)
-    cls = model_class(record["model"])
-    model = cls(config_from_dict(record["model"], record["config"]))
+    missing = [key for key in ("model", "config", "state") if key not in record]
+    if missing:
+        raise SynthmedError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged or from another tool")
+    model = instantiate(record["model"], config_from_dict(record["model"], record["config"]))
     try:
         model.load_state_dict(record["state"])
         for name, values in (record.get("ema") or {}).items():
@@ -120,10 +122,12 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
         return [(input_path, output, reference)]
     jobs = []
     source = loaded.plan["source"]
+    aliases = loaded.plan.get("aliases") or {}
     for entry in sorted(input_path.iterdir()):
         if entry.is_dir():
-            files = [f for f in sorted(entry.iterdir()) if volume_suffix(f) and file_modality(f, entry.name) == source]
+            files = [f for f in sorted(entry.iterdir()) if volume_suffix(f) and file_modality(f, entry.name, aliases) == source]
             if not files:
+                log.warning("%s: no %s scan in this subject folder; skipped", entry, source)
                 continue
             in_file = files[0]
             suffix = _output_suffix(in_file)
@@ -131,7 +135,7 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
             ref = None
             if reference is not None:
                 matches = [f for f in sorted((reference / entry.name).glob("*"))
-                           if volume_suffix(f) and file_modality(f, entry.name) == loaded.plan["target"]] if (reference / entry.name).is_dir() else []
+                           if volume_suffix(f) and file_modality(f, entry.name, aliases) == loaded.plan["target"]] if (reference / entry.name).is_dir() else []
                 ref = matches[0] if matches else None
                 if ref is None:
                     raise SynthmedError(f"reference folder {reference / entry.name} has no {loaded.plan['target']} scan")
@@ -160,7 +164,7 @@ def _target_name(loaded: LoadedRun) -> str:
         if path:
             name = Path(path).name
             stem = name[: -len(volume_suffix(Path(name)))] if volume_suffix(Path(name)) else name
-            if canonical_modality(stem) == loaded.plan["target"]:
+            if canonical_modality(stem, loaded.plan.get("aliases")) == loaded.plan["target"]:
                 return stem
     return loaded.plan["target"]
 
@@ -185,6 +189,8 @@ def translate(
 ) -> list[Path]:
     """Translate a file or a folder; returns the written paths. Refuses to overwrite unless asked."""
     loaded = load_run(run, device=device, checkpoint=checkpoint)
+    if batch_size < 1:
+        raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
     if loaded.model.task != "translate":
         raise SynthmedError(f"{run} holds a {loaded.info.get('model')} generator; use `synthmed generate`")
     jobs = plan_outputs(loaded, Path(input_path), Path(output), Path(reference) if reference else None)
@@ -193,9 +199,26 @@ def translate(
         raise SynthmedError(f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace")
     for folder in sorted({out.parent for _, out, _ in jobs}):
         ensure_writable_folder(folder)
-    written = []
-    for in_file, out_file, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
-        volume = read_volume(in_file, channel=channel)
-        result = translate_volume(loaded, volume, _reference_normalization(loaded, ref), batch_size=batch_size)
-        written.append(write_volume(out_file, result, like=volume, overwrite=overwrite))
+    # Each result goes to a hidden partial file beside its destination; all are renamed at the end,
+    # so a failure on the fifth volume leaves no output of the first four behind.
+    partials: list[tuple[Path, Path]] = []
+    try:
+        for in_file, out_file, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
+            volume = read_volume(in_file, channel=channel)
+            result = translate_volume(loaded, volume, _reference_normalization(loaded, ref), batch_size=batch_size)
+            if volume_suffix(out_file) == ".mhd":  # header + .raw pair: its name is inside the header, write in place
+                write_volume(out_file, result, like=volume, overwrite=overwrite)
+                continue
+            partial = out_file.with_name(f".{out_file.name}.partial{volume_suffix(out_file)}")
+            partials.append((write_volume(partial, result, like=volume, overwrite=True), out_file))
+        written = [out for _, out, _ in jobs if volume_suffix(out) == ".mhd"]
+        for partial, out_file in partials:
+            if out_file.is_dir():
+                raise SynthmedError(f"{out_file} is a folder; cannot replace it with a volume")
+            partial.replace(out_file)
+            written.append(out_file)
+    except BaseException:
+        for partial, _ in partials:
+            partial.unlink(missing_ok=True)
+        raise
     return written
