@@ -154,7 +154,7 @@ def _strip_suffix(name: str) -> str:
 
 
 def patient_key(subject_id: str) -> str:
-    """Group key for splitting: TCGA ids become ``'TCGA-XX-XXXX'``; other ids are returned unchanged.
+    """Group key for splitting: TCGA ids become ``'TCGA-<site>-<patient>'`` (e.g. 'TCGA-DU-7294'); other ids are returned unchanged.
 
     ``'TCGA_DU_7294_19890104'`` (LGG slices) and ``'TCGA-DU-7294'`` (BraTS layout) are the
     same patient, so both give ``'TCGA-DU-7294'``.
