@@ -140,3 +140,24 @@ def test_ema_weights_are_averaged_and_saved(tmp_path):
     live = trainer.model.generator.state_dict()
     shadow = record["ema"]["generator"]
     assert any(not torch.equal(live[k].cpu(), shadow[k].cpu()) for k in live if live[k].dtype.is_floating_point)
+
+
+def test_sigint_stops_after_the_current_step_with_a_checkpoint(tmp_path):
+    import os
+    import signal
+
+    model = tiny_model()
+    original = model.training_step
+
+    def signalled(batch, step):
+        losses = original(batch, step)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step; the step still completes
+        return losses
+
+    model.training_step = signalled
+    trainer = make_trainer(tmp_path / "run", steps=10, model=model)
+    with pytest.raises(TrainingInterrupted, match="Ctrl-C"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

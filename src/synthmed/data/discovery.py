@@ -272,7 +272,8 @@ def _add(files: dict[str, FileRef], origin: dict[str, str], subject: str, modali
     origin[modality] = where
 
 
-def _folder_modality(stem: str, subject: str) -> str:
+def strip_subject_prefix(stem: str, subject: str) -> str:
+    """'sub-01_T1' -> 'T1' inside the folder of subject 'sub-01' (separators -, _ or .)."""
     for sep in ("-", "_", "."):
         prefix = subject + sep
         if stem.lower().startswith(prefix.lower()) and len(stem) > len(prefix):
@@ -286,7 +287,7 @@ def file_modality(path: str | Path, subject: str, aliases: dict[str, str] | None
     name = Path(path).name
     if image_suffix(name) is None:
         return None
-    return canonical_modality(_folder_modality(_strip_suffix(name), subject), aliases)
+    return canonical_modality(strip_subject_prefix(_strip_suffix(name), subject), aliases)
 
 
 def _discover_folders(root: Path, aliases: dict[str, str]) -> list[Subject]:
@@ -306,13 +307,13 @@ def _discover_folders(root: Path, aliases: dict[str, str]) -> list[Subject]:
         numbered: list[str] = []
         for item in _scandir(Path(entry.path)):
             if item.is_file() and image_suffix(item.name):
-                stem = _folder_modality(_strip_suffix(item.name), sid)
+                stem = strip_subject_prefix(_strip_suffix(item.name), sid)
                 if re.fullmatch(r"\d+([-_.].*)?", stem):
                     numbered.append(item.name)
                 modality = canonical_modality(stem, aliases)
                 _add(files, origin, sid, modality, FileRef(os.path.abspath(item.path)), item.path)
             elif item.is_dir() and _is_dicom_series(item.path):
-                modality = canonical_modality(_folder_modality(item.name, sid), aliases)
+                modality = canonical_modality(strip_subject_prefix(item.name, sid), aliases)
                 _add(files, origin, sid, modality, FileRef(os.path.abspath(item.path)), item.path)
         if len(numbered) >= _SLICE_STACK_MIN:
             example = f"{sid}/{numbered[0]}"

@@ -29,7 +29,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from synthmed.data.discovery import FileRef, Subject, canonical_modality, discover, patient_key, require_modalities
+from synthmed.data.discovery import (
+    FileRef, Subject, canonical_modality, discover, parse_aliases, patient_key, require_modalities,
+)
 from synthmed.data.geometry import SliceGeometry, crop_slices, default_size, fit_geometry, slice_axis
 from synthmed.data.io import Volume, ensure_writable_folder, read_volume
 from synthmed.data.normalize import Normalization, fit_normalization, median_normalization, modality_kind
@@ -154,9 +156,10 @@ def prepare(
     """Prepare a dataset for training; returns the output folder. See the module docstring."""
     out = Path(out)
     ratios = parse_ratios(split)
-    source_mod = canonical_modality(source, _aliases(aliases))
-    target_mod = canonical_modality(target, _aliases(aliases)) if target else None
-    label_mod = canonical_modality(label, _aliases(aliases)) if label else None
+    alias_map = parse_aliases(aliases)
+    source_mod = canonical_modality(source, alias_map)
+    target_mod = canonical_modality(target, alias_map) if target else None
+    label_mod = canonical_modality(label, alias_map) if label else None
     if target_mod == source_mod:
         raise SynthmedError(f"--source and --target are both {source_mod}; choose two modalities")
 
@@ -273,7 +276,7 @@ def prepare(
         "source": source_mod,
         "target": target_mod,
         "label": label_mod,
-        "aliases": _aliases(aliases),
+        "aliases": alias_map,
         "axis": str(axis),
         "size": int(size),
         "normalization_kind": {role: modality_kind(role) for role in roles},
@@ -294,12 +297,6 @@ def prepare(
 
 def _ref_dict(ref: FileRef) -> dict:
     return {"path": ref.path, "key": ref.key, "channel": ref.channel}
-
-
-def _aliases(aliases):
-    from synthmed.data.discovery import parse_aliases
-
-    return parse_aliases(aliases)
 
 
 def _write_prepared(out: Path, plan: dict, stacks: dict[str, dict[str, np.ndarray]], order: list[str], overwrite: bool) -> None:

@@ -113,7 +113,7 @@ class Trainer:
         self._stop_signal: str | None = None
         self._log_fields: list[str] | None = None
         self._tensorboard = None
-        self._started = time.perf_counter()
+        self._started = 0.0  # set when fit() starts; log.csv's elapsed_s counts from there
 
     # --- set-up -------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from synthmed.data.discovery import canonical_modality, file_modality
+from synthmed.data.discovery import file_modality, strip_subject_prefix
 from synthmed.data.geometry import crop_slices, fit_geometry, slice_axis, uncrop_slices
 from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
 from synthmed.data.normalize import Normalization, fit_normalization, modality_kind
@@ -158,15 +158,14 @@ def _has_subjects(folder: Path) -> bool:
 
 
 def _target_name(loaded: LoadedRun) -> str:
-    # Keep the user's spelling of the target modality when the plan recorded files.
-    for record in loaded.plan.get("volumes", {}).values():
-        path = record.get("files", {}).get(loaded.plan["target"])
-        if path:
+    """The user's own spelling of the target modality (e.g. 'T2', 't2w', 'T2SPACE'), from the files it was trained on."""
+    target, aliases = loaded.plan["target"], loaded.plan.get("aliases")
+    for subject, record in loaded.plan.get("volumes", {}).items():
+        path = record.get("files", {}).get(target)
+        if path and file_modality(path, subject, aliases) == target:
             name = Path(path).name
-            stem = name[: -len(volume_suffix(Path(name)))] if volume_suffix(Path(name)) else name
-            if canonical_modality(stem, loaded.plan.get("aliases")) == loaded.plan["target"]:
-                return stem
-    return loaded.plan["target"]
+            return strip_subject_prefix(name[: -len(volume_suffix(Path(name)))], subject)
+    return target
 
 
 def _output_suffix(path: Path) -> str:
