@@ -113,9 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="scan(s) of the target modality whose intensity scale the output takes (MR)")
     p.add_argument("--checkpoint", default="best", help="best (default) or last")
     p.add_argument("--channel", type=int, default=None, help="channel of a 4D or RGB input to translate")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="slices per forward pass")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
+    g = p.add_argument_group("sampling (diffusion models)")
+    g.add_argument("--sampler", help="ddpm, ddim (default), em, pc or ode")
+    g.add_argument("--steps", type=positive_int, default=None, help="network evaluations per sample (default: the run's, 50; ddpm: all T)")
+    g.add_argument("--eta", type=float, default=None, help="DDIM stochasticity: 0 deterministic (default), 1 ancestral")
+    g.add_argument("--samples", type=positive_int, default=1, help="samples per slice: writes their mean and a *_std uncertainty map")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (same seed, batch size and device: same output)")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="PSNR, SSIM, MAE, NMSE of predictions against references")
@@ -170,7 +176,8 @@ def run_command(args: argparse.Namespace) -> int:
 
         written = translate(args.run, args.input, args.output, reference=args.reference, overwrite=args.overwrite,
                             batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint,
-                            channel=args.channel, progress=progress)
+                            channel=args.channel, sampler=args.sampler, steps=args.steps, eta=args.eta,
+                            samples=args.samples, seed=args.seed, progress=progress)
         print(f"wrote {len(written)} volume(s): {written[0]}{' ...' if len(written) > 1 else ''}")
     elif args.verb == "evaluate":
         from synthmed.workflows.evaluate import evaluate, format_table

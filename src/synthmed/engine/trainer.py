@@ -230,7 +230,7 @@ class Trainer:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 losses = model.training_step(batch, self.step)
                 if self.ema:
-                    self.ema.update()
+                    self.ema.update(self.step)
                 self.step += 1
                 bar.update(1)
                 self._periodic(losses, bar, epoch)
@@ -276,8 +276,8 @@ class Trainer:
         self.model.eval()
         if self.ema:
             with self.ema.applied():
-                return self.model.translate(source)
-        return self.model.translate(source)
+                return self.model.validation_translate(source)
+        return self.model.validation_translate(source)
 
     def validate(self) -> dict[str, float]:
         """Mean PSNR/SSIM over validation slices, in the normalised [-1, 1] range, inside the mask."""

@@ -6,8 +6,12 @@ A model is an ``nn.Module`` that
   whose named presets (``PRESETS``: at least ``paper`` and ``small``) override them;
 - owns its optimisers (GANs need several) and does its own backward passes in
   ``training_step(batch, step) -> dict`` of detached scalar losses;
-- translates with ``translate(source) -> target`` (translators) or generates with
-  ``sample(n) -> dict`` (generators), on tensors in [-1, 1] of shape (B, 1, H, W).
+- translates with ``translate(source, **sampling) -> target`` (translators) or generates
+  with ``sample(n) -> dict`` (generators), on tensors in [-1, 1] of shape (B, 1, H, W).
+  Stochastic translators (``stochastic = True``, e.g. diffusion) also take sampler options
+  and a ``generator`` for their noise; deterministic ones take none.
+- may override ``validation_translate(source)``: what the engine runs on validation
+  slices during training (diffusion models use a cheap few-step sampler there).
 
 The engine moves the model to its device, sets ``amp_dtype`` (autocast inside
 ``self.autocast()``), keeps EMA copies of ``ema_modules``, checkpoints
@@ -32,6 +36,8 @@ class SynthesisModel(nn.Module):
     Config: ClassVar[type]
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     ema_modules: ClassVar[tuple[str, ...]] = ()
+    stochastic: ClassVar[bool] = False  # translate() draws noise (several samples give an uncertainty map)
+    sampling_options: ClassVar[tuple[str, ...]] = ()  # keyword options of translate() users may set
 
     def __init__(self, config):
         super().__init__()
@@ -50,6 +56,12 @@ class SynthesisModel(nn.Module):
 
     def translate(self, source: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} is not a translator")
+
+    def validation_translate(self, source: torch.Tensor) -> torch.Tensor:
+        return self.translate(source)
+
+    def check_sampling(self, **options: Any) -> None:
+        """Raise ValueError for sampling options this model cannot use (checked before any work)."""
 
     # --- helpers ------------------------------------------------------------------
     @property

@@ -24,7 +24,7 @@ def register(cls: type[SynthesisModel]) -> type[SynthesisModel]:
 
 def _load_builtin_models() -> None:
     # Importing the method modules registers them.
-    from synthmed.models import pix2pix  # noqa: F401
+    from synthmed.models import ddpm, pix2pix  # noqa: F401
 
 
 def model_class(name: str) -> type[SynthesisModel]:
@@ -60,7 +60,7 @@ def config_from_dict(name: str, values: dict[str, Any]):
     """Rebuild a config saved in a checkpoint or run.json, or given with --set; values are
     checked against the types of the paper defaults (lists back to tuples)."""
     cls = model_class(name)
-    known = {f.name for f in dataclasses.fields(cls.Config)}
+    known = {f.name: f for f in dataclasses.fields(cls.Config)}
     defaults = cls.Config()
     clean = {}
     for key, value in values.items():
@@ -68,8 +68,11 @@ def config_from_dict(name: str, values: dict[str, Any]):
             continue
         default = getattr(defaults, key)
         if isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)) or len(value) != len(default):
-                raise SynthmedError(f"{name} setting {key}={value!r}: give {len(default)} values like {list(default)}")
+            # tuple[int, ...] fields (e.g. channels per level) take any length; fixed tuples their own.
+            any_length = "..." in str(known[key].type)
+            if not isinstance(value, (list, tuple)) or not value or (not any_length and len(value) != len(default)):
+                count = "one or more" if any_length else str(len(default))
+                raise SynthmedError(f"{name} setting {key}={value!r}: give {count} values like {list(default)}")
             value = tuple(value)
         elif isinstance(default, bool) != isinstance(value, bool) or (
             isinstance(default, (int, float)) and not isinstance(value, (int, float))

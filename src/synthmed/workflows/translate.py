@@ -10,13 +10,20 @@ that exact. MR units are arbitrary per scan, so the output takes the scale of a
 reference scan of the target modality when one is given (``reference``: a file, or a
 folder mirrored on the input folder; only its two robust percentiles are used), and
 otherwise the median scale of the training targets recorded in the plan.
+
+Stochastic models (diffusion) take sampling options (sampler, number of network
+evaluations, eta) and a seed; with ``samples = K > 1`` each slice is sampled K times, the
+mean is written as the translation and the per-voxel standard deviation (in the target's
+units, same geometry) beside it as ``<name>_std<suffix>``: an uncertainty map. Noise is
+drawn per chunk of slices from a generator seeded with (seed, chunk), so the same command
+(same seed, batch size and device) writes the same volumes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +44,21 @@ from synthmed.models.registry import config_from_dict, instantiate
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff"}
+
+
+@dataclass
+class Sampling:
+    """How a stochastic model samples: options for ``model.translate`` plus repeats and seed."""
+
+    options: dict = field(default_factory=dict)  # e.g. {"sampler": "ddim", "steps": 50, "eta": 0.0}
+    samples: int = 1
+    seed: int = 0
+
+
+@dataclass
+class Translation:
+    image: np.ndarray  # the (mean) translation, source grid, target units
+    std: np.ndarray | None = None  # per-voxel standard deviation over samples (samples > 1)
 
 
 @dataclass
@@ -75,13 +97,58 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
     return LoadedRun(model, plan, info, path)
 
 
+def check_sampling(model: SynthesisModel, sampling: Sampling) -> None:
+    """Refuse sampling options a model does not have, before any volume is read."""
+    options = {k: v for k, v in sampling.options.items() if v is not None}
+    if sampling.samples < 1:
+        raise SynthmedError(f"--samples {sampling.samples}: must be at least 1")
+    if not model.stochastic:
+        given = [f"--{k}" for k in options] + (["--samples"] if sampling.samples > 1 else [])
+        if given:
+            raise SynthmedError(f"{model.name} translates deterministically; {', '.join(given)} apply to diffusion models")
+        return
+    unknown = sorted(set(options) - set(model.sampling_options))
+    if unknown:
+        raise SynthmedError(f"{model.name} has no sampling option {', '.join(unknown)}; it takes {', '.join(model.sampling_options)}")
+    try:
+        model.check_sampling(**options)
+    except ValueError as error:
+        raise SynthmedError(f"{model.name}: {error}") from None
+
+
+def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int = 32, sampling: Sampling | None = None,
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model outputs for normalised slices (N, H, W): the mean over samples and, for K > 1, their std."""
+    sampling = sampling or Sampling()
+    device = model.device
+    options = {k: v for k, v in sampling.options.items() if v is not None}
+    mean = np.empty_like(slices)
+    std = np.empty_like(slices) if sampling.samples > 1 else None
+    starts = range(0, len(slices), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="slices", unit="chunk", leave=False, disable=not progress or len(starts) < 2):
+            chunk = torch.from_numpy(slices[start : start + batch_size])[:, None].to(device)
+            if not model.stochastic:
+                mean[start : start + batch_size] = model.translate(chunk)[:, 0].float().cpu().numpy()
+                continue
+            generator = torch.Generator(device=device).manual_seed(sampling.seed * 1_000_003 + start)
+            draws = torch.stack([model.translate(chunk, generator=generator, **options)[:, 0].float()
+                                 for _ in range(sampling.samples)])
+            mean[start : start + batch_size] = draws.mean(0).cpu().numpy()
+            if std is not None:
+                std[start : start + batch_size] = draws.std(0, correction=0).cpu().numpy()
+    return mean, std
+
+
 def translate_volume(
     loaded: LoadedRun,
     volume: Volume,
     target_normalization: Normalization,
     batch_size: int = 32,
-) -> np.ndarray:
-    """Translate one source volume; returns an array in the source's grid and the target's units."""
+    sampling: Sampling | None = None,
+    progress: bool = False,
+) -> Translation:
+    """Translate one source volume into the source's grid and the target's units."""
     plan, model = loaded.plan, loaded.model
     data = volume.data
     if float(data.max()) == float(data.min()):
@@ -93,14 +160,13 @@ def translate_volume(
     geometry = fit_geometry(foreground, slice_axis(volume.affine, plan["axis"], volume.is_2d), int(plan["size"]))
     normalized = fit_normalization(data, foreground, source_kind, name=str(volume.path)).apply(data)
     slices = crop_slices(normalized, geometry, fill=-1.0)
-    device = model.device
-    outputs = np.empty_like(slices)
-    with torch.inference_mode():
-        for start in range(0, len(slices), batch_size):
-            chunk = torch.from_numpy(slices[start : start + batch_size])[:, None].to(device)
-            outputs[start : start + batch_size] = model.translate(chunk)[:, 0].float().cpu().numpy()
-    restored = uncrop_slices(outputs, geometry, fill=-1.0)
-    return target_normalization.invert(restored)
+    mean, std = translate_slices(model, slices, batch_size, sampling, progress=progress)
+    image = target_normalization.invert(uncrop_slices(mean, geometry, fill=-1.0))
+    if std is None:
+        return Translation(image)
+    # The normalisation is linear: a std in [-1, 1] units scales by half the intensity range.
+    scale = 0.5 * (target_normalization.hi - target_normalization.lo)
+    return Translation(image, (uncrop_slices(std, geometry, fill=0.0) * scale).astype(np.float32))
 
 
 def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Normalization:
@@ -184,33 +250,47 @@ def translate(
     device: str = "auto",
     checkpoint: str = "best",
     channel: int | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    eta: float | None = None,
+    samples: int = 1,
+    seed: int = 0,
     progress: bool = True,
 ) -> list[Path]:
-    """Translate a file or a folder; returns the written paths. Refuses to overwrite unless asked."""
+    """Translate a file or a folder; returns the written paths (with ``*_std`` maps when
+    ``samples > 1``). Refuses to overwrite unless asked."""
     loaded = load_run(run, device=device, checkpoint=checkpoint)
     if batch_size < 1:
         raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
     if loaded.model.task != "translate":
         raise SynthmedError(f"{run} holds a {loaded.info.get('model')} generator; use `synthmed generate`")
+    sampling = Sampling({"sampler": sampler, "steps": steps, "eta": eta}, samples=samples, seed=seed)
+    check_sampling(loaded.model, sampling)
     jobs = plan_outputs(loaded, Path(input_path), Path(output), Path(reference) if reference else None)
-    existing = [out for _, out, _ in jobs if out.exists()]
+    if samples > 1:
+        jobs = [(in_file, (out_file, std_path(out_file)), ref) for in_file, out_file, ref in jobs]
+    else:
+        jobs = [(in_file, (out_file,), ref) for in_file, out_file, ref in jobs]
+    existing = [out for _, outs, _ in jobs for out in outs if out.exists()]
     if existing and not overwrite:
         raise SynthmedError(f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace")
-    for folder in sorted({out.parent for _, out, _ in jobs}):
+    for folder in sorted({outs[0].parent for _, outs, _ in jobs}):
         ensure_writable_folder(folder)
     # Each result goes to a hidden partial file beside its destination; all are renamed at the end,
     # so a failure on the fifth volume leaves no output of the first four behind.
     partials: list[tuple[Path, Path]] = []
+    written: list[Path] = []
     try:
-        for in_file, out_file, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
+        for in_file, outs, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
             volume = read_volume(in_file, channel=channel)
-            result = translate_volume(loaded, volume, _reference_normalization(loaded, ref), batch_size=batch_size)
-            if volume_suffix(out_file) == ".mhd":  # header + .raw pair: its name is inside the header, write in place
-                write_volume(out_file, result, like=volume, overwrite=overwrite)
-                continue
-            partial = out_file.with_name(f".{out_file.name}.partial{volume_suffix(out_file)}")
-            partials.append((write_volume(partial, result, like=volume, overwrite=True), out_file))
-        written = [out for _, out, _ in jobs if volume_suffix(out) == ".mhd"]
+            result = translate_volume(loaded, volume, _reference_normalization(loaded, ref), batch_size=batch_size,
+                                      sampling=sampling, progress=progress)
+            for out_file, data in zip(outs, (result.image, result.std)):
+                if volume_suffix(out_file) == ".mhd":  # header + .raw pair: its name is inside the header, write in place
+                    written.append(write_volume(out_file, data, like=volume, overwrite=overwrite))
+                    continue
+                partial = out_file.with_name(f".{out_file.name}.partial{volume_suffix(out_file)}")
+                partials.append((write_volume(partial, data, like=volume, overwrite=True), out_file))
         for partial, out_file in partials:
             if out_file.is_dir():
                 raise SynthmedError(f"{out_file} is a folder; cannot replace it with a volume")
@@ -221,3 +301,9 @@ def translate(
             partial.unlink(missing_ok=True)
         raise
     return written
+
+
+def std_path(output: Path) -> Path:
+    """Where the uncertainty map of ``output`` goes: ``T2.nii.gz`` -> ``T2_std.nii.gz``."""
+    suffix = volume_suffix(output) or ""
+    return output.with_name(f"{output.name[: len(output.name) - len(suffix)]}_std{suffix}")
