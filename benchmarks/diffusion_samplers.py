@@ -22,7 +22,8 @@ killed midway keeps what it measured (``"complete": false``).
 
     .venv/bin/python benchmarks/diffusion_samplers.py --data phantoms|brats [--work DIR]
         [--train-steps 2000] [--batch-size 8] [--slices 8] [--samplers ddpm,ddim,em,pc,ode]
-        [--nfe 10,25,50,100,250,1000] [--seed 0] [--run RUN_DIR] [--out results.json]
+        [--nfe 10,25,50,100,250,1000] [--seed 0] [--run RUN_DIR] [--checkpoint best|last]
+        [--eta 0] [--device cpu] [--threads N] [--out results.json]
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_WORK = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "synthmed" / "bench-diffusion-samplers"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+DEFAULT_WORK = CACHE / "synthmed" / "bench-diffusion-samplers"  # outside the repository
 
 TOLERANCE_DB = 0.5  # "as good as the best": PSNR within this of the best
 MIN_MASK_FRACTION = 0.2  # benchmark slices: the mask covers at least this share of the slice
@@ -68,10 +70,22 @@ def number(value, digits: int = 4):
     return round(value, digits) if math.isfinite(value) else None
 
 
+def finite(value):
+    """``value`` with every non-finite float replaced by None (strict JSON has no inf/nan)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def write_json(path: Path, report: dict) -> None:
+    """Write atomically (a kill never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.write_text(json.dumps(finite(report), indent=2, allow_nan=False) + "\n")
     os.replace(partial, path)
 
 
@@ -244,6 +258,7 @@ def parse_args():
     parser.add_argument("--eta", type=float, default=0.0, help="eta of the ddim sampler (0: deterministic)")
     parser.add_argument("--seed", type=int, default=0, help="training seed and sampling noise seed")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--run", type=Path, default=None, help="evaluate this trained run instead of training one")
     parser.add_argument("--checkpoint", default="best", help="best (falls back to last) or last")
     parser.add_argument("--out", type=Path, default=None,
@@ -285,6 +300,10 @@ def main() -> None:
     from synthmed.workflows.train import versions
     from synthmed.workflows.translate import Sampling, load_run, translate_slices
 
+    if args.threads is not None:
+        if args.threads < 1:
+            fail(f"--threads {args.threads}: must be at least 1")
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     out = args.out or RESULTS / f"diffusion-samplers-{args.data}-{device.type}.json"
     started = time.perf_counter()
@@ -315,6 +334,7 @@ def main() -> None:
     summary_path = Path(run) / "train_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     info = loaded.info
+    best = summary.get("best")
     training = {
         "run": str(Path(run).resolve()),
         "checkpoint": loaded.checkpoint.name,
@@ -326,7 +346,7 @@ def main() -> None:
         "batch_size": info.get("settings", {}).get("batch_size"),
         "seed": info.get("settings", {}).get("seed"),
         "device": summary.get("device"),
-        "best_validation": summary.get("best"),
+        "best_validation": best if best and math.isfinite(best.get("value", -math.inf)) else None,  # None: no val split
         "summary_file": str(summary_path) if summary else None,
     }
 
@@ -391,7 +411,7 @@ def main() -> None:
                 sync()
                 seconds = time.perf_counter() - start
             row = {"sampler": sampler, "steps": steps, "nfe": evaluations(sampler, steps, T),
-                   **{k: v for k, v in score(pred, target, mask).items()},
+                   **score(pred, target, mask),
                    "seconds_per_slice": number(seconds / n), "seconds": number(seconds, 3)}
             row = {k: row[k] for k in ("sampler", "steps", "nfe", "psnr", "ssim", "seconds_per_slice", "seconds",
                                        "psnr_slices", "ssim_slices")}

@@ -34,7 +34,7 @@ def test_run_records_schedule_and_samplers(ddpm_run):
     info = json.loads((ddpm_run / "run.json").read_text())
     assert info["model"] == "ddpm"
     assert info["config"]["timesteps"] == 1000 and info["config"]["schedule"] == "linear"
-    assert info["config"]["prediction"] == "epsilon" and info["config"]["sampler"] == "ddim"
+    assert info["config"]["prediction"] == "v" and info["config"]["sampler"] == "ddim"
     rows = (ddpm_run / "log.csv").read_text().splitlines()
     assert "val_psnr" in rows[0] and len(rows) >= 5
 

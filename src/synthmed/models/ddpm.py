@@ -14,7 +14,13 @@ consistent with it.
 
 Presets: ``paper`` follows the scale of MONAI's 2D image-to-image diffusion tutorial
 (channels 64-64-64, attention at the lowest resolution, one residual block per level,
-lr 2.5e-5) at 256 px; ``small`` is CPU-sized.
+lr 2.5e-5) at 256 px, predicting epsilon; ``small`` is CPU-sized and predicts ``v``
+(Salimans & Ho 2022). Why v there: with epsilon the clean estimate at high noise is
+``(x - sqrt(1 - ab) eps) / sqrt(ab)``, which multiplies the noise error by up to
+1 / sqrt(ab(T-1)) ~ 160, so a short run gives noisy few-step samples. Measured on 64 px
+phantoms (T1 -> T2, batch 8, validation PSNR with DDIM-10, normalised units): epsilon
+12.9 / 14.2 / 14.8 dB after 250 / 500 / 1000 steps, v 14.8 / 19.3 / 20.9 dB (identity
+10.6 dB).
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ class ConditionalDDPM(SynthesisModel):
         "paper": {},
         "small": {
             "image_size": 64, "channels": (32, 64, 64), "num_head_channels": 32, "norm_num_groups": 16,
-            "lr": 2e-4, "batch_size": 16, "steps": 3000, "ema_decay": 0.999,
+            "lr": 2e-4, "batch_size": 16, "steps": 3000, "ema_decay": 0.999, "prediction": "v",
         },
     }
     ema_modules = ("network",)
