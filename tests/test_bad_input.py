@@ -148,6 +148,13 @@ def test_empty_foreground_in_translate(trained_run, tmp_path, capsys):
     assert not (tmp_path / "out.nii.gz").exists()
 
 
+def test_one_way_model_refuses_the_reverse_direction(trained_run, phantoms, tmp_path, capsys):
+    source = next(phantoms.glob("*/T2.nii.gz"))
+    code, err = run_cli(["translate", trained_run, source, tmp_path / "t1.nii.gz", "--direction", "B2A"], capsys)
+    assert_clean_error(code, err, "pix2pix translates t1 -> t2 only")
+    assert not (tmp_path / "t1.nii.gz").exists()
+
+
 def test_output_exists(trained_run, phantoms, tmp_path, capsys):
     source = next(phantoms.glob("*/T1.nii.gz"))
     out = tmp_path / "exists.nii.gz"

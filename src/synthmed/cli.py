@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="scan(s) of the target modality whose intensity scale the output takes (MR)")
     p.add_argument("--checkpoint", default="best", help="best (default) or last")
     p.add_argument("--channel", type=int, default=None, help="channel of a 4D or RGB input to translate")
+    p.add_argument("--direction", default="A2B", choices=["A2B", "B2A"],
+                   help="A2B: the run's source -> target (default); B2A: target -> source (models trained both ways)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="slices per forward pass")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
@@ -177,7 +179,7 @@ def run_command(args: argparse.Namespace) -> int:
         written = translate(args.run, args.input, args.output, reference=args.reference, overwrite=args.overwrite,
                             batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint,
                             channel=args.channel, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                            samples=args.samples, seed=args.seed, progress=progress)
+                            samples=args.samples, seed=args.seed, direction=args.direction, progress=progress)
         print(f"wrote {len(written)} volume(s): {written[0]}{' ...' if len(written) > 1 else ''}")
     elif args.verb == "evaluate":
         from synthmed.workflows.evaluate import evaluate, format_table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ from torch.utils.data import Dataset
 
 from synthmed.data.prepare import load_plan
 from synthmed.errors import SynthmedError
+
+log = logging.getLogger(__name__)
 
 
 class PreparedData:
@@ -35,9 +38,13 @@ class PreparedData:
 class SliceDataset(Dataset):
     """Slices of one split as ``{'source', 'target', 'mask', ['label']}`` tensors of shape (1, H, W).
 
-    ``unpaired=True`` draws each target from a different, randomly chosen slice of the
-    split (for methods trained on unpaired data); the pairing is reshuffled with
-    :meth:`set_epoch`.
+    ``unpaired=True`` (for methods trained on unpaired data) gives each source slice the
+    target of a slice of *another subject*, so no pairing leaks in (neither the slice's
+    own target nor a neighbouring slice of the same head). When no subject holds more than
+    half of the split's slices the partners are a permutation (every target is used once
+    per epoch), otherwise each is drawn uniformly from the other subjects' slices. With a
+    single subject the partner is another slice of it (a warning says that this is weak).
+    The pairing is drawn from ``(seed, epoch)`` and reshuffled by :meth:`set_epoch`.
     """
 
     def __init__(self, data: PreparedData, split: str, unpaired: bool = False, seed: int = 0):
@@ -49,12 +56,17 @@ class SliceDataset(Dataset):
         self.partner = self.rows
         if len(self.rows) == 0:
             raise SynthmedError(f"{data.root}: the {split} split has no slices (too few subjects for --split?)")
+        if unpaired:
+            self._subjects = np.asarray(data.arrays["index"][self.rows, 0])
+            if len(np.unique(self._subjects)) < 2:
+                log.warning("unpaired training on one subject (%s split of %s) is weak: the target partners are other "
+                            "slices of the same head; give the split more subjects", split, data.root)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         if self.unpaired:
             generator = np.random.default_rng([self.seed, epoch])
-            self.partner = self.rows[generator.permutation(len(self.rows))]
+            self.partner = self.rows[_cross_group_partners(self._subjects, generator)]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -70,3 +82,39 @@ class SliceDataset(Dataset):
         if "label" in arrays:
             sample["label"] = torch.from_numpy(np.array(arrays["label"][row], dtype=np.float32))[None]
         return sample
+
+
+def _cross_group_partners(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each position ``i`` a partner position in another group (``groups[p[i]] != groups[i]``).
+
+    If no group holds more than half of the positions, ``p`` is a permutation: a random one
+    whose same-group pairs are then repaired one by one, each swapped with a random position
+    ``j`` outside the group whose partner is outside it too (one always exists under that
+    condition, and the swap leaves ``j`` valid, so every repair removes at least one conflict).
+    Otherwise no such permutation exists, and each partner is drawn uniformly from the
+    positions of the other groups. With a single group, every position counts as a group of
+    its own (partners are other positions); a single position is its own partner.
+    """
+    n = len(groups)
+    if n < 2:
+        return np.zeros(n, dtype=np.int64)
+    _, label, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    label = label.reshape(-1)
+    if len(counts) == 1:
+        label, counts = np.arange(n), np.ones(n, dtype=np.int64)
+    if 2 * int(counts.max()) <= n:
+        partner = rng.permutation(n)
+        for i in rng.permutation(np.flatnonzero(label[partner] == label)):
+            group = label[i]
+            if label[partner[i]] != group:
+                continue  # already repaired as another conflict's swap partner
+            candidates = np.flatnonzero((label != group) & (label[partner] != group))
+            j = candidates[rng.integers(len(candidates))]
+            partner[i], partner[j] = partner[j], partner[i]
+        return partner
+    # Unbalanced groups: uniform over the other groups' positions (with replacement).
+    order = np.argsort(label, kind="stable")  # positions grouped by label
+    start = np.cumsum(counts) - counts  # where each group's block begins in `order`
+    own = counts[label]
+    draw = np.floor(rng.random(n) * (n - own)).astype(np.int64)
+    return order[np.where(draw < start[label], draw, draw + own)]

@@ -49,16 +49,24 @@ class NoiseSchedule:
         self.alpha_bars = torch.cumprod(self.alphas, 0)
         # log alpha_bar at s = -1, 0, ..., T-1 (the knots of the continuous interpolation).
         self._log_alpha_bar_knots = torch.cat([torch.zeros(1, dtype=torch.float64), self.alpha_bars.log()])
+        self._tables: dict[torch.device, torch.Tensor] = {}
 
     # --- discrete process ---------------------------------------------------------------
+    def _float_table(self, device: torch.device) -> torch.Tensor:
+        """alpha_bars as float32 on ``device``, copied there once (MPS has no float64)."""
+        table = self._tables.get(device)
+        if table is None:
+            table = self._tables[device] = self.alpha_bars.float().to(device)
+        return table
+
     def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         """alpha_bar at integer steps ``t`` (any shape), on ``t``'s device, float32."""
-        return self.alpha_bars.to(t.device)[t.long()].float()
+        return self._float_table(t.device)[t.long()]
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
-        """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at integer steps."""
-        ab = self.alpha_bars.to(t.device)[t.long()]
-        return (ab / (1 - ab)).float()
+        """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at integer steps (computed in float64)."""
+        ab = self.alpha_bars[t.long().cpu()]
+        return (ab / (1 - ab)).float().to(t.device)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Draw ``x_t ~ q(x_t | x_0)`` for a batch, one step index per sample."""
@@ -67,16 +75,16 @@ class NoiseSchedule:
 
     def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of ``q(x_{t-1} | x_t, x_0)`` at integer steps (variance 0 at t = 0)."""
-        table = self.alpha_bars.to(t.device)
-        ab_t = table[t.long()]
-        ab_prev = torch.where(t > 0, table[(t.long() - 1).clamp(min=0)], torch.ones_like(ab_t))
+        steps = t.long().cpu()
+        ab_t = self.alpha_bars[steps]
+        ab_prev = torch.where(steps > 0, self.alpha_bars[(steps - 1).clamp(min=0)], torch.ones_like(ab_t))
         # Coefficients in double precision (1 - ab_t is tiny at t = 0, 1), applied in the data's dtype.
         alpha = ab_t / ab_prev
         coef_x0 = ab_prev.sqrt() * (1 - alpha) / (1 - ab_t)
         coef_xt = alpha.sqrt() * (1 - ab_prev) / (1 - ab_t)
         variance = (1 - alpha) * (1 - ab_prev) / (1 - ab_t)
-        mean = _per_sample(coef_x0, x0) * x0 + _per_sample(coef_xt, x0) * x_t
-        return mean, _per_sample(variance, x0)
+        coef_x0, coef_xt, variance = (_per_sample(c, x0).to(x0.device) for c in (coef_x0, coef_xt, variance))
+        return coef_x0 * x0 + coef_xt * x_t, variance
 
     # --- what the network predicts --------------------------------------------------------
     @staticmethod

@@ -38,6 +38,7 @@ class SynthesisModel(nn.Module):
     ema_modules: ClassVar[tuple[str, ...]] = ()
     stochastic: ClassVar[bool] = False  # translate() draws noise (several samples give an uncertainty map)
     sampling_options: ClassVar[tuple[str, ...]] = ()  # keyword options of translate() users may set
+    directions: ClassVar[tuple[str, ...]] = ("A2B",)  # ("A2B", "B2A"): also translate_reverse(target -> source)
 
     def __init__(self, config):
         super().__init__()
@@ -56,6 +57,10 @@ class SynthesisModel(nn.Module):
 
     def translate(self, source: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} is not a translator")
+
+    def translate_reverse(self, target: torch.Tensor) -> torch.Tensor:
+        """Target modality -> source modality, for models trained in both directions (``B2A``)."""
+        raise TypeError(f"{type(self).__name__} translates in one direction only")
 
     def validation_translate(self, source: torch.Tensor) -> torch.Tensor:
         return self.translate(source)

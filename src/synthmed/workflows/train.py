@@ -58,6 +58,8 @@ def train(
 
     config_values = dict(overrides or {})
     config_values["image_size"] = int(plan["size"])
+    if steps is not None:  # schedules that follow the run length (e.g. CycleGAN's linear decay) see it too
+        config_values["steps"] = int(steps)
     seed_everything(seed)  # the initial weights depend on the seed only
     net = build_model(model, preset, config_values)
     settings_obj = TrainSettings(

@@ -64,13 +64,18 @@ class Translation:
 @dataclass
 class LoadedRun:
     model: SynthesisModel
-    plan: dict
+    plan: dict  # for direction B2A, a view of the plan with source and target swapped
     info: dict
     checkpoint: Path
+    direction: str = "A2B"
 
 
-def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") -> LoadedRun:
-    """Model (EMA weights where the run kept them) + plan of a run folder, ready to translate."""
+def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", direction: str = "A2B") -> LoadedRun:
+    """Model (EMA weights where the run kept them) + plan of a run folder, ready to translate.
+
+    ``direction`` B2A (models trained both ways) translates the plan's target modality back
+    into its source modality: everything downstream sees a plan with the two roles swapped.
+    """
     run = Path(run)
     info_path, plan_path = run / "run.json", run / "plan.json"
     if not info_path.is_file() or not plan_path.is_file():
@@ -94,7 +99,14 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
     except (RuntimeError, KeyError, AttributeError) as error:
         raise SynthmedError(f"{path}: weights do not fit the {record['model']} model ({str(error).splitlines()[0][:100]})") from None
     model.to(target).eval()
-    return LoadedRun(model, plan, info, path)
+    if direction not in ("A2B", "B2A"):
+        raise SynthmedError(f"--direction {direction}: use A2B ({plan['source']} -> {plan['target']}) or B2A (the reverse)")
+    if direction not in model.directions:
+        raise SynthmedError(f"{model.name} translates {plan['source']} -> {plan['target']} only (A2B); B2A needs a model "
+                            "trained in both directions (e.g. cyclegan)")
+    if direction == "B2A":
+        plan = {**plan, "source": plan["target"], "target": plan["source"]}
+    return LoadedRun(model, plan, info, path, direction)
 
 
 def check_sampling(model: SynthesisModel, sampling: Sampling) -> None:
@@ -117,9 +129,10 @@ def check_sampling(model: SynthesisModel, sampling: Sampling) -> None:
 
 
 def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int = 32, sampling: Sampling | None = None,
-                     progress: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                     progress: bool = False, direction: str = "A2B") -> tuple[np.ndarray, np.ndarray | None]:
     """Model outputs for normalised slices (N, H, W): the mean over samples and, for K > 1, their std."""
     sampling = sampling or Sampling()
+    forward = model.translate if direction == "A2B" else model.translate_reverse
     device = model.device
     options = {k: v for k, v in sampling.options.items() if v is not None}
     mean = np.empty_like(slices)
@@ -129,10 +142,10 @@ def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int 
         for start in tqdm(starts, desc="slices", unit="chunk", leave=False, disable=not progress or len(starts) < 2):
             chunk = torch.from_numpy(slices[start : start + batch_size])[:, None].to(device)
             if not model.stochastic:
-                mean[start : start + batch_size] = model.translate(chunk)[:, 0].float().cpu().numpy()
+                mean[start : start + batch_size] = forward(chunk)[:, 0].float().cpu().numpy()
                 continue
             generator = torch.Generator(device=device).manual_seed(sampling.seed * 1_000_003 + start)
-            draws = torch.stack([model.translate(chunk, generator=generator, **options)[:, 0].float()
+            draws = torch.stack([forward(chunk, generator=generator, **options)[:, 0].float()
                                  for _ in range(sampling.samples)])
             mean[start : start + batch_size] = draws.mean(0).cpu().numpy()
             if std is not None:
@@ -160,7 +173,7 @@ def translate_volume(
     geometry = fit_geometry(foreground, slice_axis(volume.affine, plan["axis"], volume.is_2d), int(plan["size"]))
     normalized = fit_normalization(data, foreground, source_kind, name=str(volume.path)).apply(data)
     slices = crop_slices(normalized, geometry, fill=-1.0)
-    mean, std = translate_slices(model, slices, batch_size, sampling, progress=progress)
+    mean, std = translate_slices(model, slices, batch_size, sampling, progress=progress, direction=loaded.direction)
     image = target_normalization.invert(uncrop_slices(mean, geometry, fill=-1.0))
     if std is None:
         return Translation(image)
@@ -255,11 +268,12 @@ def translate(
     eta: float | None = None,
     samples: int = 1,
     seed: int = 0,
+    direction: str = "A2B",
     progress: bool = True,
 ) -> list[Path]:
     """Translate a file or a folder; returns the written paths (with ``*_std`` maps when
     ``samples > 1``). Refuses to overwrite unless asked."""
-    loaded = load_run(run, device=device, checkpoint=checkpoint)
+    loaded = load_run(run, device=device, checkpoint=checkpoint, direction=direction)
     if batch_size < 1:
         raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
     if loaded.model.task != "translate":
