@@ -35,6 +35,7 @@ def test_run_records_schedule_and_samplers(ddpm_run):
     assert info["model"] == "ddpm"
     assert info["config"]["timesteps"] == 1000 and info["config"]["schedule"] == "linear"
     assert info["config"]["prediction"] == "v" and info["config"]["sampler"] == "ddim"
+    assert info["config"]["steps"] == 4  # --steps reaches the config (schedules that follow the run length)
     rows = (ddpm_run / "log.csv").read_text().splitlines()
     assert "val_psnr" in rows[0] and len(rows) >= 5
 
