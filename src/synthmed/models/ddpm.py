@@ -13,8 +13,10 @@ estimate is clipped to [-1, 1] at every step (the data range) and the noise esti
 consistent with it.
 
 Presets: ``paper`` follows the scale of MONAI's 2D image-to-image diffusion tutorial
-(channels 64-64-64, attention at the lowest resolution, one residual block per level,
-lr 2.5e-5) at 256 px, predicting epsilon; ``small`` is CPU-sized and predicts ``v``
+(64 channels per level, attention at the lowest resolution only, one residual block per
+level, lr 2.5e-5) at 256 px, predicting epsilon, with four levels instead of the
+tutorial's three, so that self-attention runs on 32x32 rather than 64x64 tokens at 256 px:
+0.86 instead of 3.3 s per slice and network evaluation on one CPU thread (measured); ``small`` is CPU-sized and predicts ``v``
 (Salimans & Ho 2022). Why v there: with epsilon the clean estimate at high noise is
 ``(x - sqrt(1 - ab) eps) / sqrt(ab)``, which multiplies the noise error by up to
 1 / sqrt(ab(T-1)) ~ 160, so a short run gives noisy few-step samples. Measured on 64 px
@@ -43,8 +45,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class DDPMConfig:
     image_size: int = 256
-    channels: tuple[int, ...] = (64, 64, 64)
-    attention_levels: tuple[bool, ...] = (False, False, True)
+    channels: tuple[int, ...] = (64, 64, 64, 64)
+    attention_levels: tuple[bool, ...] = (False, False, False, True)
     num_res_blocks: int = 1
     num_head_channels: int = 64
     norm_num_groups: int = 32
@@ -79,7 +81,8 @@ class ConditionalDDPM(SynthesisModel):
     PRESETS = {
         "paper": {},
         "small": {
-            "image_size": 64, "channels": (32, 64, 64), "num_head_channels": 32, "norm_num_groups": 16,
+            "image_size": 64, "channels": (32, 64, 64), "attention_levels": (False, False, True),
+            "num_head_channels": 32, "norm_num_groups": 16,
             "lr": 2e-4, "batch_size": 16, "steps": 3000, "ema_decay": 0.999, "prediction": "v",
         },
     }
