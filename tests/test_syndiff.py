@@ -275,9 +275,9 @@ def test_lr_follows_a_cosine_to_the_floor():
         model.training_step(unpaired_batch(), step)
     lrs.append([group["lr"] for opt in model.optimizers().values() for group in opt.param_groups])
     g = [row[0] for row in lrs]
-    expected = [1e-5 + (5e-4 - 1e-5) * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(5)]  # small preset lr_g 5e-4
+    expected = [1e-5 + (1.6e-4 - 1e-5) * (1 + math.cos(math.pi * s / 4)) / 2 for s in range(5)]  # lr_g 1.6e-4
     assert g == pytest.approx(expected)
-    assert lrs[-1][1] == pytest.approx(1e-5)
+    assert lrs[0][1] == pytest.approx(1e-4) and lrs[-1][1] == pytest.approx(1e-5)
     assert set(model.schedulers()) == set(model.optimizers())
 
 

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     g = p.add_argument_group("sampling (diffusion models)")
     g.add_argument("--sampler", help="ddpm, ddim (default), em, pc or ode")
-    g.add_argument("--steps", type=positive_int, default=None, help="network evaluations per sample (default: the run's, 50; ddpm: all T)")
+    g.add_argument("--steps", type=positive_int, default=None, help="network evaluations per sample (default: the run's: 10 small, 50 paper; ddpm sampler: all T)")
     g.add_argument("--eta", type=float, default=None, help="DDIM stochasticity: 0 deterministic (default), 1 ancestral")
     g.add_argument("--samples", type=positive_int, default=1, help="samples per slice: writes their mean and a *_std uncertainty map")
     g.add_argument("--seed", type=int, default=0, help="noise seed (same seed, batch size and device: same output)")
