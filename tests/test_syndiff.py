@@ -219,7 +219,7 @@ def test_invalid_settings_are_refused(overrides, message):
         build_model("syndiff", "small", {**TINY, **overrides})
 
 
-@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\(\)` has been overridden")
+@pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
 def test_training_step_updates_all_eight_networks_each_on_its_own_step():
     model = tiny_model()
     model.train()
@@ -257,7 +257,7 @@ def test_training_step_updates_all_eight_networks_each_on_its_own_step():
         assert any(seen["generator"][name]), name
     for name in DISCRIMINATORS:
         for old, param in zip(seen["d_grads"][name], getattr(model, name).parameters()):
-            assert old is None and param.grad is None or torch.equal(old, param.grad), name
+            assert param.grad is None if old is None else torch.equal(old, param.grad), name
     for name in GENERATORS + DISCRIMINATORS:
         after = list(getattr(model, name).parameters())
         assert any(not torch.equal(a, b) for a, b in zip(before[name], after)), f"{name} did not change"
@@ -398,11 +398,14 @@ def test_syndiff_beats_identity_on_held_out_subjects(prepared, phantoms, tmp_pat
         identity_pairs.append((subject, src, ref))
     model = evaluate_pairs(model_pairs)["mean"]
     identity = evaluate_pairs(identity_pairs, match=True)["mean"]
+    # Measured (1 thread beside a busy core, ~90 s of training; train seeds 0-3): +2.9 to +4.7 dB PSNR
+    # (14.9-16.8 vs 12.1 dB), SSIM 0.52-0.60 vs 0.015, MAE 68-79 vs 125.
     assert model["psnr"] > identity["psnr"] + 2.0, (model, identity)
     assert model["ssim"] > identity["ssim"], (model, identity)
     assert model["mae"] < identity["mae"], (model, identity)
 
 
+# Tiny networks at 32 px, the paper's losses and learning rates, batch 2.
 LEARN = {"generator_channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "nz": 8, "z_embedding": 16,
          "discriminator_channels": 8, "t_embedding": 16, "cycle_generator_channels": 16, "resnet_blocks": 2,
          "cycle_discriminator_channels": 16}

@@ -121,7 +121,9 @@ def check_sampling(model: SynthesisModel, sampling: Sampling) -> None:
         return
     unknown = sorted(set(options) - set(model.sampling_options))
     if unknown:
-        raise SynthmedError(f"{model.name} has no sampling option {', '.join(unknown)}; it takes {', '.join(model.sampling_options)}")
+        takes = f"it takes {', '.join('--' + o for o in model.sampling_options)}" if model.sampling_options else \
+            "its sampling is fixed (only --samples and --seed apply)"
+        raise SynthmedError(f"{model.name} has no sampling option {', '.join('--' + o for o in unknown)}; {takes}")
     try:
         model.check_sampling(**options)
     except ValueError as error:
