@@ -1,10 +1,12 @@
-"""Shared fixtures: tiny phantoms, a prepared folder and a briefly trained run (session-scoped)."""
+"""Shared fixtures: tiny phantoms, a prepared folder and a briefly trained run (session-scoped), the scoring of
+learning tests on held-out subjects, and a tiny unpaired data set for engine-level tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
@@ -43,3 +45,46 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip("../shared/data/real is absent")
     return REAL_DATA
+
+
+@pytest.fixture
+def held_out_scores(phantoms, tmp_path):
+    """``score(run, **translate_options) -> (model, identity)``: mean metrics of a T1 -> T2 run on its held-out
+    phantom subjects, and of the identity baseline (the T1 scan mapped onto the T2 reference's scale)."""
+    import json
+
+    from synthmed.workflows.evaluate import evaluate_pairs
+    from synthmed.workflows.translate import translate
+
+    def score(run: Path, **options):
+        plan = json.loads((run / "plan.json").read_text())
+        model_pairs, identity_pairs = [], []
+        for subject in plan["split"]["test"]:
+            src, ref = phantoms / subject / "T1.nii.gz", phantoms / subject / "T2.nii.gz"
+            out = tmp_path / "pred" / subject / "T2.nii.gz"
+            translate(run, src, out, reference=ref, progress=False, **options)
+            model_pairs.append((subject, out, ref))
+            identity_pairs.append((subject, src, ref))
+        return evaluate_pairs(model_pairs)["mean"], evaluate_pairs(identity_pairs, match=True)["mean"]
+
+    return score
+
+
+class UnpairedNoise(torch.utils.data.Dataset):
+    """n random 16 px 'source' slices and a nonlinear function of other slices as 'target'."""
+
+    def __init__(self, n: int = 8):
+        generator = torch.Generator().manual_seed(3)
+        self.source = torch.rand(n, 1, 16, 16, generator=generator) * 2 - 1
+        self.target = torch.tanh(2 * self.source.flip(0))
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        return {"source": self.source[i], "target": self.target[i], "mask": torch.ones(1, 16, 16)}
+
+
+@pytest.fixture
+def unpaired_noise():
+    return UnpairedNoise

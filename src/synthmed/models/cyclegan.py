@@ -29,7 +29,6 @@ training slices (``--set steps=...``: the learning-rate decay follows the config
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -40,7 +39,7 @@ from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import register
 from synthmed.nn.discriminators import PatchDiscriminator
 from synthmed.nn.image_pool import ImagePool
-from synthmed.nn.layers import init_gan_weights
+from synthmed.nn.layers import evaluating, init_gan_weights
 from synthmed.nn.resnet import ResnetGenerator
 
 
@@ -178,13 +177,13 @@ class CycleGAN(SynthesisModel):
     @torch.inference_mode()
     def translate(self, source: torch.Tensor) -> torch.Tensor:
         """Source modality (A) -> target modality (B) with G_AB."""
-        with _evaluating(self.generator_ab), self.autocast():
+        with evaluating(self.generator_ab), self.autocast():
             return self.generator_ab(source).float()
 
     @torch.inference_mode()
     def translate_reverse(self, target: torch.Tensor) -> torch.Tensor:
         """Target modality (B) -> source modality (A) with G_BA."""
-        with _evaluating(self.generator_ba), self.autocast():
+        with evaluating(self.generator_ba), self.autocast():
             return self.generator_ba(target).float()
 
 
@@ -192,14 +191,3 @@ def _lsgan(prediction: torch.Tensor, real: bool) -> torch.Tensor:
     """Least-squares GAN loss: mean squared distance of the patch scores to 1 (real) or 0 (fake)."""
     prediction = prediction.float()
     return F.mse_loss(prediction, torch.ones_like(prediction) if real else torch.zeros_like(prediction))
-
-
-@contextlib.contextmanager
-def _evaluating(module: torch.nn.Module):
-    """Eval mode for the duration (no effect with instance norm, but batch norm would need it)."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)

@@ -68,7 +68,6 @@ Deviations and choices:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -79,7 +78,7 @@ from synthmed.diffusion.few_step import FewStepSchedule
 from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import register
 from synthmed.nn.discriminators import PatchDiscriminator
-from synthmed.nn.layers import init_gan_weights
+from synthmed.nn.layers import evaluating, init_gan_weights
 from synthmed.nn.ncsnpp import NCSNppGenerator
 from synthmed.nn.resnet import ResnetGenerator
 from synthmed.nn.time_discriminator import TimeConditionalDiscriminator
@@ -303,26 +302,16 @@ class SynDiff(SynthesisModel):
     @torch.inference_mode()
     def translate(self, source: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Source modality (A) -> target modality (B): T reverse steps of G_diff_B guided by ``source``."""
-        with _evaluating(self.diffusive_b):
+        with evaluating(self.diffusive_b):
             return self._sample(self.diffusive_b, source, generator)
 
     @torch.inference_mode()
     def translate_reverse(self, target: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Target modality (B) -> source modality (A) with G_diff_A."""
-        with _evaluating(self.diffusive_a):
+        with evaluating(self.diffusive_a):
             return self._sample(self.diffusive_a, target, generator)
 
     def validation_translate(self, source: torch.Tensor) -> torch.Tensor:
         """Seeded, so that validation scores of different steps compare the model and not the noise."""
         generator = torch.Generator(device=source.device).manual_seed(0)
         return self.translate(source, generator=generator)
-
-
-@contextlib.contextmanager
-def _evaluating(module: torch.nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)

@@ -1,6 +1,8 @@
-"""Small shared helpers: normalisation layer factory and the GAN weight initialisation."""
+"""Small shared helpers: normalisation layer factory, GAN weight initialisation, temporary eval mode."""
 
 from __future__ import annotations
+
+import contextlib
 
 from torch import nn
 
@@ -26,3 +28,14 @@ def init_gan_weights(module: nn.Module, std: float = 0.02) -> None:
         elif isinstance(layer, nn.BatchNorm2d):
             nn.init.normal_(layer.weight, 1.0, std)
             nn.init.zeros_(layer.bias)
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """Eval mode for the duration, then the module's previous mode (translation in the middle of training)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
