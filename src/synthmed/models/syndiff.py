@@ -209,81 +209,109 @@ class SynDiff(SynthesisModel):
         return self._schedulers
 
     # --- training -------------------------------------------------------------------------
-    def _diffusive_forward(self, a: torch.Tensor, b: torch.Tensor):
-        """Non-diffusive estimates, diffusion pairs, x0 predictions and posterior samples for both directions."""
+    def _draw_diffusion(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Random steps t, diffusion pairs (x_t, x_{t+1}) and latents z for both directions."""
         n, T, device = a.shape[0], self.config.timesteps, a.device
-        a_hat, b_hat = self.generator_ba(b), self.generator_ab(a)
         t_a = torch.randint(0, T, (n,), device=device)
         t_b = torch.randint(0, T, (n,), device=device)
         a_t, a_next = self.schedule.q_sample_pair(a, t_a)
         b_t, b_next = self.schedule.q_sample_pair(b, t_b)
         z_a = torch.randn(n, self.config.nz, device=device)
         z_b = torch.randn(n, self.config.nz, device=device)
-        a0 = self.diffusive_a(torch.cat([a_next, b_hat], 1), t_a, z_a)
-        b0 = self.diffusive_b(torch.cat([b_next, a_hat], 1), t_b, z_b)
-        a_fake = self.schedule.posterior_sample(a0.float(), a_next, t_a)
-        b_fake = self.schedule.posterior_sample(b0.float(), b_next, t_b)
-        return {"a_hat": a_hat, "b_hat": b_hat, "t_a": t_a, "t_b": t_b, "a_t": a_t, "a_next": a_next, "b_t": b_t,
-                "b_next": b_next, "a0": a0, "b0": b0, "a_fake": a_fake, "b_fake": b_fake}
+        return {"t_a": t_a, "t_b": t_b, "a_t": a_t, "a_next": a_next, "b_t": b_t, "b_next": b_next, "z_a": z_a, "z_b": z_b}
+
+    def _reverse_step(self, network: NCSNppGenerator, x_next: torch.Tensor, guide: torch.Tensor, t: torch.Tensor,
+                      z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x0 predicted from (x_{t+1}, guide) and the posterior sample x_t' ~ q(x_t | x_{t+1}, x0)."""
+        x0 = network(torch.cat([x_next, guide.to(x_next.dtype)], 1), t, z)
+        return x0, self.schedule.posterior_sample(x0.float(), x_next, t)
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """One discriminator update, then one generator update (equations 1-3 of the seed).
+
+        Memory: each direction's diffusive networks get their own backward pass, so only one NCSN++ graph (and one
+        time-conditional discriminator graph) is alive at a time. The gradients are those of the summed losses:
+        the generator step back-propagates the diffusive losses into a detached copy of each source estimate and
+        hands the gradient collected there on to the non-diffusive generator that made it.
+        """
         a, b = batch["source"], batch["target"]  # unpaired: b is a slice of another subject
         cfg = self.config
         opt_g, opt_d = self._optimizers["generator"], self._optimizers["discriminator"]
-        d_diff_a, d_diff_b = self.discriminator_diff_a, self.discriminator_diff_b
         d_a, d_b = self.discriminator_a, self.discriminator_b
 
         # --- discriminators: real vs fake, fakes made without a graph ---------------------------
         with torch.no_grad(), self.autocast():
-            fake = self._diffusive_forward(a, b)
-        a_t, b_t = fake["a_t"].detach().requires_grad_(True), fake["b_t"].detach().requires_grad_(True)
-        with self.autocast():
-            real_a = d_diff_a(a_t, fake["t_a"], fake["a_next"]).float()
-            real_b = d_diff_b(b_t, fake["t_b"], fake["b_next"]).float()
-            loss_d_diff = (F.softplus(-real_a).mean() + F.softplus(-real_b).mean()
-                           + F.softplus(d_diff_a(fake["a_fake"], fake["t_a"], fake["a_next"]).float()).mean()
-                           + F.softplus(d_diff_b(fake["b_fake"], fake["t_b"], fake["b_next"]).float()).mean())
-            loss_d_cycle = (F.softplus(-d_a(a).float()).mean() + F.softplus(d_a(fake["a_hat"]).float()).mean()
-                            + F.softplus(-d_b(b).float()).mean() + F.softplus(d_b(fake["b_hat"]).float()).mean())
-            loss_d = cfg.lambda_adv * (loss_d_diff + loss_d_cycle)
-        r1 = torch.zeros((), device=a.device)
-        if cfg.r1_gamma > 0 and step % cfg.lazy_reg == 0:
-            grads = torch.autograd.grad(real_a.sum() + real_b.sum(), [a_t, b_t], create_graph=True)
-            r1 = sum(g.float().flatten(1).pow(2).sum(1).mean() for g in grads)
-            scale = cfg.lazy_reg if cfg.r1_lazy_scale else 1
-            loss_d = loss_d + cfg.r1_gamma / 2 * scale * r1
+            a_hat, b_hat = self.generator_ba(b), self.generator_ab(a)
+            draw = self._draw_diffusion(a, b)
+            _, a_fake = self._reverse_step(self.diffusive_a, draw["a_next"], b_hat, draw["t_a"], draw["z_a"])
+            _, b_fake = self._reverse_step(self.diffusive_b, draw["b_next"], a_hat, draw["t_b"], draw["z_b"])
+        regularise = cfg.r1_gamma > 0 and step % cfg.lazy_reg == 0
+        r1_weight = cfg.r1_gamma / 2 * (cfg.lazy_reg if cfg.r1_lazy_scale else 1)
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        loss_d_diff = r1 = torch.zeros((), device=a.device)
+        for d, x_t, x_fake, t, x_next in ((self.discriminator_diff_a, draw["a_t"], a_fake, draw["t_a"], draw["a_next"]),
+                                          (self.discriminator_diff_b, draw["b_t"], b_fake, draw["t_b"], draw["b_next"])):
+            x_real = x_t.detach().requires_grad_(regularise)
+            with self.autocast():
+                real = d(x_real, t, x_next).float()
+                loss = F.softplus(-real).mean() + F.softplus(d(x_fake, t, x_next).float()).mean()
+            total = cfg.lambda_adv * loss
+            if regularise:
+                (grad,) = torch.autograd.grad(real.sum(), x_real, create_graph=True)
+                penalty = grad.float().flatten(1).pow(2).sum(1).mean()
+                total = total + r1_weight * penalty
+                r1 = r1 + penalty.detach()
+            total.backward()
+            loss_d_diff = loss_d_diff + loss.detach()
+        with self.autocast():
+            loss_d_cycle = (F.softplus(-d_a(a).float()).mean() + F.softplus(d_a(a_hat).float()).mean()
+                            + F.softplus(-d_b(b).float()).mean() + F.softplus(d_b(b_hat).float()).mean())
+        (cfg.lambda_adv * loss_d_cycle).backward()
         opt_d.step()
+        loss_d = cfg.lambda_adv * (loss_d_diff + loss_d_cycle.detach()) + (r1_weight * r1 if regularise else 0)
 
         # --- generators: fresh steps and latents, discriminators frozen ------------------------
         discriminators = [getattr(self, name) for name in self.discriminator_names]
         for d in discriminators:
             d.requires_grad_(False)
         try:
-            with self.autocast():
-                out = self._diffusive_forward(a, b)
-                adv_diff = (F.softplus(-d_diff_a(out["a_fake"], out["t_a"], out["a_next"]).float()).mean()
-                            + F.softplus(-d_diff_b(out["b_fake"], out["t_b"], out["b_next"]).float()).mean())
-                adv_cycle = (F.softplus(-d_a(out["a_hat"]).float()).mean()
-                             + F.softplus(-d_b(out["b_hat"]).float()).mean())
-                l1 = F.l1_loss(out["a0"].float(), a) + F.l1_loss(out["b0"].float(), b)
-                a_cycle, b_cycle = self.generator_ba(out["b_hat"]), self.generator_ab(out["a_hat"])
-                cycle = F.l1_loss(a_cycle.float(), a) + F.l1_loss(b_cycle.float(), b)
-                loss_g = cfg.lambda_adv * (adv_diff + adv_cycle) + cfg.lambda_l1 * l1 + cfg.lambda_cycle * cycle
             opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
+            with self.autocast():
+                a_hat, b_hat = self.generator_ba(b), self.generator_ab(a)
+            draw = self._draw_diffusion(a, b)
+            # Diffusive paths, one at a time; guide = detached source estimate collecting its gradient.
+            adv_diff = l1 = torch.zeros((), device=a.device)
+            guides = {}
+            for name, network, d, real, estimate, t, x_next, z in (
+                    ("b_hat", self.diffusive_a, self.discriminator_diff_a, a, b_hat, draw["t_a"], draw["a_next"], draw["z_a"]),
+                    ("a_hat", self.diffusive_b, self.discriminator_diff_b, b, a_hat, draw["t_b"], draw["b_next"], draw["z_b"])):
+                guide = guides[name] = estimate.detach().requires_grad_(True)
+                with self.autocast():
+                    x0, x_fake = self._reverse_step(network, x_next, guide, t, z)
+                    adv = F.softplus(-d(x_fake, t, x_next).float()).mean()
+                    reconstruction = F.l1_loss(x0.float(), real)
+                (cfg.lambda_adv * adv + cfg.lambda_l1 * reconstruction).backward()
+                adv_diff, l1 = adv_diff + adv.detach(), l1 + reconstruction.detach()
+                del x0, x_fake, adv, reconstruction
+            # Non-diffusive half, plus the diffusive losses' gradients w.r.t. the source estimates.
+            with self.autocast():
+                adv_cycle = F.softplus(-d_a(a_hat).float()).mean() + F.softplus(-d_b(b_hat).float()).mean()
+                a_cycle, b_cycle = self.generator_ba(b_hat), self.generator_ab(a_hat)
+                cycle = F.l1_loss(a_cycle.float(), a) + F.l1_loss(b_cycle.float(), b)
+            handed_on = sum((estimate * guides[name].grad).sum() for name, estimate in (("a_hat", a_hat), ("b_hat", b_hat)))
+            (cfg.lambda_adv * adv_cycle + cfg.lambda_cycle * cycle + handed_on).backward()
             opt_g.step()
         finally:
             for d in discriminators:
                 d.requires_grad_(True)
+        loss_g = cfg.lambda_adv * (adv_diff + adv_cycle.detach()) + cfg.lambda_l1 * l1 + cfg.lambda_cycle * cycle.detach()
 
         # The engine checkpoints the schedulers but does not step them: one scheduler step per training step.
         for scheduler in self._schedulers.values():
             scheduler.step()
-        return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "adv_diff": adv_diff.detach(),
-                "adv_cycle": adv_cycle.detach(), "l1": l1.detach(), "cycle": cycle.detach(),
-                "d_diff": loss_d_diff.detach(), "d_cycle": loss_d_cycle.detach(), "r1": r1.detach()}
+        return {"loss_g": loss_g, "loss_d": loss_d.detach(), "adv_diff": adv_diff,
+                "adv_cycle": adv_cycle.detach(), "l1": l1, "cycle": cycle.detach(),
+                "d_diff": loss_d_diff, "d_cycle": loss_d_cycle.detach(), "r1": r1}
 
     # --- translation ------------------------------------------------------------------------
     def _sample(self, network: NCSNppGenerator, source: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
