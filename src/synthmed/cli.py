@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
     p.add_argument("--val-every", type=positive_int, default=250)
+    p.add_argument("--log-every", type=positive_int, default=25, help="steps between log.csv rows")
+    p.add_argument("--checkpoint-every", type=positive_int, default=250, help="steps between last.pt saves")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config setting")
     _add_common(p)
 
@@ -169,10 +172,12 @@ def run_command(args: argparse.Namespace) -> int:
         summary = train(args.prep, model=args.model, preset=args.preset, out=args.out, steps=args.steps,
                         batch_size=args.batch_size, resume=args.resume, seed=args.seed, device=args.device,
                         overrides=_parse_overrides(args.set), progress=progress, num_workers=args.workers,
-                        val_every=args.val_every)
+                        val_every=args.val_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every)
         best = summary["best"]
-        print(f"trained {summary['steps']} steps in {summary['seconds']} s on {summary['device']}; "
-              f"best validation PSNR {best['value']:.2f} dB at step {best['step']}; run in {args.out}")
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line rather than one per process
+            processes = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""
+            print(f"trained {summary['steps']} steps in {summary['seconds']} s on {summary['device']}{processes}; "
+                  f"best validation PSNR {best['value']:.2f} dB at step {best['step']}; run in {args.out}")
     elif args.verb == "translate":
         from synthmed.workflows.translate import translate
 
@@ -210,8 +215,10 @@ def run_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-                        format="%(levelname)s: %(message)s")
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: the other processes report warnings and errors only
+        level = max(level, logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
     try:
         return run_command(args)
     except SynthmedError as error:

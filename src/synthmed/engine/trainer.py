@@ -6,6 +6,11 @@ batches), periodic validation (PSNR/SSIM on validation slices), ``best.pt`` and
 ``last.pt`` checkpoints written atomically, resume, Ctrl-C / SIGTERM saving a
 checkpoint before exiting, a CSV log (plus TensorBoard when installed), a progress
 bar with the losses and ETA, and a PNG grid of source / prediction / target.
+
+Under ``torchrun`` (see :mod:`synthmed.engine.distributed`) every process runs this loop on its own
+share of each global batch (``batch_size`` per process, so the global batch is ``batch_size x
+processes``); rank 0 alone validates and writes checkpoints, logs and samples; logged losses are the
+means over the ranks; a stop signal seen by any rank stops all of them after the same step.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from synthmed.engine import distributed
 from synthmed.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from synthmed.engine.ema import EMA
 from synthmed.errors import SynthmedError
@@ -82,11 +88,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of one epoch: a permutation drawn from (seed, epoch), last partial batch dropped."""
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+    """This rank's batches of one epoch.
+
+    The global batches (``batch_size x world_size`` indices each) come from a permutation drawn from
+    (seed, epoch), the last partial one dropped; rank r takes the r-th ``batch_size`` of each. So with the
+    same seed, 2 processes at batch b see exactly the slices one process sees at batch 2b."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+    size = batch_size * world_size
+    return [order[i + rank * batch_size : i + (rank + 1) * batch_size] for i in range(0, n - size + 1, size)]
 
 
 class Trainer:
@@ -105,8 +116,13 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.settings = settings
         self.run_info = run_info
+        self.dist = distributed.context()
         self.device = pick_device(settings.device)
-        self.batch_size = max(1, min(settings.batch_size, len(train_set)))
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if len(train_set) < self.dist.world_size:
+            raise SynthmedError(f"{len(train_set)} training slices cannot be shared by {self.dist.world_size} processes")
+        self.batch_size = max(1, min(settings.batch_size, len(train_set) // self.dist.world_size))
         self.step = 0
         self.best = {"metric": "psnr", "value": -math.inf, "step": 0}
         self.ema: EMA | None = None
@@ -126,6 +142,10 @@ class Trainer:
     def _prepare(self) -> None:
         seed_everything(self.settings.seed)
         self.model.to(self.device)
+        if self.dist.world_size > 1:
+            distributed.broadcast_state(self.model)  # identical start on every rank
+            # Own noise per rank (rank 0 keeps the single-process stream).
+            seed_everything(self.settings.seed + 1_000_003 * self.dist.rank)
         self.model.amp_dtype = self._amp_dtype()
         decay = float(getattr(self.model.config, "ema_decay", 0.0) or 0.0)
         if decay > 0 and self.model.ema_modules:
@@ -146,12 +166,28 @@ class Trainer:
             "rng": rng_state(),
             "best": dict(self.best),
             "batch_size": self.batch_size,
+            "world_size": self.dist.world_size,
             "seed": self.settings.seed,
             "torch_version": str(torch.__version__),
         }
 
     def save(self, name: str = "last.pt") -> Path:
-        return save_checkpoint(self.run_dir / "checkpoints" / name, self._checkpoint_payload())
+        """Write a checkpoint (rank 0 only; see :meth:`save_last` for the one every rank takes part in)."""
+        path = self.run_dir / "checkpoints" / name
+        if self.dist.is_main:
+            save_checkpoint(path, self._checkpoint_payload())
+        return path
+
+    def save_last(self) -> Path:
+        """``last.pt`` with every rank's RNG state (each rank resumes its own noise stream); all ranks call it."""
+        rng_ranks = distributed.gather_objects(rng_state())
+        path = self.run_dir / "checkpoints" / "last.pt"
+        if self.dist.is_main:
+            payload = self._checkpoint_payload()
+            if self.dist.world_size > 1:
+                payload["rng_ranks"] = rng_ranks
+            save_checkpoint(path, payload)
+        return path
 
     def resume(self) -> None:
         path = self.run_dir / "checkpoints" / "last.pt"
@@ -170,6 +206,12 @@ class Trainer:
             )
         if record.get("batch_size") != self.batch_size or record.get("seed") != self.settings.seed:
             raise SynthmedError(f"{path}: batch size or seed differ from the saved run; resume with the same settings")
+        saved_world = int(record.get("world_size", 1))
+        if saved_world != self.dist.world_size:
+            raise SynthmedError(
+                f"{path}: this run was trained with {saved_world} process(es), not {self.dist.world_size}; resume it with "
+                f"the same number (torchrun --nproc_per_node {saved_world}), or its data order and noise would not continue"
+            )
         self.model.load_state_dict(record["state"])
         for name, optimizer in self.model.optimizers().items():
             optimizer.load_state_dict(record["optimizers"][name])
@@ -177,7 +219,7 @@ class Trainer:
             scheduler.load_state_dict(record["schedulers"][name])
         if self.ema and record.get("ema"):
             self.ema.load_state_dict(record["ema"])
-        set_rng_state(record["rng"])
+        set_rng_state(record["rng_ranks"][self.dist.rank] if self.dist.world_size > 1 else record["rng"])
         self.step = int(record["step"])
         self.best = dict(record["best"])
         log.info("resumed from %s at step %d", path, self.step)
@@ -195,7 +237,7 @@ class Trainer:
         start = self._started = time.perf_counter()
         first_step = self.step
         bar = tqdm(total=steps, initial=self.step, desc=f"train {self.run_info['model']}", unit="step",
-                   disable=not self.settings.progress, dynamic_ncols=True)
+                   disable=not (self.settings.progress and self.dist.is_main), dynamic_ncols=True)
         try:
             self._loop(bar)
         except KeyboardInterrupt:
@@ -206,21 +248,35 @@ class Trainer:
             if self._tensorboard:
                 self._tensorboard.close()
         if self._stop_signal:
-            path = self.save()
+            path = self.save_last()
             raise TrainingInterrupted(
                 f"{self._stop_signal}: stopped at step {self.step}; checkpoint saved to {path}; continue with --resume"
             )
+        self._check_ranks_in_sync()
         return self.summary(time.perf_counter() - start, self.step - first_step)
+
+    def _check_ranks_in_sync(self) -> None:
+        """Every rank must hold the same weights; a model that steps an optimiser without
+        ``step_optimizer`` (so without averaged gradients) would let them drift apart."""
+        if self.dist.world_size == 1:
+            return
+        sums = distributed.gather_objects(distributed.parameters_checksum(self.model))
+        if max(sums) - min(sums) > 1e-9 * max(1.0, abs(sums[0])):
+            raise SynthmedError(
+                f"the {self.dist.world_size} training processes hold different weights after step {self.step} "
+                f"(checksums {sums}); {type(self.model).__name__} must step its optimisers with self.step_optimizer()"
+            )
 
     def _loop(self, bar) -> None:
         n = len(self.train_set)
-        per_epoch = max(n // self.batch_size, 1)
+        rank, world = self.dist.rank, self.dist.world_size
+        per_epoch = max(n // (self.batch_size * world), 1)
         model = self.model
         while self.step < self.settings.steps:
             epoch, offset = divmod(self.step, per_epoch)
             if hasattr(self.train_set, "set_epoch"):
                 self.train_set.set_epoch(epoch)
-            batches = epoch_batches(n, self.batch_size, self.settings.seed, epoch)[offset:]
+            batches = epoch_batches(n, self.batch_size, self.settings.seed, epoch, rank, world)[offset:]
             # Its own generator: creating a loader must not consume the global RNG (exact resume).
             loader = DataLoader(self.train_set, batch_sampler=batches, num_workers=self.settings.num_workers,
                                 pin_memory=self.device.type == "cuda",
@@ -229,10 +285,17 @@ class Trainer:
                 model.train()
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 losses = model.training_step(batch, self.step)
+                if world > 1:
+                    distributed.broadcast_state(model, buffers_only=True)  # e.g. batch-norm statistics, as DDP does
                 if self.ema:
                     self.ema.update(self.step)
                 self.step += 1
                 bar.update(1)
+                if world > 1:
+                    if self.step == 1:
+                        self._check_ranks_in_sync()
+                    if distributed.any_rank(self._stop_signal is not None):
+                        self._stop_signal = self._stop_signal or "SIGTERM"
                 self._periodic(losses, bar, epoch)
                 if self._stop_signal or self.step >= self.settings.steps:
                     return
@@ -242,7 +305,7 @@ class Trainer:
         last = step == s.steps
         row: dict[str, Any] | None = None
         if step % s.log_every == 0 or last or step == 1:
-            values = {k: float(v) for k, v in losses.items()}
+            values = distributed.mean_over_ranks({k: float(v) for k, v in losses.items()})
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(values.items())[:3]})
             if not all(math.isfinite(v) for v in values.values()):
                 raise SynthmedError(
@@ -250,17 +313,17 @@ class Trainer:
                     "start a new --out with a lower --set lr=..."
                 )
             row = {"step": step, "epoch": epoch, "elapsed_s": round(time.perf_counter() - self._started, 2), **values}
-        if self.val_set is not None and (step % s.val_every == 0 or last):
+        if self.val_set is not None and self.dist.is_main and (step % s.val_every == 0 or last):
             metrics = self.validate()
             row = {**(row or {"step": step, "epoch": epoch}), **{f"val_{k}": v for k, v in metrics.items()}}
             if metrics["psnr"] > self.best["value"]:
                 self.best = {"metric": "psnr", "value": metrics["psnr"], "step": step}
                 self.save("best.pt")
-        if step % s.sample_every == 0 or last:
+        if self.dist.is_main and (step % s.sample_every == 0 or last):
             self.write_samples()
         if step % s.checkpoint_every == 0 or last:
-            self.save("last.pt")
-        if row is not None:
+            self.save_last()
+        if row is not None and self.dist.is_main:
             self._log(row)
 
     # --- validation, samples, logs --------------------------------------------------
@@ -353,4 +416,4 @@ class Trainer:
 
     def summary(self, seconds: float, trained: int = 0) -> dict[str, Any]:
         return {"steps": self.step, "trained_steps": trained, "seconds": round(seconds, 2), "best": self.best, "device": str(self.device),
-                "settings": asdict(self.settings)}
+                "processes": self.dist.world_size, "settings": asdict(self.settings)}

@@ -5,7 +5,9 @@ A model is an ``nn.Module`` that
 - is built from a config dataclass (``Config``), whose defaults are the paper's and
   whose named presets (``PRESETS``: at least ``paper`` and ``small``) override them;
 - owns its optimisers (GANs need several) and does its own backward passes in
-  ``training_step(batch, step) -> dict`` of detached scalar losses;
+  ``training_step(batch, step) -> dict`` of detached scalar losses, stepping each optimiser
+  through ``self.step_optimizer(optimizer)`` (never ``optimizer.step()`` directly): under
+  ``torchrun`` that first averages the gradients over the processes, which keeps them in step;
 - translates with ``translate(source, **sampling) -> target`` (translators) or generates
   with ``sample(n) -> dict`` (generators), on tensors in [-1, 1] of shape (B, 1, H, W).
   Stochastic translators (``stochastic = True``, e.g. diffusion) also take sampler options
@@ -26,6 +28,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from synthmed.engine.distributed import average_gradients
 
 
 class SynthesisModel(nn.Module):
@@ -69,6 +73,12 @@ class SynthesisModel(nn.Module):
         """Raise ValueError for sampling options this model cannot use (checked before any work)."""
 
     # --- helpers ------------------------------------------------------------------
+    def step_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()`` with the gradients averaged over the training processes first (a no-op in one
+        process); see :mod:`synthmed.engine.distributed`."""
+        average_gradients(p for group in optimizer.param_groups for p in group["params"])
+        optimizer.step()
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -153,7 +153,7 @@ class CycleGAN(SynthesisModel):
             loss_g = gan + cfg.lambda_cycle * cycle + cfg.lambda_cycle * cfg.lambda_identity * identity
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        opt_g.step()
+        self.step_optimizer(opt_g)
         for d in discriminators:
             d.requires_grad_(True)
 
@@ -166,7 +166,7 @@ class CycleGAN(SynthesisModel):
             loss_d = loss_d_a + loss_d_b
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
-        opt_d.step()
+        self.step_optimizer(opt_d)
 
         # The engine checkpoints the schedulers but does not step them: one scheduler step per training step.
         for scheduler in self._schedulers.values():

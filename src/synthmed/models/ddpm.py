@@ -134,7 +134,7 @@ class ConditionalDDPM(SynthesisModel):
         optimizer = self._optimizers["network"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        self.step_optimizer(optimizer)
         return {"loss": loss.detach()}
 
     def denoiser(self, source: torch.Tensor):

@@ -97,7 +97,7 @@ class Pix2Pix(SynthesisModel):
             )
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
-        opt_d.step()
+        self.step_optimizer(opt_d)
 
         with self.autocast():
             fake_logits = self.discriminator(torch.cat([source, fake], 1))
@@ -106,7 +106,7 @@ class Pix2Pix(SynthesisModel):
             loss_g = loss_gan + self.config.lambda_l1 * loss_l1
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        opt_g.step()
+        self.step_optimizer(opt_g)
         return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "gan": loss_gan.detach(), "l1": loss_l1.detach()}
 
     @torch.inference_mode()

@@ -267,7 +267,7 @@ class SynDiff(SynthesisModel):
             loss_d_cycle = (F.softplus(-d_a(a).float()).mean() + F.softplus(d_a(a_hat).float()).mean()
                             + F.softplus(-d_b(b).float()).mean() + F.softplus(d_b(b_hat).float()).mean())
         (cfg.lambda_adv * loss_d_cycle).backward()
-        opt_d.step()
+        self.step_optimizer(opt_d)
         loss_d = cfg.lambda_adv * (loss_d_diff + loss_d_cycle.detach()) + (r1_weight * r1 if regularise else 0)
 
         # --- generators: fresh steps and latents, discriminators frozen ------------------------
@@ -300,7 +300,7 @@ class SynDiff(SynthesisModel):
                 cycle = F.l1_loss(a_cycle.float(), a) + F.l1_loss(b_cycle.float(), b)
             handed_on = sum((estimate * guides[name].grad).sum() for name, estimate in (("a_hat", a_hat), ("b_hat", b_hat)))
             (cfg.lambda_adv * adv_cycle + cfg.lambda_cycle * cycle + handed_on).backward()
-            opt_g.step()
+            self.step_optimizer(opt_g)
         finally:
             for d in discriminators:
                 d.requires_grad_(True)

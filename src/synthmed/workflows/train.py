@@ -3,6 +3,9 @@
 A run folder holds ``run.json`` (model, preset, config, settings, versions),
 ``plan.json`` (a copy of the data plan, so translation needs nothing else),
 ``checkpoints/{best,last}.pt``, ``log.csv`` and ``samples/``.
+
+Started by ``torchrun --nproc_per_node N -m synthmed train ...``, the N processes train one model
+together (data parallel; ``--batch-size`` is per process); rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 import synthmed
 from synthmed.data.datasets import PreparedData, SliceDataset
 from synthmed.data.io import ensure_writable_folder
+from synthmed.engine import distributed
 from synthmed.engine.trainer import Trainer, TrainSettings, pick_device, seed_everything
 from synthmed.errors import SynthmedError
 from synthmed.models.registry import build_model, model_class
@@ -49,6 +53,36 @@ def train(
     **settings: Any,
 ) -> dict[str, Any]:
     """Train ``model`` on the prepared data in ``prep``; returns the training summary."""
+    ctx = distributed.setup(device)
+    finished = False
+    try:
+        summary = _train(prep, model=model, out=out, preset=preset, steps=steps, batch_size=batch_size, resume=resume,
+                         seed=seed, device=device, overrides=overrides, progress=progress, ctx=ctx, **settings)
+        finished = True
+        return summary
+    finally:
+        # All ranks arrive here together after training or a stop signal; after an error on one rank torchrun
+        # stops the others, so do not wait for them.
+        if finished:
+            distributed.shutdown()
+
+
+def _train(
+    prep: str | Path,
+    *,
+    model: str,
+    out: str | Path,
+    preset: str,
+    steps: int | None,
+    batch_size: int | None,
+    resume: bool,
+    seed: int,
+    device: str,
+    overrides: dict[str, Any] | None,
+    progress: bool,
+    ctx: distributed.Context,
+    **settings: Any,
+) -> dict[str, Any]:
     out = Path(out)
     cls = model_class(model)
     data = PreparedData(prep)
@@ -83,9 +117,9 @@ def train(
     # Datasets first: nothing is written into the run folder before the inputs are known to work.
     train_set = SliceDataset(data, "train", unpaired=not cls.paired, seed=seed)
     val_set = SliceDataset(data, "val") if plan["split"]["val"] else None
-    if val_set is None:
+    if val_set is None and ctx.is_main:
         log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
-    ensure_writable_folder(out)
+    distributed.barrier()  # every rank has checked the run folder before rank 0 writes into it
 
     run_info = {
         "model": model,
@@ -103,11 +137,17 @@ def train(
         saved = json.loads((out / "run.json").read_text())
         if saved.get("model") != model:
             raise SynthmedError(f"{out} holds a {saved.get('model')} run, not {model}; resume it with --model {saved.get('model')}")
-    (out / "run.json").write_text(json.dumps(run_info, indent=2))
-    (out / "plan.json").write_text(json.dumps(plan, indent=2))
+    if ctx.world_size > 1:
+        run_info["processes"] = ctx.world_size
+    if ctx.is_main:
+        ensure_writable_folder(out)
+        (out / "run.json").write_text(json.dumps(run_info, indent=2))
+        (out / "plan.json").write_text(json.dumps(plan, indent=2))
+    distributed.barrier()
 
     trainer = Trainer(net, train_set, val_set, out, settings_obj, run_info)
     summary = trainer.fit(resume=resume)
     summary["parameters"] = int(sum(p.numel() for p in net.parameters()))
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if ctx.is_main:
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
