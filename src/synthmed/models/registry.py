@@ -24,7 +24,7 @@ def register(cls: type[SynthesisModel]) -> type[SynthesisModel]:
 
 def _load_builtin_models() -> None:
     # Importing the method modules registers them.
-    from synthmed.models import cyclegan, ddpm, pix2pix, syndiff  # noqa: F401
+    from synthmed.models import cyclegan, ddpm, medgan, pix2pix, syndiff  # noqa: F401
 
 
 def model_class(name: str) -> type[SynthesisModel]:
@@ -70,7 +70,7 @@ def config_from_dict(name: str, values: dict[str, Any]):
         if isinstance(default, tuple):
             # tuple[int, ...] fields (e.g. channels per level) take any length; fixed tuples their own.
             any_length = "..." in str(known[key].type)
-            if not isinstance(value, (list, tuple)) or not value or (not any_length and len(value) != len(default)):
+            if not isinstance(value, (list, tuple)) or (not value and default) or (not any_length and len(value) != len(default)):
                 count = "one or more" if any_length else str(len(default))
                 raise SynthmedError(f"{name} setting {key}={value!r}: give {count} values like {list(default)}")
             value = tuple(value)
