@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=positive_int, default=250)
     p.add_argument("--log-every", type=positive_int, default=25, help="steps between log.csv rows")
     p.add_argument("--checkpoint-every", type=positive_int, default=250, help="steps between last.pt saves")
+    p.add_argument("--vgg19-weights", metavar="PATH", default=None,
+                   help="local VGG-19 state dict (torchvision names) for medgan's style and content losses")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config setting")
     _add_common(p)
 
@@ -139,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-intensity", action="store_true", help="map predictions onto the reference's scale first (identity baseline)")
     _add_common(p)
 
+    p = sub.add_parser("degrade", help="degraded copies for restoration pairs: MR motion, Rician noise, PET low dose")
+    p.add_argument("input", help="a volume, or a folder of subject folders (with --name)")
+    p.add_argument("output", help="a volume file, or a folder mirroring the subject folders")
+    p.add_argument("--kind", required=True, choices=["motion", "noise", "lowdose"])
+    p.add_argument("--severity", type=float, default=1.0, help="in (0, 3]; 1 = moderate (default), 3 = severe")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="modality to degrade in each subject folder, e.g. T1 (writes T1_<kind> beside a link to T1)")
+    p.add_argument("--alias", action="append", help="modality alias for finding --name, e.g. t1c_bet=t1c (as for prepare)")
+    p.add_argument("--axis", default="axial", help="slice axis for motion: axial, coronal, sagittal or 0-2")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
     p = sub.add_parser("models", help="list the registered methods")
     p.add_argument("--json", action="store_true")
     return parser
@@ -169,9 +183,12 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.verb == "train":
         from synthmed.workflows.train import train
 
+        overrides = _parse_overrides(args.set) or {}
+        if args.vgg19_weights:
+            overrides["vgg19_weights"] = str(Path(args.vgg19_weights).resolve())
         summary = train(args.prep, model=args.model, preset=args.preset, out=args.out, steps=args.steps,
                         batch_size=args.batch_size, resume=args.resume, seed=args.seed, device=args.device,
-                        overrides=_parse_overrides(args.set), progress=progress, num_workers=args.workers,
+                        overrides=overrides, progress=progress, num_workers=args.workers,
                         val_every=args.val_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every)
         best = summary["best"]
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line rather than one per process
@@ -194,6 +211,14 @@ def run_command(args: argparse.Namespace) -> int:
         print(format_table({Path(args.pred).name: result}))
         if args.out:
             print(f"metrics: {', '.join(map(str, result['written']))}")
+    elif args.verb == "degrade":
+        from synthmed.data.degrade import degrade
+
+        written = degrade(args.input, args.output, kind=args.kind, severity=args.severity, seed=args.seed,
+                          name=args.name, aliases=",".join(args.alias) if args.alias else None, axis=args.axis,
+                          overwrite=args.overwrite, progress=progress)
+        print(f"wrote {len(written)} degraded volume(s) ({args.kind}, severity {args.severity:g}): "
+              f"{written[0]}{' ...' if len(written) > 1 else ''}")
     elif args.verb == "models":
         from synthmed.models.registry import available_models
 

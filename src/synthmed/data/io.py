@@ -841,6 +841,13 @@ def _write_image(tmp: str, pages: list[np.ndarray], suffix: str) -> None:
         images[0].save(tmp, format=fmt)
 
 
+def default_file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def ensure_writable_folder(folder: str | os.PathLike) -> Path:
     """Create ``folder`` (and parents) if needed; a :class:`SynthmedError` if that fails or it is read-only."""
     folder = Path(folder)
@@ -908,6 +915,7 @@ def write_volume(
             _write_mat(tmp, data, like)
         else:
             _write_image(tmp, pages, suffix)
+        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; outputs get the user's usual permissions
         os.replace(tmp, out)
     except OSError as error:
         _remove(tmp)

@@ -13,6 +13,7 @@ recorded in the plan, so a model output can be brought back to the target's unit
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -26,8 +27,10 @@ CT_MODALITY_NAMES = {"ct", "cbct", "sct", "cect", "ncct"}
 
 
 def modality_kind(modality: str) -> str:
-    """'ct' for CT-like modality names (fixed HU window), 'mr' for everything else."""
-    return "ct" if modality.lower() in CT_MODALITY_NAMES else "mr"
+    """'ct' for CT-like modality names (fixed HU window), also derived ones such as ``CT_noise`` (written by
+    ``synthmed degrade``); 'mr' for everything else."""
+    name = modality.lower()
+    return "ct" if name in CT_MODALITY_NAMES or re.split(r"[_\-]", name)[0] in CT_MODALITY_NAMES else "mr"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthmed.data.io import default_file_mode
 from synthmed.errors import SynthmedError
 
 CHECKPOINT_FORMAT = "synthmed-checkpoint"
@@ -30,6 +31,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
             torch.save(record, stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
