@@ -50,6 +50,28 @@ def test_crop_with_resize_keeps_geometry_and_values_close():
     assert geometry.to_dict() == type(geometry).from_dict(geometry.to_dict()).to_dict()
 
 
+def test_upsampling_round_trip_keeps_edges_and_range():
+    """A box smaller than the model's square is enlarged and shrunk back; bicubic (anti-aliased when shrinking)
+    must keep much more of a sharp-edged image than bilinear did, and never leave the input's range."""
+    x, y = np.meshgrid(np.linspace(-1, 1, 46), np.linspace(-1, 1, 46), indexing="ij")
+    radius = np.hypot(x, y)
+    ring = ((radius > 0.7) & (radius < 0.8)) * 1.0 + (radius < 0.6) * (0.4 + 0.2 * np.sin(12 * x))
+    volume = np.repeat(ring.astype(np.float32)[:, :, None], 3, axis=2)
+    geometry = fit_geometry(volume > 0, axis=2, size=64)
+    assert geometry.side < 64
+
+    def round_trip_psnr(interpolation):
+        slices = crop_slices(volume, geometry, fill=0.0, interpolation=interpolation)
+        assert slices.min() >= 0 and slices.max() <= 1  # no cubic overshoot past the input's range
+        restored = uncrop_slices(slices, geometry, fill=0.0, interpolation=interpolation)
+        return 10 * np.log10(1.0 / np.mean((restored - volume) ** 2))
+
+    bicubic, bilinear = round_trip_psnr("bicubic"), round_trip_psnr("bilinear")
+    assert bicubic > bilinear + 2, (bicubic, bilinear)  # 23.6 vs 20.5 dB on these hard binary edges
+    with pytest.raises(ValueError, match="interpolation"):
+        crop_slices(volume, geometry, fill=0.0, interpolation="lanczos")
+
+
 def test_box_leaving_the_image_is_padded():
     volume = np.zeros((20, 20, 3), np.float32)
     volume[0:20, 15:20, :] = 1.0  # foreground touching the border, tall and thin

@@ -102,16 +102,28 @@ def fit_geometry(foreground: np.ndarray, axis: int, size: int) -> SliceGeometry:
     return SliceGeometry(axis, tuple(int(s) for s in foreground.shape), row0, col0, side, int(size))
 
 
-def _resize(stack: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+# Image resampling between the crop box and the model's square: bicubic, anti-aliased when shrinking, clipped to
+# the input's range (cubic overshoot). A box -> size -> box round trip keeps far more detail than bilinear
+# (on 46 px phantom boxes at 64 px: 33.7 dB PSNR against 24.6 dB), which caps what any model can reach.
+# Plans written before it (no "interpolation" key) were made with "bilinear" and keep it.
+INTERPOLATION = "bicubic"
+INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+def _resize(stack: np.ndarray, size: int, nearest: bool, interpolation: str = INTERPOLATION) -> np.ndarray:
     if stack.shape[-1] == size and stack.shape[-2] == size:
         return stack.astype(np.float32, copy=False)
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r}: use one of {', '.join(INTERPOLATIONS)}")
     tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
     if nearest:
         out = F.interpolate(tensor, size=(size, size), mode="nearest-exact")
     else:
         out = F.interpolate(
-            tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=stack.shape[-1] > size
+            tensor, size=(size, size), mode=interpolation, align_corners=False, antialias=stack.shape[-1] > size
         )
+        if interpolation == "bicubic" and tensor.numel():
+            out = out.clamp(float(tensor.min()), float(tensor.max()))
     return out[:, 0].numpy()
 
 
@@ -126,18 +138,19 @@ def _overlap(geometry: SliceGeometry) -> tuple[slice, slice, slice, slice]:
     return ir, ic, br, bc
 
 
-def crop_slices(volume: np.ndarray, geometry: SliceGeometry, fill: float, nearest: bool = False) -> np.ndarray:
+def crop_slices(volume: np.ndarray, geometry: SliceGeometry, fill: float, nearest: bool = False,
+                interpolation: str = INTERPOLATION) -> np.ndarray:
     """Volume -> (n_slices, size, size) float32 stack in the geometry's box."""
     stack = to_slices(volume, geometry.axis)
     boxed = np.full((stack.shape[0], geometry.side, geometry.side), fill, dtype=np.float32)
     ir, ic, br, bc = _overlap(geometry)
     boxed[:, br, bc] = stack[:, ir, ic]
-    return _resize(boxed, geometry.size, nearest)
+    return _resize(boxed, geometry.size, nearest, interpolation)
 
 
-def uncrop_slices(stack: np.ndarray, geometry: SliceGeometry, fill: float) -> np.ndarray:
+def uncrop_slices(stack: np.ndarray, geometry: SliceGeometry, fill: float, interpolation: str = INTERPOLATION) -> np.ndarray:
     """Inverse of :func:`crop_slices`: (n_slices, size, size) -> volume of ``geometry.shape``."""
-    boxed = _resize(stack, geometry.side, nearest=False)
+    boxed = _resize(stack, geometry.side, nearest=False, interpolation=interpolation)
     height, width = geometry.plane_shape
     full = np.full((stack.shape[0], height, width), fill, dtype=np.float32)
     ir, ic, br, bc = _overlap(geometry)

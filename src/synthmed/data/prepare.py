@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from synthmed.data.discovery import (
     FileRef, Subject, canonical_modality, discover, parse_aliases, patient_key, require_modalities,
 )
-from synthmed.data.geometry import SliceGeometry, crop_slices, default_size, fit_geometry, slice_axis
+from synthmed.data.geometry import INTERPOLATION, SliceGeometry, crop_slices, default_size, fit_geometry, slice_axis
 from synthmed.data.io import Volume, ensure_writable_folder, read_volume
 from synthmed.data.normalize import Normalization, fit_normalization, median_normalization, modality_kind
 from synthmed.data.splits import parse_ratios, split_subjects
@@ -41,7 +41,7 @@ from synthmed.metrics import foreground_mask
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: bicubic slice resampling (plan key "interpolation")
 MIN_FOREGROUND_FRACTION = 0.01
 AFFINE_TOLERANCE_MM = 1e-2
 
@@ -279,6 +279,7 @@ def prepare(
         "aliases": alias_map,
         "axis": str(axis),
         "size": int(size),
+        "interpolation": INTERPOLATION,
         "normalization_kind": {role: modality_kind(role) for role in roles},
         "reference_normalization": reference,
         "fingerprint": _fingerprint(fp_volumes, fp_percentiles),

@@ -174,14 +174,15 @@ def translate_volume(
     source_kind = plan["normalization_kind"][plan["source"]]
     geometry = fit_geometry(foreground, slice_axis(volume.affine, plan["axis"], volume.is_2d), int(plan["size"]))
     normalized = fit_normalization(data, foreground, source_kind, name=str(volume.path)).apply(data)
-    slices = crop_slices(normalized, geometry, fill=-1.0)
+    interpolation = plan.get("interpolation", "bilinear")  # as the training slices were made
+    slices = crop_slices(normalized, geometry, fill=-1.0, interpolation=interpolation)
     mean, std = translate_slices(model, slices, batch_size, sampling, progress=progress, direction=loaded.direction)
-    image = target_normalization.invert(uncrop_slices(mean, geometry, fill=-1.0))
+    image = target_normalization.invert(uncrop_slices(mean, geometry, fill=-1.0, interpolation=interpolation))
     if std is None:
         return Translation(image)
     # The normalisation is linear: a std in [-1, 1] units scales by half the intensity range.
     scale = 0.5 * (target_normalization.hi - target_normalization.lo)
-    return Translation(image, (uncrop_slices(std, geometry, fill=0.0) * scale).astype(np.float32))
+    return Translation(image, (uncrop_slices(std, geometry, fill=0.0, interpolation=interpolation) * scale).astype(np.float32))
 
 
 def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Normalization:
