@@ -24,6 +24,11 @@ Presets: ``paper`` (256 px, 6 U-blocks of 64 base channels and depth 8, 16x16 pa
 (the paper's ablation base: one U-block, i.e. pix2pix's generator with MedGAN's losses); ``small`` (CPU: 64 px,
 3 U-blocks of 32 channels, batch 16, 1000 steps). The U-blocks keep pix2pix's dropout 0.5 in the decoder (our
 choice; the paper gives no dropout setting).
+
+``residual`` (ours, off by default): the output is ``clip(source + CasNet(source))``, so training starts from the
+identity. For restoration (``synthmed degrade`` pairs), where the input is already close to the answer, the paper's
+direct output has to relearn the whole image first: on noisy 64 px phantoms (severity 2, 400 steps) it reached
+20.0 dB against 25.4 dB for the noisy input itself, the residual form 25.7 dB.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class MedGANConfig:
     style_weights: tuple[float, ...] = ()  # one per VGG layer (relu1_1 .. relu5_1); () = all 1
     content_weights: tuple[float, ...] = ()
     vgg19_weights: str = ""  # local state dict of VGG-19 (torchvision names); "" = style and content losses off
+    residual: bool = False  # ours, for restoration: the CasNet output is a correction added to the input
     d_every: int = 3  # generator updates per discriminator update
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
@@ -147,7 +153,7 @@ class MedGAN(SynthesisModel):
         vgg = self.feature_extractor(source.device)
 
         with self.autocast():
-            fake = self.generator(source)
+            fake = self.generate(source)
         if step % cfg.d_every == 0:
             with self.autocast():
                 real_logits = self.discriminator(torch.cat([source, target], 1)).float()
@@ -184,7 +190,12 @@ class MedGAN(SynthesisModel):
         return {"loss_g": loss_g.detach(), "loss_d": self._last_loss_d.to(source.device), "adv": adversarial.detach(),
                 "perceptual": perceptual.detach(), "style": style.detach(), "content": content.detach()}
 
+    def generate(self, source: torch.Tensor) -> torch.Tensor:
+        """CasNet(source), or with ``residual`` source + CasNet(source) clipped to [-1, 1]."""
+        output = self.generator(source)
+        return (source + output).clamp(-1, 1) if self.config.residual else output
+
     @torch.inference_mode()
     def translate(self, source: torch.Tensor) -> torch.Tensor:
         with self.autocast():
-            return self.generator(source).float()
+            return self.generate(source).float()
