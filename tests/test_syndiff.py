@@ -345,7 +345,9 @@ def test_direction_by_direction_backward_gives_the_joint_losses_gradients():
         for role in ("discriminator", "generator"):
             assert any(g.abs().sum() > 0 for g in ours[role])
             for g, h in zip(ours[role], joint[role]):
-                torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-6)
+                # Summation order differs between the two (and with the thread count): round-off scales with the
+                # tensor's own size.
+                torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-5 + 1e-4 * float(h.abs().max()))
 
 
 def our_training_step(model, batch, step):
