@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_common import inside, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,36 +70,6 @@ def number(value, digits: int = 4):
     """A float for JSON: rounded, and None where it is not finite (JSON has no inf/nan)."""
     value = float(value)
     return round(value, digits) if math.isfinite(value) else None
-
-
-def finite(value):
-    """``value`` with every non-finite float replaced by None (strict JSON has no inf/nan)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-def write_json(path: Path, report: dict) -> None:
-    """Write atomically (a kill never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(finite(report), indent=2, allow_nan=False) + "\n")
-    os.replace(partial, path)
-
-
-# --------------------------------------------------------------------------- data, run
-
-
-def inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def prepare_data(kind: str, work: Path) -> tuple[Path, dict]:

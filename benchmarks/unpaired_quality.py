@@ -60,6 +60,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_common import inside, write_json  # paired_quality uses them as uq.inside, uq.write_json
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,33 +98,6 @@ def say(message: str) -> None:
 def fail(message: str) -> None:
     print(f"unpaired_quality: error: {message}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (strict JSON has no inf/nan)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-def write_json(path: Path, report: dict) -> None:
-    """Write atomically (a kill never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_text(json.dumps(finite(report), indent=2, allow_nan=False) + "\n")
-    os.replace(partial, path)
-
-
-def inside(path: Path, folder: Path) -> bool:
-    try:
-        path.resolve().relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
 
 
 def load_average() -> list[float]:
