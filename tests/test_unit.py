@@ -163,6 +163,8 @@ def test_one_training_step_updates_every_network(name, overrides):
     expected = {"encoder_a", "encoder_b", "generator_a", "generator_b", "discriminator_a", "discriminator_b"}
     if name == "gmm-unit":
         expected |= {"prior", "log_var_a", "log_var_b"}
+        assert {"prior_weight_max", "prior_log_var", "posterior_log_var_a", "posterior_log_var_b"} <= set(losses)
+        assert 1 / overrides["components"] <= float(losses["prior_weight_max"]) <= 1
     assert expected <= changed, expected - changed
     model.eval()
     source = unpaired_batch()["source"]
@@ -196,3 +198,37 @@ def test_beats_identity_on_held_out_subjects(name, overrides, batch_size, prepar
     assert model["psnr"] > identity["psnr"] + 2.0, (model, identity)
     assert model["ssim"] > identity["ssim"], (model, identity)
     assert model["mae"] < identity["mae"], (model, identity)
+
+
+def test_gmm_unit_non_contrast_to_contrast_ct_comes_back_in_hounsfield_units(phantoms, tmp_path):
+    """The seed's task on CT: NCCT -> CECT, both normalised with the fixed HU window, output written in HU."""
+    import json
+
+    import nibabel as nib
+
+    from synthmed.data.prepare import prepare
+    from synthmed.workflows.train import train
+    from synthmed.workflows.translate import translate
+
+    data = tmp_path / "data"
+    for subject in sorted(p for p in phantoms.iterdir() if p.is_dir()):
+        ct = nib.load(subject / "CT.nii.gz")
+        lesion = nib.load(subject / "lesion.nii.gz").get_fdata() > 0
+        enhanced = ct.get_fdata() + 150.0 * lesion  # an enhancing lesion: +150 HU after contrast
+        (data / subject.name).mkdir(parents=True)
+        nib.save(ct, data / subject.name / "NCCT.nii.gz")
+        nib.save(nib.Nifti1Image(enhanced.astype(np.float32), ct.affine), data / subject.name / "CECT.nii.gz")
+    prep = prepare(data, source="NCCT", target="CECT", out=tmp_path / "prep", size=32, split="0.5,0.25,0.25",
+                   progress=False)
+    plan = json.loads((prep / "plan.json").read_text())
+    assert plan["reference_normalization"]["cect"] == {"kind": "ct", "lo": -1000.0, "hi": 2000.0}
+    run = tmp_path / "run"
+    train(prep, model="gmm-unit", out=run, steps=3, batch_size=2, progress=False,
+          overrides={"base_channels": 8, "discriminator_channels": 8, "n_res": 1, "patch_size": 16})
+    subject = plan["split"]["test"][0]
+    source = nib.load(data / subject / "NCCT.nii.gz")
+    out = nib.load(translate(run, data / subject / "NCCT.nii.gz", tmp_path / "cect.nii.gz", progress=False)[0])
+    assert out.shape == source.shape and np.allclose(out.affine, source.affine)
+    hu = out.get_fdata()
+    assert -1000.0 - 1e-3 <= hu.min() and hu.max() <= 2000.0 + 1e-3
+    assert hu[0, 0, 0] == pytest.approx(-1000.0, abs=1e-3)  # air outside the head

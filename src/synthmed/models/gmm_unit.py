@@ -77,6 +77,17 @@ class GMMUNIT(UNIT):
         a, b = aligned_patches([batch["source"], batch["target"]], self.config.patch_size)
         return a, b
 
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        losses = super().training_step(batch, step)
+        # The state of the latent model, logged with the losses (log.csv) so a collapse of the mixture (one weight
+        # taking over) or of the posterior variances shows up during training rather than only in the results.
+        with torch.no_grad():
+            losses["prior_weight_max"] = torch.softmax(self.prior.logits, 0).max()
+            losses["prior_log_var"] = self.prior.log_vars.mean()
+            losses["posterior_log_var_a"] = self.log_var_a.mean()
+            losses["posterior_log_var_b"] = self.log_var_b.mean()
+        return losses
+
     def encode(self, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         mu = (self.encoder_a if domain == "a" else self.encoder_b)(x)
         log_var = self.log_var_a if domain == "a" else self.log_var_b
