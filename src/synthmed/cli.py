@@ -131,6 +131,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="noise seed (same seed, batch size and device: same output)")
     _add_common(p)
 
+    p = sub.add_parser("generate", help="new slices (and lesion masks, pig) from a trained generator")
+    p.add_argument("run")
+    p.add_argument("--n", type=positive_int, required=True, help="number of slices (pairs) to generate")
+    p.add_argument("--out", required=True, help="folder for NNNNNN_image / NNNNNN_mask files and a contact sheet")
+    p.add_argument("--format", default="png", choices=["png", "nii"])
+    p.add_argument("--checkpoint", default="best", help="best (default) or last")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="slices sampled together")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--sampler", help="ddim (default) or ddpm (ancestral); ddpm-gen also em, pc, ode")
+    g.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the run's: 50 small, 256 paper; ddpm: all T)")
+    g.add_argument("--eta", type=float, default=None, help="DDIM stochasticity: 0 deterministic (default, the paper's sigma 0)")
+    g.add_argument("--seed", type=int, default=0, help="noise seed (same seed, batch size and device: same output)")
+    _add_common(p)
+
     p = sub.add_parser("evaluate", help="PSNR, SSIM, MAE, NMSE of predictions against references")
     p.add_argument("pred")
     p.add_argument("ref")
@@ -193,8 +209,10 @@ def run_command(args: argparse.Namespace) -> int:
         best = summary["best"]
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line rather than one per process
             processes = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""
+            validated = (f"best validation PSNR {best['value']:.2f} dB at step {best['step']}"
+                         if best["step"] else "no validation (best.pt = last.pt)")
             print(f"trained {summary['steps']} steps in {summary['seconds']} s on {summary['device']}{processes}; "
-                  f"best validation PSNR {best['value']:.2f} dB at step {best['step']}; run in {args.out}")
+                  f"{validated}; run in {args.out}")
     elif args.verb == "translate":
         from synthmed.workflows.translate import translate
 
@@ -203,6 +221,14 @@ def run_command(args: argparse.Namespace) -> int:
                             channel=args.channel, sampler=args.sampler, steps=args.steps, eta=args.eta,
                             samples=args.samples, seed=args.seed, direction=args.direction, progress=progress)
         print(f"wrote {len(written)} volume(s): {written[0]}{' ...' if len(written) > 1 else ''}")
+    elif args.verb == "generate":
+        from synthmed.workflows.generate import generate
+
+        info = generate(args.run, args.n, args.out, steps=args.steps, sampler=args.sampler, eta=args.eta,
+                        fmt=args.format, seed=args.seed, batch_size=args.batch_size, checkpoint=args.checkpoint,
+                        device=args.device, overwrite=args.overwrite, progress=progress)
+        what = "image + mask pairs" if info["masks"] else "images (this generator makes no masks)"
+        print(f"generated {info['n']} {what} in {info['seconds']} s into {args.out} (contact_sheet.png)")
     elif args.verb == "evaluate":
         from synthmed.workflows.evaluate import evaluate, format_table
 

@@ -38,6 +38,8 @@ class PreparedData:
 class SliceDataset(Dataset):
     """Slices of one split as ``{'source', 'target', 'mask', ['label']}`` tensors of shape (1, H, W).
 
+    ``lesion_only`` keeps the slices whose label map holds a lesion (generators trained, as PIG, on lesion slices).
+
     ``unpaired=True`` (for methods trained on unpaired data) gives each source slice the
     target of a slice of *another subject*, so no pairing leaks in (neither the slice's
     own target nor a neighbouring slice of the same head). When no subject holds more than
@@ -47,15 +49,21 @@ class SliceDataset(Dataset):
     The pairing is drawn from ``(seed, epoch)`` and reshuffled by :meth:`set_epoch`.
     """
 
-    def __init__(self, data: PreparedData, split: str, unpaired: bool = False, seed: int = 0):
+    def __init__(self, data: PreparedData, split: str, unpaired: bool = False, seed: int = 0, lesion_only: bool = False):
         self.data = data
         self.rows = data.rows(split)
+        if lesion_only:  # only slices whose label map holds a lesion (label > 0)
+            if "label" not in data.arrays:
+                raise SynthmedError(f"{data.root}: lesion slices were asked for, but the data was prepared without --label")
+            labels = data.arrays["label"]
+            self.rows = np.asarray([row for row in self.rows if labels[row].any()], dtype=self.rows.dtype)
         self.split = split
         self.unpaired = unpaired
         self.seed = seed
         self.partner = self.rows
         if len(self.rows) == 0:
-            raise SynthmedError(f"{data.root}: the {split} split has no slices (too few subjects for --split?)")
+            what = "slices with a lesion" if lesion_only else "slices"
+            raise SynthmedError(f"{data.root}: the {split} split has no {what} (too few subjects for --split?)")
         if unpaired:
             self._subjects = np.asarray(data.arrays["index"][self.rows, 0])
             if len(np.unique(self._subjects)) < 2:

@@ -123,16 +123,22 @@ def _discrete(denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, grid:
         x0, eps = denoise(x, float(t))
         if k == len(grid) - 1:
             return x0
-        ab, ab_prev = alpha_bars[t], alpha_bars[grid[k + 1]]
-        if ancestral:
-            mean, variance = posterior_between(x0, x, ab, ab_prev)
-            x = mean + math.sqrt(variance) * noise()
-            continue
-        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
-        x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            x = x + sigma * noise()
+        x = discrete_step(x, x0, eps, alpha_bars[t], alpha_bars[grid[k + 1]], eta, noise, ancestral)
     raise AssertionError("empty grid")
+
+
+def discrete_step(x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, eta: float, noise,
+                  ancestral: bool) -> torch.Tensor:
+    """One step from noise level ``ab`` to ``ab_prev`` given the estimates (x0_hat, eps_hat) at ``x``: the
+    respaced DDPM posterior (``ancestral``) or DDIM with ``eta`` (0: deterministic). ``noise()`` draws fresh noise."""
+    if ancestral:
+        mean, variance = posterior_between(x0, x, ab, ab_prev)
+        return mean + math.sqrt(variance) * noise()
+    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+    x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+    if sigma > 0:
+        x = x + sigma * noise()
+    return x
 
 
 def _euler_maruyama(denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, grid: list[float], noise) -> torch.Tensor:

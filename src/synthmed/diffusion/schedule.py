@@ -114,6 +114,17 @@ class NoiseSchedule:
             return signal * x_t - noise_level * output, noise_level * x_t + signal * output
         raise ValueError(f"unknown prediction type {prediction!r}; use one of {', '.join(PREDICTIONS)}")
 
+    @classmethod
+    def clean_estimates(cls, prediction: str, output: torch.Tensor, x_t: torch.Tensor, alpha_bar: float, clip: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) as a sampler wants them: with ``clip``, x0_hat clipped to the data range [-1, 1] and
+        eps_hat made consistent with the clipped estimate."""
+        x0, eps = cls.split_prediction(prediction, output, x_t, alpha_bar)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x_t - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
+        return x0, eps
+
     # --- continuous interpolation (score-SDE samplers) ----------------------------------------
     def log_alpha_bar_at(self, s: float) -> float:
         """log alpha_bar at a continuous step ``s`` in [-1, T-1] (piecewise linear between steps)."""

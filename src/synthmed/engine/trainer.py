@@ -355,6 +355,8 @@ class Trainer:
         return {"psnr": psnr(pred, ref, mask, data_range=2.0), "ssim": ssim(pred, ref, mask, data_range=2.0)}
 
     def write_samples(self, count: int = 4) -> Path | None:
+        if self.model.task == "generate":
+            return self.write_generated_samples(count)
         if self.val_set is None:
             return None
         n = len(self.val_set)
@@ -363,6 +365,21 @@ class Trainer:
         source = torch.stack([item["source"] for item in items]).to(self.device)
         prediction = self.predict(source).float().cpu()
         rows = [source.cpu(), prediction] + ([torch.stack([item["target"] for item in items])] if "target" in items[0] else [])
+        return self._save_grid(rows)
+
+    def write_generated_samples(self, count: int = 4) -> Path:
+        """A generator's preview (fixed noise, so grids of successive steps compare): images, masks below them."""
+        self.model.eval()
+        generator = torch.Generator(device=self.device).manual_seed(self.settings.seed)
+        if self.ema:
+            with self.ema.applied():
+                out = self.model.preview(count, generator)
+        else:
+            out = self.model.preview(count, generator)
+        rows = [out["image"].float().cpu()] + ([out["mask"].float().cpu() * 2 - 1] if "mask" in out else [])
+        return self._save_grid(rows)
+
+    def _save_grid(self, rows: list[torch.Tensor]) -> Path:
         grid = torch.cat([torch.cat(list(row[:, 0]), dim=1) for row in rows], dim=0)
         pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
         path = self.run_dir / "samples" / f"step_{self.step:07d}.png"

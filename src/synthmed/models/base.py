@@ -9,7 +9,8 @@ A model is an ``nn.Module`` that
   through ``self.step_optimizer(optimizer)`` (never ``optimizer.step()`` directly): under
   ``torchrun`` that first averages the gradients over the processes, which keeps them in step;
 - translates with ``translate(source, **sampling) -> target`` (translators) or generates
-  with ``sample(n) -> dict`` (generators), on tensors in [-1, 1] of shape (B, 1, H, W).
+  with ``sample(n, **sampling) -> dict`` (generators: ``{"image"[, "mask"]}``), on tensors in [-1, 1] of
+  shape (B, 1, H, W).
   Stochastic translators (``stochastic = True``, e.g. diffusion) also take sampler options
   and a ``generator`` for their noise; deterministic ones take none.
 - may override ``validation_translate(source)``: what the engine runs on validation
@@ -43,6 +44,7 @@ class SynthesisModel(nn.Module):
     stochastic: ClassVar[bool] = False  # translate() draws noise (several samples give an uncertainty map)
     sampling_options: ClassVar[tuple[str, ...]] = ()  # keyword options of translate() users may set
     directions: ClassVar[tuple[str, ...]] = ("A2B",)  # ("A2B", "B2A"): also translate_reverse(target -> source)
+    makes_masks: ClassVar[bool] = False  # generators: sample() also returns a lesion "mask"
 
     def __init__(self, config):
         super().__init__()
@@ -65,6 +67,14 @@ class SynthesisModel(nn.Module):
     def translate_reverse(self, target: torch.Tensor) -> torch.Tensor:
         """Target modality -> source modality, for models trained in both directions (``B2A``)."""
         raise TypeError(f"{type(self).__name__} translates in one direction only")
+
+    def sample(self, n: int, **sampling: Any) -> dict[str, torch.Tensor]:
+        """Generators: ``n`` new slices, ``{"image": (n, 1, H, W) in [-1, 1][, "mask": 0/1]}``."""
+        raise TypeError(f"{type(self).__name__} is not a generator")
+
+    def preview(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Generators: a cheap ``sample`` for the sample grids written during training."""
+        return self.sample(n, generator=generator)
 
     def validation_translate(self, source: torch.Tensor) -> torch.Tensor:
         return self.translate(source)

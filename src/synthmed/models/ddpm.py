@@ -36,12 +36,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from monai.networks.nets import DiffusionModelUNet
 
 from synthmed.diffusion.samplers import DEFAULT_SNR, PREDICTORS, SAMPLERS, sample
 from synthmed.diffusion.schedule import PREDICTIONS, SCHEDULES, NoiseSchedule
 from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import register
+from synthmed.nn.diffusion_unet import check_unet_config, diffusion_unet
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +97,7 @@ class ConditionalDDPM(SynthesisModel):
 
     def __init__(self, config: DDPMConfig):
         super().__init__(config)
-        levels = len(config.channels)
-        if len(config.attention_levels) != levels:
-            raise ValueError("attention_levels needs one entry per channel level")
-        if config.image_size % 2 ** (levels - 1):
-            raise ValueError(f"image size {config.image_size} must be divisible by {2 ** (levels - 1)}")
-        if any(c % config.norm_num_groups for c in config.channels):
-            raise ValueError(f"channels {list(config.channels)} must be multiples of norm_num_groups {config.norm_num_groups}")
+        check_unet_config(config)
         for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES), ("sampler", SAMPLERS),
                              ("validation_sampler", SAMPLERS), ("predictor", PREDICTORS)):
             if getattr(config, key) not in allowed:
@@ -111,11 +105,7 @@ class ConditionalDDPM(SynthesisModel):
         if config.lr <= 0 or config.batch_size < 1 or config.sampling_steps < 1 or config.validation_steps < 1:
             raise ValueError("lr, batch_size, sampling_steps and validation_steps must be positive")
         self.schedule = NoiseSchedule(config.timesteps, config.schedule, config.beta_start, config.beta_end)
-        self.network = DiffusionModelUNet(
-            spatial_dims=2, in_channels=2, out_channels=1, channels=tuple(config.channels),
-            attention_levels=tuple(config.attention_levels), num_res_blocks=config.num_res_blocks,
-            num_head_channels=config.num_head_channels, norm_num_groups=config.norm_num_groups,
-        )
+        self.network = diffusion_unet(config, in_channels=2)  # noisy target + source
         self._optimizers = {"network": torch.optim.Adam(self.network.parameters(), lr=config.lr)}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -145,12 +135,7 @@ class ConditionalDDPM(SynthesisModel):
             timesteps = torch.full((x.shape[0],), s, device=x.device, dtype=torch.float32)
             with self.autocast():
                 output = self.network(torch.cat([x, source], 1), timesteps=timesteps).float()
-            alpha_bar = self.schedule.alpha_bar_at(s)
-            x0, eps = self.schedule.split_prediction(prediction, output, x, alpha_bar)
-            if clip:
-                x0 = x0.clamp(-1, 1)
-                eps = (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
-            return x0, eps
+            return self.schedule.clean_estimates(prediction, output, x, self.schedule.alpha_bar_at(s), clip)
 
         return denoise
 

@@ -24,7 +24,7 @@ def register(cls: type[SynthesisModel]) -> type[SynthesisModel]:
 
 def _load_builtin_models() -> None:
     # Importing the method modules registers them.
-    from synthmed.models import cyclegan, ddpm, gmm_unit, medgan, pix2pix, syndiff, unit  # noqa: F401
+    from synthmed.models import cyclegan, ddpm, ddpm_gen, gmm_unit, medgan, pig, pix2pix, syndiff, unit  # noqa: F401
 
 
 def model_class(name: str) -> type[SynthesisModel]:

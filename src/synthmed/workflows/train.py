@@ -89,6 +89,9 @@ def _train(
     plan = data.plan
     if cls.task == "translate" and not plan.get("target"):
         raise SynthmedError(f"{prep} was prepared without --target; {model} translates and needs a target modality")
+    if cls.makes_masks and not plan.get("label"):
+        raise SynthmedError(f"{prep} was prepared without --label; {model} generates image + mask pairs and trains on "
+                            f"them: prepare with --label NAME (e.g. --source FLAIR --label lesion)")
 
     config_values = dict(overrides or {})
     config_values["image_size"] = int(plan["size"])
@@ -115,10 +118,17 @@ def _train(
     if not resume and out.exists() and any(p.name not in ("run.json", "plan.json", "checkpoints") for p in out.iterdir()):
         raise SynthmedError(f"{out} is not empty; choose another --out")
     # Datasets first: nothing is written into the run folder before the inputs are known to work.
-    train_set = SliceDataset(data, "train", unpaired=not cls.paired, seed=seed)
-    val_set = SliceDataset(data, "val") if plan["split"]["val"] else None
-    if val_set is None and ctx.is_main:
-        log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
+    lesion_only = getattr(net.config, "training_slices", "all") == "lesion"
+    if lesion_only and not plan.get("label"):
+        raise SynthmedError(f"{prep} was prepared without --label, so {model} cannot keep the lesion slices "
+                            "(training_slices=lesion); prepare with --label NAME or --set training_slices=all")
+    train_set = SliceDataset(data, "train", unpaired=not cls.paired, seed=seed, lesion_only=lesion_only)
+    if cls.task == "generate":
+        val_set = None  # generators are not validated against references; samples/ shows their output
+    else:
+        val_set = SliceDataset(data, "val") if plan["split"]["val"] else None
+        if val_set is None and ctx.is_main:
+            log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
     distributed.barrier()  # every rank has checked the run folder before rank 0 writes into it
 
     run_info = {
@@ -131,6 +141,8 @@ def _train(
         "prepared": str(Path(prep).resolve()),
         "source": plan["source"],
         "target": plan.get("target"),
+        "label": plan.get("label"),
+        "training_slice_count": len(train_set),
         "versions": versions(),
     }
     if resume and (out / "run.json").is_file():
