@@ -361,6 +361,8 @@ def test_lgg_and_ixi_manifests_synthetic(tmp_path):
     [subject] = discover(tmp_path / "lgg", manifest=write_manifest(rows, tmp_path / "lgg.csv"))
     assert len(glob(subject.files["t1"].path)) == 2 and len(glob(subject.files["lesion"].path)) == 2
     assert patient_key(subject.id) == "TCGA-AA-0001"
+    # the layout is recognised without a manifest
+    assert discover(tmp_path / "lgg") == [subject]
     [ixi] = discover(manifest=write_manifest(ixi_manifest(tmp_path / "ixi", absolute=True), tmp_path / "ixi.json"))
     assert ixi.id == "ixi" and ixi.files["t2"] == FileRef(str(tmp_path / "ixi" / "T2.mat"), key="data_fs")
     with pytest.raises(SynthmedError, match="not found"):
@@ -443,3 +445,4 @@ def test_real_lgg_manifest(tmp_path):
         assert not any(fnmatch(p, "*_mask.tif") for p in images)
         assert {p[: -len(".tif")] + "_mask.tif" for p in images} == set(masks)
     assert "TCGA-DU-7294" in {patient_key(s.id) for s in subjects}
+    assert discover(REAL / "lgg") == subjects  # recognised without a manifest

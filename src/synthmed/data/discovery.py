@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import glob as globlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from synthmed.errors import SynthmedError
 from synthmed.data.io import has_dicom_magic
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_ALIASES",
@@ -220,7 +223,28 @@ def discover(
         return _discover_pattern(_existing_dir(data), pattern, user_aliases)
     if data is None:
         raise SynthmedError("no data given: pass a data folder (one sub-folder per subject), or --manifest FILE")
-    return _discover_folders(_existing_dir(data), user_aliases)
+    root = _existing_dir(data)
+    if _is_lgg_layout(root):
+        log.info("%s: the Kaggle LGG layout (RGB slices: t1 = channel 0, flair = 1, t1c = 2; *_mask.tif -> lesion)", root)
+        return _discover_manifest(lgg_manifest(root), root, user_aliases)
+    return _discover_folders(root, user_aliases)
+
+
+def _is_lgg_layout(root: Path) -> bool:
+    """The Kaggle LGG layout: every sub-folder with ``.tif`` files holds ``<folder>_<n>.tif`` slices, each mask
+    ``<folder>_<n>_mask.tif`` beside its slice, and there is at least one such folder."""
+    found = False
+    for entry in _scandir(root):
+        if not entry.is_dir():
+            continue
+        names = {n for n in os.listdir(entry.path) if n.endswith(".tif")}
+        if not names:
+            continue
+        masks = [n for n in names if n.startswith(entry.name + "_") and n.endswith("_mask.tif")]
+        if not masks or any(n[: -len("_mask.tif")] + ".tif" not in names for n in masks):
+            return False
+        found = True
+    return found
 
 
 def _existing_dir(data: str | Path) -> Path:
