@@ -78,7 +78,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prep", type=Path, required=True, help="prepared folder with a lesion label")
     parser.add_argument("--generated", type=named_folder, nargs="*", action="extend", default=[],
-                        metavar="NAME=DIR", help="generated folders with masks (synthmed generate of pig)")
+                        metavar="NAME=DIR", help="folders written by synthmed generate (pig: with masks; image-only folders get FID only)")
     parser.add_argument("--extra-counts", type=int_list, default=[0, 64, 128],
                         help="numbers of generated pairs added to the real ones (0 = real only; default 0,64,128)")
     parser.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="training seeds (default 0,1,2)")
@@ -92,6 +92,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels", type=int_list, default=[16, 32, 64], help="U-Net channels per level")
     parser.add_argument("--no-consistency", action="store_true",
                         help="skip applying the real-only segmenters to the generated images")
+    parser.add_argument("--inception-weights", type=Path, default=None,
+                        help="local Inception-v3 weights for FID of each generated folder (else FID unavailable)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--name", help="result name (default: the generated set names, or 'real')")
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         result = segbench(args.prep, generated, extra_counts=args.extra_counts, seeds=args.seeds, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, device=args.device,
                           lesion_slices_only=not args.all_slices, channels=args.channels,
-                          lesion_fraction=lesion_fraction, consistency=not args.no_consistency, progress=True)
+                          lesion_fraction=lesion_fraction, consistency=not args.no_consistency,
+                          inception_weights=args.inception_weights, progress=True)
     except SynthmedError as error:
         report["error"] = str(error)
         write_json(out, report)
@@ -158,6 +161,11 @@ def main(argv: list[str] | None = None) -> None:
             line += f", Dice - real {_pm(entry['dice_minus_real']['mean'], entry['dice_minus_real']['sd'])}"
         say(line)
     for gen_name, entry in result["generated"].items():
+        fid = entry["fid"]
+        say(f"{gen_name} FID: {_fmt(fid['fid']) if fid['fid'] is not None else fid['unavailable']}")
+        if entry["mask_statistics"] is None:
+            say(f"{gen_name}: {entry['segmentation']}")
+            continue
         ks = entry["mask_statistics"]["ks"]
         say(f"{gen_name} masks vs real: KS area {_fmt(ks['area']['statistic'])}, components "
             f"{_fmt(ks['components']['statistic'])}; empty fraction "

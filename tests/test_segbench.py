@@ -99,11 +99,16 @@ def test_ks_statistic_zero_for_identical_and_large_for_different():
 # --------------------------------------------------------------------------- refusals
 
 
-def test_segbench_refuses_image_only_folder(lesion_prep, tmp_path):
+def test_segbench_gives_an_image_only_folder_no_arm_and_says_why(lesion_prep, tmp_path):
     images, _ = _real_train_pairs(lesion_prep)
     folder = _write_folder(tmp_path / "ddpm", images[:4], None)
-    with pytest.raises(SynthmedError, match="no masks.*cannot be used for supervised segmentation"):
-        segbench(lesion_prep, {"ddpm": folder}, extra_counts=[2], seeds=[0], steps=1, batch_size=2, progress=False)
+    result = segbench(lesion_prep, {"ddpm": folder}, extra_counts=[2], seeds=[0], steps=1, batch_size=2,
+                      progress=False)
+    assert [arm["arm"] for arm in result["arms"]] == ["real"]
+    entry = result["generated"]["ddpm"]
+    assert not entry["masks"] and "cannot supervise a segmenter" in entry["segmentation"]
+    assert entry["mask_statistics"] is None and entry["consistency"] is None
+    assert entry["fid"]["fid"] is None and "--inception-weights" in entry["fid"]["unavailable"]
 
 
 def test_segbench_refuses_size_mismatch_and_too_few(lesion_prep, tmp_path):

@@ -8,9 +8,9 @@ on a prepared folder's *train*-split slices (image = the prepared ``source`` mod
   already keeps only slices whose foreground covers at least its minimum fraction, so every training slice has
   non-trivial foreground; slices without lesion are kept (they teach the network not to fire on healthy tissue);
 - arm ``NAME+N``: the same real slices plus the first ``N`` generated pairs (file order) of the generated folder
-  ``NAME``. A folder with fewer than ``N`` pairs, with images but no masks (an image-only generator such as
-  ``ddpm-gen`` makes no masks, so its images cannot be used for supervised segmentation) or with slices of another
-  size is refused before anything is trained;
+  ``NAME``. A folder with fewer than ``N`` pairs or with slices of another size is refused before anything is
+  trained. A folder with images but no masks (an image-only generator such as ``ddpm-gen``) gets no arm, and the
+  result says why: its images cannot be used for supervised segmentation (FID is still computed for it);
 - every arm gets the same number of optimiser steps and batch size; each step draws ``batch_size`` slices with
   replacement from the arm's pool (real and generated alike): a share ``lesion_fraction`` (default 1/2) of them
   uniformly from the pool's slices whose mask holds lesion, the rest uniformly from the whole pool (foreground
@@ -321,7 +321,8 @@ def image_mask_consistency(segmenter: nn.Module, images: np.ndarray, masks: np.n
 
 
 def _load_generated(generated: dict[str, str | Path] | None, counts: list[int], size: int) -> dict[str, dict]:
-    """Read and check every generated folder before any training (see the module docstring)."""
+    """Read and check every generated folder before any training (see the module docstring). Image-only folders
+    (no masks) are kept for the sample-quality part (FID) and left out of the segmentation arms."""
     from synthmed.data.generated import read_generated
 
     loaded: dict[str, dict] = {}
@@ -330,17 +331,12 @@ def _load_generated(generated: dict[str, str | Path] | None, counts: list[int], 
         if not name or "+" in name:
             raise SynthmedError(f"generated set name {name!r}: give a non-empty name without '+'")
         images, masks, info = read_generated(folder)
-        if masks is None:
-            raise SynthmedError(
-                f"generated set {name!r} ({folder}) has images but no masks: an image-only generator (such as "
-                "ddpm-gen) gives no lesion masks, so its images cannot be used for supervised segmentation; "
-                "use a paired image + mask generator (pig)")
         if images.shape[1:] != (size, size):
             raise SynthmedError(
                 f"generated set {name!r} ({folder}) has {images.shape[1]}x{images.shape[2]} slices but the prepared "
                 f"folder's slices are {size}x{size}; generate at the prepared size (or prepare with --size "
                 f"{images.shape[1]})")
-        if len(images) < need:
+        if masks is not None and len(images) < need:
             raise SynthmedError(f"generated set {name!r} ({folder}) holds {len(images)} pairs, fewer than the "
                                 f"{need} asked for by the extra counts; generate more or lower the counts")
         loaded[name] = {"folder": str(folder), "images": images, "masks": masks, "info": info}
@@ -371,6 +367,7 @@ def segbench(
     channels: Sequence[int] = (16, 32, 64),
     lesion_fraction: float = LESION_FRACTION,
     consistency: bool = True,
+    inception_weights: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train a lesion segmenter on real train-split pairs alone (arm ``real``, N = 0) and on real + the first N
@@ -379,7 +376,11 @@ def segbench(
 
     ``consistency``: also apply each seed's real-only segmenter to every generated folder's images
     (:func:`image_mask_consistency`). Mask statistics of every generated folder against the real train-split
-    masks are always included.
+    masks are always included. A folder of images without masks (an image-only generator such as ``ddpm-gen``)
+    gets no segmentation arm: the report says so, because its images cannot supervise a segmenter.
+
+    ``inception_weights``: a local Inception-v3 file; each folder's images then get an FID against the real
+    train-split slices that hold a lesion (the slices PIG trains on). Without it FID is recorded as unavailable.
     """
     from synthmed.data.datasets import PreparedData
     from synthmed.engine.trainer import pick_device
@@ -416,6 +417,8 @@ def segbench(
 
     arms: list[dict[str, Any]] = [{"arm": "real", "generated": None, "n_generated": 0}]
     for name in loaded:
+        if loaded[name]["masks"] is None:
+            continue
         for n in counts:
             if n > 0:
                 arms.append({"arm": f"{name}+{n}", "generated": name, "n_generated": n})
@@ -463,16 +466,27 @@ def segbench(
         "arms": [],
         "summary": {},
     }
+    from synthmed.metrics.fid import fid_or_unavailable
+
+    real_lesion_images = real_images[real_masks.reshape(len(real_masks), -1).any(axis=1)]
     for name, entry in loaded.items():
         info = entry["info"]
+        image_only = entry["masks"] is None
         result["generated"][name] = {
-            "folder": entry["folder"], "available": int(len(entry["images"])),
-            "generation": {k: info.get(k) for k in ("run", "model", "checkpoint", "count", "seed", "format")
-                           if k in info},
-            "mask_statistics": compare_mask_statistics(real_masks, entry["masks"]),
+            "folder": entry["folder"], "available": int(len(entry["images"])), "masks": not image_only,
+            "generation": {k: info.get(k) for k in ("run", "model", "checkpoint", "n", "sampler", "steps", "seed",
+                                                    "format", "mask_threshold") if k in info},
+            "fid": fid_or_unavailable(real_lesion_images, entry["images"],
+                                      str(inception_weights) if inception_weights else None),
+            "fid_reference": "the real train-split slices that hold a lesion",
+            "mask_statistics": None if image_only else compare_mask_statistics(real_masks, entry["masks"]),
             "mask_statistics_reference": "the real train-split label masks (label > 0), all slices",
-            "consistency": [] if consistency else None,
+            "consistency": [] if consistency and not image_only else None,
         }
+        if image_only:
+            result["generated"][name]["segmentation"] = (
+                "not used: these are images without lesion masks (an image-only generator), so they cannot "
+                "supervise a segmenter; pairing them with masks from elsewhere would not test the generator")
 
     for arm in arms:
         if arm["generated"] is None:
@@ -505,6 +519,8 @@ def segbench(
             if arm["generated"] is None:
                 if consistency:
                     for name, entry in loaded.items():
+                        if entry["masks"] is None:
+                            continue
                         result["generated"][name]["consistency"].append(
                             {"seed": seed, **image_mask_consistency(network, entry["images"], entry["masks"])})
         arm["dice"] = _mean_sd([s["dice"] for s in arm["seeds"]])
