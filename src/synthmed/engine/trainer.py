@@ -192,6 +192,9 @@ class Trainer:
     def resume(self) -> None:
         path = self.run_dir / "checkpoints" / "last.pt"
         record = load_checkpoint(path, map_location=self.device)
+        if self.dist.is_main:  # temporary files of a write cut short by a kill (the checkpoints themselves are intact)
+            for stale in (self.run_dir / "checkpoints").glob(".*.pt.*.tmp"):
+                stale.unlink(missing_ok=True)
         missing = [k for k in ("model", "config", "step", "state", "optimizers", "rng", "best") if k not in record]
         if missing:
             raise SynthmedError(f"{path}: checkpoint lacks {', '.join(missing)}; it cannot be resumed (start a new --out)")
