@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=positive_int, default=250)
     p.add_argument("--log-every", type=positive_int, default=25, help="steps between log.csv rows")
     p.add_argument("--checkpoint-every", type=positive_int, default=250, help="steps between last.pt saves")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="mixed precision: bf16 autocast on GPUs that support it (auto, default), or off")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory layout for the convolutions (GPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the networks (slow first steps)")
     p.add_argument("--vgg19-weights", metavar="PATH", default=None,
                    help="local VGG-19 state dict (torchvision names) for medgan's style and content losses")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config setting")
@@ -205,7 +209,8 @@ def run_command(args: argparse.Namespace) -> int:
         summary = train(args.prep, model=args.model, preset=args.preset, out=args.out, steps=args.steps,
                         batch_size=args.batch_size, resume=args.resume, seed=args.seed, device=args.device,
                         overrides=overrides, progress=progress, num_workers=args.workers,
-                        val_every=args.val_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every)
+                        val_every=args.val_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                        amp=args.amp, channels_last=args.channels_last, compile=args.compile)
         best = summary["best"]
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line rather than one per process
             processes = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""

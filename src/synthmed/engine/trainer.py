@@ -55,6 +55,8 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # "auto"/"bf16": bf16 autocast on CUDA GPUs that support it; "off": full precision
+    channels_last: bool = False  # convolutions in NHWC memory layout (faster with tensor cores)
+    compile: bool = False  # torch.compile each network of the model (in place: checkpoints keep their keys)
     num_workers: int = 0
     log_every: int = 25
     val_every: int = 250
@@ -133,6 +135,10 @@ class Trainer:
 
     # --- set-up -------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
+        if self.settings.amp not in ("auto", "bf16", "off"):
+            raise SynthmedError(f"--amp {self.settings.amp}: use auto, bf16 or off")
+        if self.settings.amp == "bf16" and not (self.device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            log.warning("--amp bf16: this device (%s) has no bf16 autocast here; training in full precision", self.device)
         if self.device.type != "cuda" or self.settings.amp == "off":
             return None
         if self.settings.amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
@@ -147,6 +153,15 @@ class Trainer:
             # Own noise per rank (rank 0 keeps the single-process stream).
             seed_everything(self.settings.seed + 1_000_003 * self.dist.rank)
         self.model.amp_dtype = self._amp_dtype()
+        if self.settings.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if self.settings.compile:
+            compiled = []
+            for name, child in self.model.named_children():
+                if any(True for _ in child.parameters()):
+                    child.compile()  # nn.Module.compile: in place, so state_dict keys and EMA references stay
+                    compiled.append(name)
+            log.info("torch.compile: %s (the first steps are slow while it compiles)", ", ".join(compiled))
         decay = float(getattr(self.model.config, "ema_decay", 0.0) or 0.0)
         if decay > 0 and self.model.ema_modules:
             self.ema = EMA(self.model, self.model.ema_modules, decay)
