@@ -249,3 +249,12 @@ def test_a_failing_volume_in_a_folder_leaves_no_outputs(trained_run, phantoms, t
     code, err = run_cli(["translate", trained_run, flat, tmp_path / "out", "--quiet"], capsys)
     assert_clean_error(code, err, "case9.nii.gz")
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_set_takes_json_or_plain_comma_lists():
+    from synthmed.cli import _parse_overrides
+
+    parsed = _parse_overrides(["channels=16,32", "attention_levels=false,true", "betas=[0.5, 0.9]", "sampler=ddim",
+                               "lr=0.5", "name=a,b"])
+    assert parsed == {"channels": [16, 32], "attention_levels": [False, True], "betas": [0.5, 0.9],
+                      "sampler": "ddim", "lr": 0.5, "name": ["a", "b"]}

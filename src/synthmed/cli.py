@@ -38,17 +38,24 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_overrides(items: list[str] | None) -> dict:
-    """``--set key=value`` (values parsed as JSON when they can be: 64, 0.5, true, [1,2])."""
+    """``--set key=value`` (values parsed as JSON when they can be: 64, 0.5, true, [1,2]; a comma list without
+    brackets, 16,32 or false,true, is a list too)."""
     overrides = {}
     for item in items or []:
         if "=" not in item:
             raise SynthmedError(f"--set {item}: use key=value, e.g. --set generator_channels=32")
         key, value = item.split("=", 1)
-        try:
-            overrides[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = value
+        overrides[key.strip()] = _parse_value(value)
     return overrides
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if "," in text:
+            return [_parse_value(part.strip()) for part in text.split(",")]
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
