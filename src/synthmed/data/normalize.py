@@ -41,12 +41,24 @@ class Normalization:
     lo: float
     hi: float
 
+    # Both maps work in place on one float32 copy (``in_place``: on the given float32 array itself), so a whole
+    # volume costs one extra volume of memory, not the three of a chain of temporaries.
     def apply(self, volume: np.ndarray) -> np.ndarray:
-        scaled = (volume.astype(np.float32) - self.lo) * (2.0 / (self.hi - self.lo)) - 1.0
+        scaled = np.array(volume, dtype=np.float32, copy=True)
+        scaled -= np.float32(self.lo)
+        scaled *= np.float32(2.0 / (self.hi - self.lo))
+        scaled -= np.float32(1.0)
         return np.clip(scaled, -1.0, 1.0, out=scaled)
 
-    def invert(self, normalized: np.ndarray) -> np.ndarray:
-        return ((normalized.astype(np.float32) + 1.0) * (0.5 * (self.hi - self.lo)) + self.lo).astype(np.float32)
+    def invert(self, normalized: np.ndarray, in_place: bool = False) -> np.ndarray:
+        if in_place and normalized.dtype == np.float32:
+            out = normalized
+        else:
+            out = np.array(normalized, dtype=np.float32, copy=True)
+        out += np.float32(1.0)
+        out *= np.float32(0.5 * (self.hi - self.lo))
+        out += np.float32(self.lo)
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)

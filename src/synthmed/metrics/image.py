@@ -59,6 +59,7 @@ _OTSU_BINS = 256
 _RIM_VOXELS = 5  # skull-stripped test: every non-padding voxel lies within this of the Otsu mask
 _RIM_TOLERANCE = 0.01
 _CT_PADDING_HU = -1000.0  # a constant background at or below this is CT padding outside the field of view
+_COUNT_CHUNK = 1 << 22  # voxels per np.bincount call in _component_sizes
 _CLOSING_ITERATIONS = 2
 _MIN_COMPONENT_FRACTION = 0.01  # components smaller than this share of the largest are dropped
 
@@ -397,13 +398,22 @@ def _otsu(values: np.ndarray, lo: float, hi: float) -> float | None:
     return float(edges[best + 1])
 
 
+def _component_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Voxels per label 0..count, with the background's (label 0) set to 0. Counted in chunks: ``np.bincount`` of
+    the whole int32 label volume would first copy it to int64 (two volumes of float32 memory for nothing)."""
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    flat = labels.reshape(-1)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        sizes += np.bincount(flat[start : start + _COUNT_CHUNK], minlength=count + 1)
+    sizes[0] = 0
+    return sizes
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(mask)
     if count <= 1:
         return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    return labels == int(np.argmax(_component_sizes(labels, count)))
 
 
 def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -468,9 +478,7 @@ def _main_group(mask: np.ndarray) -> np.ndarray:
     half = ndimage.maximum_filter(half, size=3)
     labels, count = ndimage.label(half)
     if count > 1:
-        sizes = np.bincount(labels.ravel())
-        sizes[0] = 0
-        half = labels == int(np.argmax(sizes))
+        half = labels == int(np.argmax(_component_sizes(labels, count)))
     return mask & half[np.ix_(*[np.arange(n) // 2 for n in mask.shape])]
 
 
@@ -478,8 +486,7 @@ def _drop_small(mask: np.ndarray) -> np.ndarray:
     labels, count = ndimage.label(mask)
     if count <= 1:
         return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
+    sizes = _component_sizes(labels, count)
     return (sizes >= _MIN_COMPONENT_FRACTION * sizes.max())[labels]
 
 

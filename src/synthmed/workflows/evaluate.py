@@ -30,7 +30,7 @@ def match_intensity(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Linear map of ``pred`` onto ``ref``'s robust range (both fitted like the MR normaliser)."""
     p = fit_normalization(pred, foreground_mask(pred), "mr", "prediction")
     r = fit_normalization(ref, foreground_mask(ref), "mr", "reference")
-    return r.invert(p.apply(pred))
+    return r.invert(p.apply(pred), in_place=True)
 
 
 def _subject_name(path: Path, root: Path) -> str:

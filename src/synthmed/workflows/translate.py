@@ -174,10 +174,14 @@ def translate_volume(
     source_kind = plan["normalization_kind"][plan["source"]]
     geometry = fit_geometry(foreground, slice_axis(volume.affine, plan["axis"], volume.is_2d), int(plan["size"]))
     normalized = fit_normalization(data, foreground, source_kind, name=str(volume.path)).apply(data)
+    del foreground
     interpolation = plan.get("interpolation", "bilinear")  # as the training slices were made
     slices = crop_slices(normalized, geometry, fill=-1.0, interpolation=interpolation)
+    del normalized  # the model sees the model-sized slices only; from here on one whole volume at a time
     mean, std = translate_slices(model, slices, batch_size, sampling, progress=progress, direction=loaded.direction)
-    image = target_normalization.invert(uncrop_slices(mean, geometry, fill=-1.0, interpolation=interpolation))
+    del slices
+    image = target_normalization.invert(uncrop_slices(mean, geometry, fill=-1.0, interpolation=interpolation),
+                                        in_place=True)
     if std is None:
         return Translation(image)
     # The normalisation is linear: a std in [-1, 1] units scales by half the intensity range.
