@@ -848,6 +848,22 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` via a temporary file in the same folder and a rename: a reader (another process, a crash)
+    sees the old file or the new one, never a truncated one."""
+    path = Path(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def ensure_writable_folder(folder: str | os.PathLike) -> Path:
     """Create ``folder`` (and parents) if needed; a :class:`SynthmedError` if that fails or it is read-only."""
     folder = Path(folder)

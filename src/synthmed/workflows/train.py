@@ -20,7 +20,7 @@ import torch
 
 import synthmed
 from synthmed.data.datasets import PreparedData, SliceDataset
-from synthmed.data.io import ensure_writable_folder
+from synthmed.data.io import ensure_writable_folder, write_text_atomic
 from synthmed.engine import distributed
 from synthmed.engine.trainer import Trainer, TrainSettings, pick_device, seed_everything
 from synthmed.errors import SynthmedError
@@ -129,7 +129,11 @@ def _train(
         val_set = SliceDataset(data, "val") if plan["split"]["val"] else None
         if val_set is None and ctx.is_main:
             log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
-    distributed.barrier()  # every rank has checked the run folder before rank 0 writes into it
+    if resume and (out / "run.json").is_file():
+        saved = json.loads((out / "run.json").read_text())
+        if saved.get("model") != model:
+            raise SynthmedError(f"{out} holds a {saved.get('model')} run, not {model}; resume it with --model {saved.get('model')}")
+    distributed.barrier()  # every rank has checked (and read) the run folder before rank 0 writes into it
 
     run_info = {
         "model": model,
@@ -145,21 +149,17 @@ def _train(
         "training_slice_count": len(train_set),
         "versions": versions(),
     }
-    if resume and (out / "run.json").is_file():
-        saved = json.loads((out / "run.json").read_text())
-        if saved.get("model") != model:
-            raise SynthmedError(f"{out} holds a {saved.get('model')} run, not {model}; resume it with --model {saved.get('model')}")
     if ctx.world_size > 1:
         run_info["processes"] = ctx.world_size
     if ctx.is_main:
         ensure_writable_folder(out)
-        (out / "run.json").write_text(json.dumps(run_info, indent=2))
-        (out / "plan.json").write_text(json.dumps(plan, indent=2))
+        write_text_atomic(out / "run.json", json.dumps(run_info, indent=2))
+        write_text_atomic(out / "plan.json", json.dumps(plan, indent=2))
     distributed.barrier()
 
     trainer = Trainer(net, train_set, val_set, out, settings_obj, run_info)
     summary = trainer.fit(resume=resume)
     summary["parameters"] = int(sum(p.numel() for p in net.parameters()))
     if ctx.is_main:
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_text_atomic(out / "train_summary.json", json.dumps(summary, indent=2, default=str))
     return summary
