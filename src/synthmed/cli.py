@@ -158,6 +158,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="noise seed (same seed, batch size and device: same output)")
     _add_common(p)
 
+    p = sub.add_parser("benchmark", help="every translation method, one protocol: train, translate, evaluate")
+    p.add_argument("--suite", default="quick", choices=["quick", "full"],
+                   help="quick: 6 phantoms of 32^3, 200 steps (minutes on a CPU); full: 10 of 64^3, 3000 steps")
+    p.add_argument("--out", required=True, help="folder for benchmark.json/.csv, runs, outputs and logs")
+    p.add_argument("--models", help="comma list (default: every translation method)")
+    p.add_argument("--data", help="your data instead of phantoms (any layout prepare reads)")
+    p.add_argument("--pattern")
+    p.add_argument("--manifest")
+    p.add_argument("--source", help="source modality (default T1)")
+    p.add_argument("--target", help="target modality (default T2)")
+    p.add_argument("--label", help="lesion label modality, scored separately (phantoms: lesion)")
+    p.add_argument("--budget-steps", type=positive_int, default=None, help="training steps for every method")
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=1, help="seeds per method (mean +/- sd over them)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads per process")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
     p = sub.add_parser("evaluate", help="PSNR, SSIM, MAE, NMSE of predictions against references")
     p.add_argument("pred")
     p.add_argument("ref")
@@ -241,6 +261,22 @@ def run_command(args: argparse.Namespace) -> int:
                         device=args.device, overwrite=args.overwrite, progress=progress)
         what = "image + mask pairs" if info["masks"] else "images (this generator makes no masks)"
         print(f"generated {info['n']} {what} in {info['seconds']} s into {args.out} (contact_sheet.png)")
+    elif args.verb == "benchmark":
+        from synthmed.workflows.benchmark import benchmark
+
+        report = benchmark(args.out, suite=args.suite, models=args.models.split(",") if args.models else None,
+                           data=args.data, pattern=args.pattern, manifest=args.manifest, source=args.source,
+                           target=args.target, label=args.label, budget_steps=args.budget_steps,
+                           batch_size=args.batch_size, repeats=args.repeats, seed=args.seed, threads=args.threads,
+                           device=args.device, overwrite=args.overwrite, progress=progress)
+        identity = report["identity"]["overall"]["mean"]
+        print(f"{'method':<12} {'PSNR':>7} {'SSIM':>7} {'train s':>8}\n{'identity':<12} {identity['psnr']:7.2f} "
+              f"{identity['ssim']:7.3f}")
+        for name, entry in report["methods"].items():
+            summary = entry["summary"]
+            print(f"{name:<12} {summary['overall_psnr']['mean']:7.2f} {summary['overall_ssim']['mean']:7.3f} "
+                  f"{summary['train_seconds']['mean']:8.1f}")
+        print(f"results: {Path(args.out) / 'benchmark.json'} and benchmark.csv ({report['seconds']} s)")
     elif args.verb == "evaluate":
         from synthmed.workflows.evaluate import evaluate, format_table
 
