@@ -10,13 +10,17 @@ from synthmed.errors import SynthmedError
 from synthmed.workflows.benchmark import benchmark, translation_models
 
 
-def test_quick_suite_records_every_figure_for_every_method(tmp_path, capsys):
-    out = tmp_path / "bench"
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench"
     code = main(["benchmark", "--suite", "quick", "--out", str(out), "--models", "pix2pix,unit",
                  "--budget-steps", "2", "--batch-size", "2", "--threads", "1", "--quiet"])
-    assert code == 0, capsys.readouterr().err
-    printed = capsys.readouterr().out
-    assert "identity" in printed and "pix2pix" in printed and "unit" in printed
+    assert code == 0
+    return out
+
+
+def test_quick_suite_records_every_figure_for_every_method(bench):
+    out = bench
     report = json.loads((out / "benchmark.json").read_text())
     assert report["complete"] and list(report["methods"]) == ["pix2pix", "unit"]
     test_subjects = report["data"]["split"]["test"]
@@ -49,3 +53,50 @@ def test_benchmark_refuses_unknown_models_and_generators(tmp_path):
         benchmark(tmp_path / "b", models=["pig"])
     with pytest.raises(SynthmedError, match="--suite"):
         benchmark(tmp_path / "c", suite="huge")
+
+
+def test_report_is_one_self_contained_page_with_every_image_and_a_row_per_method(bench, tmp_path):
+    from html.parser import HTMLParser
+    from io import BytesIO
+
+    from PIL import Image
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.images, self.rows, self.best, self.links = [], [], 0, []
+            self._in_metrics = False
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "img":
+                self.images.append(attrs.get("src", ""))
+            if tag == "table" and attrs.get("id") == "metrics":
+                self._in_metrics = True
+            if tag == "tr" and self._in_metrics and attrs.get("class") == "method":
+                self.rows.append(None)
+            if tag == "td" and self._in_metrics and attrs.get("class") == "best":
+                self.best += 1
+            if tag in ("link", "script") and (attrs.get("href") or attrs.get("src")):
+                self.links.append(attrs)
+
+        def handle_endtag(self, tag):
+            if tag == "table":
+                self._in_metrics = False
+
+    out = tmp_path / "report.html"
+    assert main(["report", str(bench), "--out", str(out), "--quiet"]) == 0
+    page = Page()
+    page.feed(out.read_text())
+    report = json.loads((bench / "benchmark.json").read_text())
+    assert len(page.rows) == 1 + len(report["methods"])  # identity + each method
+    assert page.best >= 6  # every metric column marks its best value
+    assert not page.links  # nothing loaded from elsewhere
+    # box plots + a slice grid per test subject + a training curve per run
+    assert len(page.images) >= 1 + len(report["data"]["split"]["test"]) + len(report["methods"])
+    for source in page.images:
+        assert source.startswith("data:image/png;base64,")
+        image = Image.open(BytesIO(__import__("base64").b64decode(source.split(",", 1)[1])))
+        image.load()
+        assert image.size[0] > 50 and image.size[1] > 50
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "x.html"), "--quiet"]) == 2  # no benchmark.json

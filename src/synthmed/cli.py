@@ -178,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     _add_common(p)
 
+    p = sub.add_parser("report", help="one self-contained HTML page from a benchmark folder")
+    p.add_argument("source", help="a folder written by synthmed benchmark")
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--slices", type=positive_int, default=1, help="slices shown per test subject")
+    _add_common(p)
+
     p = sub.add_parser("evaluate", help="PSNR, SSIM, MAE, NMSE of predictions against references")
     p.add_argument("pred")
     p.add_argument("ref")
@@ -277,6 +283,10 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"{name:<12} {summary['overall_psnr']['mean']:7.2f} {summary['overall_ssim']['mean']:7.3f} "
                   f"{summary['train_seconds']['mean']:8.1f}")
         print(f"results: {Path(args.out) / 'benchmark.json'} and benchmark.csv ({report['seconds']} s)")
+    elif args.verb == "report":
+        from synthmed.workflows.report import report
+
+        print(f"wrote {report(args.source, args.out, slices_per_subject=args.slices)}")
     elif args.verb == "evaluate":
         from synthmed.workflows.evaluate import evaluate, format_table
 
