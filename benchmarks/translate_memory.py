@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import inside, write_json
+from bench_common import inside, load_average, source_state, thread_env, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -128,26 +128,10 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def load_average() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["MKL_NUM_THREADS"] = str(threads)
-    return env
 
 
-def source_state() -> dict[str, Any]:
-    def git(*arguments: str) -> str:
-        try:
-            return subprocess.run(["git", *arguments], cwd=REPO, capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD").strip() or None,
-            "src_uncommitted": [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]}
 
 
 def measured(command: list[str], threads: int, log: Path) -> dict[str, float]:

@@ -61,7 +61,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import inside, write_json  # paired_quality uses them as uq.inside, uq.write_json
+from bench_common import inside, load_average, source_state, thread_env, write_json  # paired_quality uses them as uq.inside, uq.write_json
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,30 +100,13 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def load_average() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
-def source_state() -> dict[str, Any]:
-    """The repository's commit and its uncommitted files under src/ (the code the subprocesses import)."""
-    def git(*arguments: str) -> str:
-        try:
-            return subprocess.run(["git", *arguments], cwd=REPO, capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD").strip() or None,
-            "src_uncommitted": [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]}
 
 
 # --------------------------------------------------------------------------- subprocesses
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["MKL_NUM_THREADS"] = str(threads)
-    return env
 
 
 def synthmed(arguments: list[str], threads: int, log: Path) -> float:
