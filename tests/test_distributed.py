@@ -116,5 +116,5 @@ def test_every_model_steps_its_optimisers_through_step_optimizer():
 
     folder = Path(synthmed.models.__file__).parent
     offenders = [f"{path.name}: {match}" for path in sorted(folder.glob("*.py")) if path.name != "base.py"
-                 for match in re.findall(r"\b\w*opt\w*\.step\(\)", path.read_text())]
+                 for match in re.findall(r"\b\w*opt\w*\.step\(\)", path.read_text(encoding="utf-8"))]
     assert not offenders, offenders

@@ -848,20 +848,27 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` via a temporary file in the same folder and a rename: a reader (another process, a crash)
-    sees the old file or the new one, never a truncated one."""
+def write_atomic(path: str | os.PathLike, write, binary: bool = False) -> Path:
+    """Write a file via a temporary file in the same folder, flushed to disk, then a rename: a reader (another
+    process, a crash, a kill) sees the old file or the new one, never a truncated one. ``write(stream)`` fills it."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb" if binary else "w") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """``text`` written with :func:`write_atomic`."""
+    return write_atomic(path, lambda stream: stream.write(text))
 
 
 def ensure_writable_folder(folder: str | os.PathLike) -> Path:

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthmed.data.io import default_file_mode
+from synthmed.data.io import write_atomic
 from synthmed.errors import SynthmedError
 
 CHECKPOINT_FORMAT = "synthmed-checkpoint"
@@ -25,18 +23,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(record, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda stream: torch.save(record, stream), binary=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
