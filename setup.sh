@@ -27,3 +27,19 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$venv/bin/python" -c "import synthmed, monai, nibabel, SimpleITK" || { echo "setup: install failed" >&2; exit 1; }
     touch "$stamp"
 fi
+# Headless Chromium for tests/test_report_browser.py (skipped without it): Debian's chromium package, best effort,
+# only as root with apt-get; a failure is reported and never fails the set-up. SYNTHMED_NO_BROWSER=1 opts out.
+if [ "${SYNTHMED_NO_BROWSER:-0}" != "1" ] && ! command -v chromium >/dev/null 2>&1 \
+        && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing Debian's chromium for the browser test of the report (SYNTHMED_NO_BROWSER=1 skips this)"
+        log="$(mktemp)"
+        if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -q --no-install-recommends chromium; } >"$log" 2>&1; then
+            echo "setup: chromium not installed (apt-get failed: $(tail -n 1 "$log")); browser test will skip" >&2
+        fi
+        rm -f "$log"
+    else
+        echo "setup: no chromium and no root apt-get to install it; the browser test of the report will be skipped"
+    fi
+fi

@@ -40,6 +40,25 @@ def trained_run(prepared, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory) -> Path:
+    """``synthmed benchmark`` (quick suite) of pix2pix and ddpm (2 samples per slice: uncertainty maps) for 2 steps,
+    with FID from a randomly initialised Inception-v3 (the protocol's plumbing; such FIDs mean nothing): the
+    benchmark and report tests' input."""
+    from synthmed.cli import main
+    from synthmed.nn.inception import InceptionV3Features
+
+    root = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    weights = root / "random_inception.pth"
+    torch.save(InceptionV3Features("torchvision", num_classes=1000).state_dict(), weights)
+    out = root / "bench"
+    code = main(["benchmark", "--suite", "quick", "--out", str(out), "--models", "pix2pix,ddpm",
+                 "--budget-steps", "2", "--batch-size", "2", "--threads", "1", "--samples", "2",
+                 "--inception-weights", str(weights), "--quiet"])
+    assert code == 0
+    return out
+
 @pytest.fixture
 def real_data() -> Path:
     if not REAL_DATA.is_dir():

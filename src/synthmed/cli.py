@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="also stop (with a checkpoint, as after the last step) when training has run this long")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -159,20 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("benchmark", help="every translation method, one protocol: train, translate, evaluate")
-    p.add_argument("--suite", default="quick", choices=["quick", "full"],
-                   help="quick: 6 phantoms of 32^3, 200 steps (minutes on a CPU); full: 10 of 64^3, 3000 steps")
+    p.add_argument("--suite", default="quick", choices=["quick", "full", "real"],
+                   help="quick: 6 phantoms of 32^3, 200 steps (minutes on a CPU); full: 10 of 64^3, 3000 steps; "
+                        "real: the BraTS and MS scans of --data (as ../shared/data/real), four tasks, 1000 steps")
     p.add_argument("--out", required=True, help="folder for benchmark.json/.csv, runs, outputs and logs")
     p.add_argument("--models", help="comma list (default: every translation method)")
-    p.add_argument("--data", help="your data instead of phantoms (any layout prepare reads)")
+    p.add_argument("--data", help="your data instead of phantoms (any layout prepare reads); --suite real: the "
+                                  "folder that holds brats/ and ms/")
     p.add_argument("--pattern")
     p.add_argument("--manifest")
-    p.add_argument("--source", help="source modality (default T1)")
+    p.add_argument("--source", help="source modality (default T1; --suite real: with --target, one task only)")
     p.add_argument("--target", help="target modality (default T2)")
     p.add_argument("--label", help="lesion label modality, scored separately (phantoms: lesion)")
     p.add_argument("--budget-steps", type=positive_int, default=None, help="training steps for every method")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="training minutes for every method (stops at this time, or at --budget-steps if given)")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--repeats", type=positive_int, default=1, help="seeds per method (mean +/- sd over them)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=positive_int, default=1,
+                   help="samples per slice for stochastic methods (mean scored, std = uncertainty map)")
+    p.add_argument("--inception-weights", metavar="PATH", default=None,
+                   help="local Inception-v3 state dict for FID (pytorch-fid's file for published values)")
+    p.add_argument("--inception-variant", default="auto", choices=["auto", "fid", "torchvision"])
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads per process")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
@@ -182,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a folder written by synthmed benchmark")
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.add_argument("--slices", type=positive_int, default=1, help="slices shown per test subject")
+    p.add_argument("--convention", default="toolkit", choices=["toolkit", "max-normalised"],
+                   help="metrics shown: the toolkit's (target units, masked) or SynDiff's test code's "
+                        "(per-slice max normalisation, whole slice), to compare with published tables")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="PSNR, SSIM, MAE, NMSE of predictions against references")
@@ -243,7 +257,8 @@ def run_command(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, resume=args.resume, seed=args.seed, device=args.device,
                         overrides=overrides, progress=progress, num_workers=args.workers,
                         val_every=args.val_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                        amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+                        amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                        max_minutes=args.max_minutes)
         best = summary["best"]
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line rather than one per process
             processes = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""
@@ -273,20 +288,26 @@ def run_command(args: argparse.Namespace) -> int:
         report = benchmark(args.out, suite=args.suite, models=args.models.split(",") if args.models else None,
                            data=args.data, pattern=args.pattern, manifest=args.manifest, source=args.source,
                            target=args.target, label=args.label, budget_steps=args.budget_steps,
-                           batch_size=args.batch_size, repeats=args.repeats, seed=args.seed, threads=args.threads,
-                           device=args.device, overwrite=args.overwrite, progress=progress)
-        identity = report["identity"]["overall"]["mean"]
-        print(f"{'method':<12} {'PSNR':>7} {'SSIM':>7} {'train s':>8}\n{'identity':<12} {identity['psnr']:7.2f} "
-              f"{identity['ssim']:7.3f}")
-        for name, entry in report["methods"].items():
-            summary = entry["summary"]
-            print(f"{name:<12} {summary['overall_psnr']['mean']:7.2f} {summary['overall_ssim']['mean']:7.3f} "
-                  f"{summary['train_seconds']['mean']:8.1f}")
-        print(f"results: {Path(args.out) / 'benchmark.json'} and benchmark.csv ({report['seconds']} s)")
+                           budget_minutes=args.budget_minutes, batch_size=args.batch_size, repeats=args.repeats,
+                           seed=args.seed, threads=args.threads, device=args.device, samples=args.samples,
+                           inception_weights=args.inception_weights, inception_variant=args.inception_variant,
+                           overwrite=args.overwrite, progress=progress)
+        tasks = report["tasks"] if "tasks" in report else {"": {"identity": report["identity"]["overall"]["mean"],
+                                                               "methods": {m: e["summary"] for m, e in
+                                                                           report["methods"].items()}}}
+        for name, task in tasks.items():
+            if name:
+                print(f"{task['source']} -> {task['target']}")
+            print(f"{'method':<12} {'PSNR':>7} {'SSIM':>7} {'train s':>8}\n{'identity':<12} "
+                  f"{task['identity']['psnr']:7.2f} {task['identity']['ssim']:7.3f}")
+            for method, summary in task["methods"].items():
+                print(f"{method:<12} {summary['overall_psnr']['mean']:7.2f} {summary['overall_ssim']['mean']:7.3f} "
+                      f"{summary['train_seconds']['mean']:8.1f}")
+        print(f"results: {Path(args.out) / 'benchmark.json'} ({report['seconds']} s)")
     elif args.verb == "report":
         from synthmed.workflows.report import report
 
-        print(f"wrote {report(args.source, args.out, slices_per_subject=args.slices)}")
+        print(f"wrote {report(args.source, args.out, slices_per_subject=args.slices, convention=args.convention)}")
     elif args.verb == "evaluate":
         from synthmed.workflows.evaluate import evaluate, format_table
 

@@ -64,6 +64,7 @@ class TrainSettings:
     sample_every: int = 250
     max_val_slices: int = 64
     progress: bool = True
+    max_minutes: float | None = None  # wall-clock budget of this fit (a benchmark's equal-time budget); None: steps only
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -129,6 +130,7 @@ class Trainer:
         self.best = {"metric": "psnr", "value": -math.inf, "step": 0}
         self.ema: EMA | None = None
         self._stop_signal: str | None = None
+        self._time_up = False  # the max_minutes budget ran out: this step is treated as the last one
         self._log_fields: list[str] | None = None
         self._tensorboard = None
         self._started = 0.0  # set when fit() starts; log.csv's elapsed_s counts from there
@@ -271,7 +273,11 @@ class Trainer:
                 f"{self._stop_signal}: stopped at step {self.step}; checkpoint saved to {path}; continue with --resume"
             )
         self._check_ranks_in_sync()
-        return self.summary(time.perf_counter() - start, self.step - first_step)
+        summary = self.summary(time.perf_counter() - start, self.step - first_step)
+        if self._time_up:
+            summary["stopped"] = f"time budget of {self.settings.max_minutes:g} min reached at step {self.step}"
+            log.info(summary["stopped"])
+        return summary
 
     def _check_ranks_in_sync(self) -> None:
         """Every rank must hold the same weights; a model that steps an optimiser without
@@ -309,18 +315,22 @@ class Trainer:
                     self.ema.update(self.step)
                 self.step += 1
                 bar.update(1)
+                budget = self.settings.max_minutes
+                self._time_up = budget is not None and time.perf_counter() - self._started >= 60 * budget
                 if world > 1:
                     if self.step == 1:
                         self._check_ranks_in_sync()
                     if distributed.any_rank(self._stop_signal is not None):
                         self._stop_signal = self._stop_signal or "SIGTERM"
+                    if budget is not None:  # every rank must stop at the same step
+                        self._time_up = distributed.any_rank(self._time_up)
                 self._periodic(losses, bar, epoch)
-                if self._stop_signal or self.step >= self.settings.steps:
+                if self._stop_signal or self._time_up or self.step >= self.settings.steps:
                     return
 
     def _periodic(self, losses: dict[str, Any], bar, epoch: int) -> None:
         s, step = self.settings, self.step
-        last = step == s.steps
+        last = step == s.steps or self._time_up
         row: dict[str, Any] | None = None
         if step % s.log_every == 0 or last or step == 1:
             values = distributed.mean_over_ranks({k: float(v) for k, v in losses.items()})

@@ -1,11 +1,14 @@
 """``synthmed report BENCHMARK_DIR --out report.html``: one self-contained HTML page (images embedded as PNG data)
-from a ``synthmed benchmark`` folder.
+from a ``synthmed benchmark`` folder (one task, or the real suite's folder of tasks: one section per task).
 
 Sections: the protocol and data; the metrics table (identity and every method; mean +/- sd over the test
 subjects, or over repeats when there are several; the best value of each column marked, with the direction that
-counts as better stated in the header); per-subject box plots of PSNR and SSIM; a slice viewer grid per test
-subject (source | each method | target, and under each method its absolute error map in target units); training
-curves from each run's ``log.csv``; the exact configs and versions of every run.
+counts as better stated in the header), in the toolkit's convention or, with ``--convention max-normalised``, in
+the reference repositories' (SynDiff's test code), the page saying which; FID where the benchmark had Inception
+weights; per-subject box plots of PSNR and SSIM; a slice viewer grid per test subject (source | each method |
+target, and under each method its absolute error map in target units); uncertainty maps (the per-voxel standard
+deviation over samples) of the methods translated with ``--samples K``; training curves from each run's
+``log.csv``; the exact configs and versions of every run.
 """
 
 from __future__ import annotations
@@ -24,21 +27,38 @@ import numpy as np
 from synthmed.data.io import default_file_mode, read_volume, write_text_atomic
 from synthmed.errors import SynthmedError
 
-# (key in a method's summary, header, better: "high" or "low", format)
-COLUMNS = [
-    ("overall_psnr", "PSNR (dB)", "high", "{:.2f}"),
-    ("overall_ssim", "SSIM", "high", "{:.3f}"),
-    ("overall_mae", "MAE", "low", "{:.2f}"),
-    ("lesion_psnr", "lesion PSNR (dB)", "high", "{:.2f}"),
-    ("lesion_ssim", "lesion SSIM", "high", "{:.3f}"),
-    ("lesion_mae", "lesion MAE", "low", "{:.2f}"),
-    ("train_seconds", "training (s)", "low", "{:.1f}"),
-    ("train_slices_per_second", "training slices/s", "high", "{:.1f}"),
-    ("translate_seconds_per_volume", "translate s/volume", "low", "{:.2f}"),
-    ("train_peak_rss_mb", "peak RSS training (MB)", "low", "{:.0f}"),
-    ("translate_peak_rss_mb", "peak RSS translate (MB)", "low", "{:.0f}"),
-    ("parameters", "parameters", "low", "{:,.0f}"),
+# (region, metric, header, better: "high" or "low", format). Region: a score region of benchmark.json
+# ("overall", "lesion", "max_normalised"), "fid", or "run" (a figure of the training/translation run).
+SCORE_COLUMNS = {
+    "toolkit": [
+        ("overall", "psnr", "PSNR (dB)", "high", "{:.2f}"),
+        ("overall", "ssim", "SSIM", "high", "{:.3f}"),
+        ("overall", "ssim3d", "SSIM 3D", "high", "{:.3f}"),
+        ("overall", "mae", "MAE", "low", "{:.2f}"),
+        ("lesion", "psnr", "lesion PSNR (dB)", "high", "{:.2f}"),
+        ("lesion", "ssim", "lesion SSIM", "high", "{:.3f}"),
+        ("lesion", "mae", "lesion MAE", "low", "{:.2f}"),
+    ],
+    "max-normalised": [
+        ("max_normalised", "psnr", "PSNR (dB), max-normalised", "high", "{:.2f}"),
+        ("max_normalised", "ssim", "SSIM, max-normalised", "high", "{:.3f}"),
+    ],
+}
+FID_COLUMN = ("fid", "fid", "FID", "low", "{:.2f}")
+RUN_COLUMNS = [
+    ("run", "train_seconds", "training (s)", "low", "{:.1f}"),
+    ("run", "steps", "steps", "", "{:.0f}"),  # not ranked: a time budget gives faster methods more
+    ("run", "train_slices_per_second", "training slices/s", "high", "{:.1f}"),
+    ("run", "translate_seconds_per_volume", "translate s/volume", "low", "{:.2f}"),
+    ("run", "train_peak_rss_mb", "peak RSS training (MB)", "low", "{:.0f}"),
+    ("run", "translate_peak_rss_mb", "peak RSS translate (MB)", "low", "{:.0f}"),
+    ("run", "parameters", "parameters", "low", "{:,.0f}"),
 ]
+CONVENTIONS = {
+    "toolkit": "the toolkit's convention: {protocol}",
+    "max-normalised": ("the reference repositories' convention (SynDiff's test code): {max_normalised}. Use it to "
+                       "compare with published tables; it ignores intensity scale and includes the background"),
+}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1400px; color: #222; }
@@ -52,25 +72,28 @@ details { margin: 4px 0; } pre { background: #f6f6f6; padding: 8px; overflow-x: 
 """
 
 
-def report(source: str | Path, out: str | Path, *, slices_per_subject: int = 1, max_subjects: int = 3) -> Path:
+def report(source: str | Path, out: str | Path, *, slices_per_subject: int = 1, max_subjects: int = 3,
+           convention: str = "toolkit") -> Path:
     """Write the HTML report of the benchmark folder ``source`` to ``out``; returns ``out``."""
     source, out = Path(source), Path(out)
+    if convention not in SCORE_COLUMNS:
+        raise SynthmedError(f"--convention {convention}: use one of {', '.join(SCORE_COLUMNS)}")
     path = source / "benchmark.json"
     if not path.is_file():
         raise SynthmedError(f"{source}: no benchmark.json here; run `synthmed benchmark --out {source}` first")
     bench = json.loads(path.read_text())
-    if not bench.get("methods"):
+    if "tasks" in bench:  # the real suite: one benchmark folder per task
+        tasks = [(source / t["folder"], json.loads((source / t["folder"] / "benchmark.json").read_text()), name)
+                 for name, t in bench["tasks"].items() if (source / t["folder"] / "benchmark.json").is_file()]
+        title = f"synthmed benchmark, suite {html.escape(str(bench.get('suite')))}: {len(tasks)} task(s)"
+    else:
+        tasks, title = [(source, bench, "")], None
+    if not any(task["methods"] for _, task, _ in tasks):
         raise SynthmedError(f"{path}: no method has finished yet; nothing to report")
-    parts = [f"<h1>synthmed benchmark: {html.escape(bench['data']['source'])} &rarr; "
-             f"{html.escape(bench['data']['target'])}</h1>",
-             _protocol(bench),
-             "<h2>Metrics</h2>", _metrics_table(bench),
-             "<h2>Per-subject scores</h2>", _img(_box_plots(bench)),
-             "<h2>Slices</h2>", *_slice_grids(source, bench, slices_per_subject, max_subjects),
-             "<h2>Training curves</h2>", *_training_curves(source, bench),
-             "<h2>Uncertainty maps</h2><p class='note'>None: this protocol draws one sample per slice "
-             "(translate --samples K writes per-voxel standard deviations for stochastic methods).</p>",
-             "<h2>Configs and versions</h2>", *_configs(source, bench)]
+    parts = [f"<h1>{title}</h1>"] if title else []
+    for folder, task, name in tasks:
+        if task["methods"]:
+            parts += _task_sections(folder, task, name, convention, slices_per_subject, max_subjects)
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>synthmed report</title><style>{STYLE}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -79,60 +102,101 @@ def report(source: str | Path, out: str | Path, *, slices_per_subject: int = 1, 
     return out
 
 
-def _protocol(bench: dict) -> str:
+def _task_sections(folder: Path, bench: dict, name: str, convention: str, slices_per_subject: int,
+                   max_subjects: int) -> list[str]:
+    heading = "h2" if name else "h1"
+    sub = "h3" if name else "h2"
+    table_id = f"metrics-{name}" if name else "metrics"
+    return [f"<{heading}>synthmed benchmark: {html.escape(bench['data']['source'])} &rarr; "
+            f"{html.escape(bench['data']['target'])}</{heading}>",
+            _protocol(bench, convention),
+            f"<{sub}>Metrics</{sub}>", _metrics_table(bench, convention, table_id),
+            f"<{sub}>Per-subject scores</{sub}>", _img(_box_plots(bench, convention), "per-subject box plots"),
+            f"<{sub}>Slices</{sub}>", *_slice_grids(folder, bench, slices_per_subject, max_subjects),
+            f"<{sub}>Uncertainty maps</{sub}>", *_uncertainty_maps(folder, bench, max_subjects),
+            f"<{sub}>Training curves</{sub}>", *_training_curves(folder, bench),
+            f"<{sub}>Configs and versions</{sub}>", *_configs(folder, bench)]
+
+
+def _protocol(bench: dict, convention: str) -> str:
     data, settings = bench["data"], bench["settings"]
     split = {k: len(v) for k, v in data["split"].items()}
-    return (f"<p>Suite <b>{html.escape(str(bench.get('suite')))}</b>: {settings['steps']} training steps at batch "
+    budget = f"{settings['steps']} training steps"
+    if settings.get("budget_minutes"):
+        budget = f"{settings['budget_minutes']:g} training minutes" + (
+            f" (at most {settings['steps']} steps)" if settings["steps"] < 1_000_000 else "")
+    samples = settings.get("samples", 1)
+    conventions = bench.get("conventions", {})
+    if convention == "max-normalised" and "max_normalised" not in conventions:
+        raise SynthmedError("this benchmark predates the max-normalised scores; rerun it or use --convention toolkit")
+    shown = CONVENTIONS[convention].format(protocol=html.escape(bench["protocol"]),
+                                           max_normalised=html.escape(conventions.get("max_normalised", "")))
+    fid = bench.get("fid") or {}
+    fid_text = (f"FID: Inception-v3 ({html.escape(str(fid.get('variant')))}) from {html.escape(str(fid.get('weights')))}; "
+                f"{html.escape(str(fid.get('images')))}." if fid.get("available") else
+                f"FID: not computed ({html.escape(str(fid.get('unavailable', 'not part of this benchmark')))}).")
+    return (f"<p>Suite <b>{html.escape(str(bench.get('suite')))}</b>: {budget} at batch "
             f"{settings['batch_size']} for every method (preset {html.escape(settings['preset'])}), "
-            f"{settings['repeats']} repeat(s) from seed {settings['seed']}; subjects train/val/test "
-            f"{split.get('train')}/{split.get('val')}/{split.get('test')} ({html.escape(str(data['folder']))}).</p>"
-            f"<p class='note'>Metrics shown: {html.escape(bench['protocol'])}. "
-            "This is the toolkit's own convention (target units, masked), not the per-image max-normalised one "
-            "some papers report.</p>")
+            f"{settings['repeats']} repeat(s) from seed {settings['seed']}"
+            + (f", {samples} samples per slice for stochastic methods" if samples > 1 else "") +
+            f"; subjects train/val/test {split.get('train')}/{split.get('val')}/{split.get('test')} "
+            f"({html.escape(str(data['folder']))}).</p>"
+            f"<p class='note'><b>Metrics shown: {html.escape(convention)}</b>, {shown}. {fid_text}</p>")
 
 
-def _values(bench: dict, key: str) -> dict[str, tuple[float | None, float | None]]:
-    """(mean, sd) per row: identity (metrics only), then each method; sd over subjects for one repeat."""
-    rows: dict[str, tuple[float | None, float | None]] = {}
-    region, _, metric = key.partition("_")
-    identity = bench["identity"].get(region)
-    if identity and metric in ("psnr", "ssim", "mae"):
-        rows["identity"] = (identity["mean"].get(metric), (identity.get("sd") or {}).get(metric))
-    else:
-        rows["identity"] = (None, None)
+def _columns(bench: dict, convention: str) -> list[tuple[str, str, str, str, str]]:
+    fid = [FID_COLUMN] if (bench.get("fid") or {}).get("available") else []
+    return SCORE_COLUMNS[convention] + fid + RUN_COLUMNS
+
+
+def _values(bench: dict, region: str, metric: str) -> dict[str, tuple[float | None, float | None]]:
+    """(mean, sd) per row: identity (scores only), then each method; sd over subjects for one repeat, over
+    repeats for several."""
+    def from_scores(scores: dict) -> tuple[float | None, float | None]:
+        if region == "fid":
+            return scores.get("fid"), None
+        part = scores.get(region)
+        if not part:
+            return None, None
+        return part["mean"].get(metric), (part.get("sd") or {}).get(metric)
+
+    rows = {"identity": from_scores(bench["identity"]) if region != "run" else (None, None)}
     for name, entry in bench["methods"].items():
         repeats = entry["repeats"]
-        if len(repeats) == 1 and metric in ("psnr", "ssim", "mae") and region in repeats[0]["scores"]:
-            scores = repeats[0]["scores"][region]
-            rows[name] = (scores["mean"].get(metric), (scores.get("sd") or {}).get(metric))
+        if len(repeats) == 1:
+            rows[name] = (repeats[0].get(metric), None) if region == "run" else from_scores(repeats[0]["scores"])
         else:
+            key = metric if region in ("run", "fid") else f"{region}_{metric}"
             stat = entry["summary"].get(key) or {}
             rows[name] = (stat.get("mean"), stat.get("sd"))
     return rows
 
 
-def _metrics_table(bench: dict) -> str:
-    header = "".join(f"<th>{html.escape(title)} {'&uarr;' if better == 'high' else '&darr;'}</th>"
-                     for _, title, better, _ in COLUMNS)
-    columns = {key: _values(bench, key) for key, *_ in COLUMNS}
-    best: dict[str, set[str]] = {}
-    for key, _, better, _ in COLUMNS:
-        present = {row: v[0] for row, v in columns[key].items() if v[0] is not None and math.isfinite(v[0])}
-        if present:
+def _metrics_table(bench: dict, convention: str, table_id: str = "metrics") -> str:
+    columns = _columns(bench, convention)
+    arrows = {"high": " &uarr;", "low": " &darr;", "": ""}
+    header = "".join(f"<th>{html.escape(title)}{arrows[better]}</th>" for _, _, title, better, _ in columns)
+    values = {(region, metric): _values(bench, region, metric) for region, metric, *_ in columns}
+    best: dict[tuple[str, str], set[str]] = {}
+    for region, metric, _, better, _ in columns:
+        present = {row: v[0] for row, v in values[region, metric].items()
+                   if v[0] is not None and math.isfinite(v[0])}
+        if present and better:
             target = max(present.values()) if better == "high" else min(present.values())
-            best[key] = {row for row, value in present.items() if value == target}
+            best[region, metric] = {row for row, value in present.items() if value == target}
     body = []
     for row in ["identity", *bench["methods"]]:
         cells = []
-        for key, _, _, fmt in COLUMNS:
-            mean, sd = columns[key][row]
+        for region, metric, _, _, fmt in columns:
+            mean, sd = values[region, metric][row]
             text = "" if mean is None else fmt.format(mean) + ("" if sd is None else " &plusmn; " + fmt.format(sd))
-            cls = " class='best'" if row in best.get(key, set()) else ""
+            cls = " class='best'" if row in best.get((region, metric), set()) else ""
             cells.append(f"<td{cls}>{text}</td>")
         body.append(f"<tr class='method'><td>{html.escape(row)}</td>{''.join(cells)}</tr>")
-    return (f"<table id='metrics'><thead><tr><th>method</th>{header}</tr></thead><tbody>{''.join(body)}</tbody>"
-            "</table><p class='note'>Bold: the best value of the column (arrows: higher or lower is better). "
-            "&plusmn;: standard deviation over test subjects (one repeat) or over repeats.</p>")
+    return (f"<table id='{html.escape(table_id)}' class='metrics'><thead><tr><th>method</th>{header}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table><p class='note'>Bold: the best value of the column (arrows: "
+            "higher or lower is better). &plusmn;: standard deviation over test subjects (one repeat) or over "
+            "repeats.</p>")
 
 
 def _figure_png(figure) -> bytes:
@@ -157,18 +221,19 @@ def _pyplot():
     return plt
 
 
-def _box_plots(bench: dict) -> bytes:
+def _box_plots(bench: dict, convention: str) -> bytes:
     plt = _pyplot()
+    region = "max_normalised" if convention == "max-normalised" else "overall"
     names = ["identity", *bench["methods"]]
     figure, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(names), 3.5))
     for axis, metric in zip(axes, ("psnr", "ssim")):
-        data = [[v[metric] for v in bench["identity"]["overall"]["per_subject"].values()]]
+        data = [[v[metric] for v in bench["identity"][region]["per_subject"].values()]]
         for name in bench["methods"]:
             data.append([v[metric] for r in bench["methods"][name]["repeats"]
-                         for v in r["scores"]["overall"]["per_subject"].values()])
+                         for v in r["scores"][region]["per_subject"].values()])
         axis.boxplot(data)
         axis.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
-        axis.set_title(metric.upper() + (" (dB)" if metric == "psnr" else ""))
+        axis.set_title(metric.upper() + (" (dB)" if metric == "psnr" else "") + f", {convention}", fontsize=9)
     return _figure_png(figure)
 
 
@@ -185,9 +250,9 @@ def _slice_grids(source: Path, bench: dict, per_subject: int, max_subjects: int)
         for name in methods:
             seed = bench["methods"][name]["repeats"][0]["seed"]
             folder = source / "outputs" / f"{name}-seed{seed}" / subject
-            found = [p for p in sorted(folder.glob("*")) if "_std" not in p.name and not p.name.startswith(".")]
-            if found:
-                outputs[name] = read_volume(found[0]).data
+            found = _output_volume(folder)
+            if found is not None:
+                outputs[name] = read_volume(found).data
         depth = src.shape[2]
         for k in range(per_subject):
             z = int(round(depth * (k + 1) / (per_subject + 1)))
@@ -208,6 +273,58 @@ def _slice_grids(source: Path, bench: dict, per_subject: int, max_subjects: int)
                 axis.axis("off")
             parts.append(f"<h3>{html.escape(subject)}, slice {z}</h3>" + _img(_figure_png(figure), f"{subject} slice {z}"))
     return parts
+
+
+def _output_volume(folder: Path, suffix: str = "") -> Path | None:
+    """The translated volume in a subject's output folder (``suffix="_std"``: its uncertainty map)."""
+    for path in sorted(folder.glob("*")):
+        stem = path.name.split(".")[0]
+        if not path.name.startswith(".") and stem.endswith("_std") == bool(suffix):
+            return path
+    return None
+
+
+def _uncertainty_maps(source: Path, bench: dict, max_subjects: int) -> list[str]:
+    """Per test subject, for each method translated with several samples: the middle slice of the per-voxel
+    standard deviation next to the absolute error, and their correlation inside the head (a useful map is
+    large where the error is)."""
+    from synthmed.metrics import foreground_mask
+
+    plt = _pyplot()
+    prep = json.loads((Path(bench["data"]["prepared"]) / "plan.json").read_text())
+    stochastic = [(name, entry["repeats"][0]) for name, entry in bench["methods"].items()
+                  if entry["repeats"][0].get("samples", 1) > 1]
+    if not stochastic:
+        return ["<p class='note'>None: no method drew several samples (benchmark --samples K makes the stochastic "
+                "methods write per-voxel standard deviations).</p>"]
+    parts = []
+    for subject in bench["data"]["split"]["test"][:max_subjects]:
+        reference = read_volume(prep["volumes"][subject]["files"][prep["target"]]).data
+        head = foreground_mask(reference)
+        z = reference.shape[2] // 2
+        maps = []
+        for name, repeat in stochastic:
+            folder = source / "outputs" / f"{name}-seed{repeat['seed']}" / subject
+            mean_path, std_path = _output_volume(folder), _output_volume(folder, "_std")
+            if mean_path is None or std_path is None:
+                continue
+            error = np.abs(read_volume(mean_path).data - reference)
+            std = read_volume(std_path).data
+            r = float(np.corrcoef(std[head], error[head])[0, 1]) if std[head].std() > 0 else float("nan")
+            maps.append((name, repeat["samples"], std[..., z], error[..., z], r))
+        if not maps:
+            continue
+        figure, axes = plt.subplots(2, len(maps), figsize=(2.4 * len(maps), 4.6), squeeze=False)
+        for column, (name, samples, std, error, r) in enumerate(maps):
+            top = max(float(std.max()), float(error.max()), 1e-12)
+            axes[0][column].imshow(np.rot90(std), cmap="viridis", vmin=0, vmax=top)
+            axes[0][column].set_title(f"{name}: std of {samples}\nr(std, |error|) = {r:.2f}", fontsize=7)
+            axes[1][column].imshow(np.rot90(error), cmap="magma", vmin=0, vmax=top)
+            axes[1][column].set_title(f"{name}: |mean - target|", fontsize=7)
+        for axis in axes.ravel():
+            axis.axis("off")
+        parts.append(f"<h4>{html.escape(subject)}, slice {z}</h4>" + _img(_figure_png(figure), f"{subject} uncertainty"))
+    return parts or ["<p class='note'>No uncertainty map found in the outputs.</p>"]
 
 
 def _training_curves(source: Path, bench: dict) -> list[str]:

@@ -107,6 +107,8 @@ def _train(
     for key in ("steps", "batch_size", "log_every", "val_every", "checkpoint_every", "sample_every", "max_val_slices"):
         if getattr(settings_obj, key) < 1:
             raise SynthmedError(f"--{key.replace('_', '-')} {getattr(settings_obj, key)}: must be at least 1")
+    if settings_obj.max_minutes is not None and not settings_obj.max_minutes > 0:
+        raise SynthmedError(f"--max-minutes {settings_obj.max_minutes}: must be more than 0")
     if settings_obj.num_workers < 0:
         raise SynthmedError(f"--workers {settings_obj.num_workers}: must be 0 or more")
     pick_device(device)
