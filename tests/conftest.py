@@ -42,8 +42,8 @@ def trained_run(prepared, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory) -> Path:
-    """``synthmed benchmark`` (quick suite) of pix2pix and ddpm (2 samples per slice: uncertainty maps) for 2 steps,
-    with FID from a randomly initialised Inception-v3 (the protocol's plumbing; such FIDs mean nothing): the
+    """``synthmed benchmark`` (quick suite) of pix2pix and ddpm (2 samples per slice: uncertainty maps) for 2 steps
+    (and a time budget too long to matter), with FID from a randomly initialised Inception-v3 (the protocol's plumbing; such FIDs mean nothing): the
     benchmark and report tests' input."""
     from synthmed.cli import main
     from synthmed.nn.inception import InceptionV3Features
@@ -54,7 +54,7 @@ def tiny_benchmark(tmp_path_factory) -> Path:
     torch.save(InceptionV3Features("torchvision", num_classes=1000).state_dict(), weights)
     out = root / "bench"
     code = main(["benchmark", "--suite", "quick", "--out", str(out), "--models", "pix2pix,ddpm",
-                 "--budget-steps", "2", "--batch-size", "2", "--threads", "1", "--samples", "2",
+                 "--budget-steps", "2", "--budget-minutes", "5", "--batch-size", "2", "--threads", "1", "--samples", "2",
                  "--inception-weights", str(weights), "--quiet"])
     assert code == 0
     return out

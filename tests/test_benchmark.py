@@ -47,6 +47,8 @@ def test_quick_suite_records_every_figure_for_every_method(tiny_benchmark):
         assert entry["summary"]["overall_psnr"]["n"] == 1
     assert report["fid"]["available"] and report["identity"]["fid"] > 0
     assert report["settings"]["samples"] == 2 and "max_normalised" in report["conventions"]
+    assert report["settings"]["budget_minutes"] == 5 and report["settings"]["steps"] == 2
+    assert "--max-minutes 5.0" in (out / "logs" / "train-pix2pix-seed0.log").read_text()
     rows = list(csv.DictReader((out / "benchmark.csv").open()))
     assert [r["method"] for r in rows] == ["identity", "pix2pix", "ddpm"]
     assert {"ssim3d", "nmse", "lesion_psnr", "max_normalised_psnr", "max_normalised_ssim", "fid", "samples"} <= set(rows[0])
@@ -193,3 +195,23 @@ def test_real_suite_manifest_on_the_shared_scans(real_data, tmp_path):
         assert sorted(subject.files) == ["flair", "t1", "t1c", "t2"]
         assert (subject.split == "test") == (subject.label is not None)  # every test scan has a lesion label
     assert sorted(s for s, v in subjects.items() if v.split == "test") == ["TCGA-DU-7294", "patient07"]
+
+
+def test_report_of_a_suite_of_tasks_has_a_section_and_a_table_per_task(tiny_benchmark, tmp_path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    tasks = {}
+    for source, target in (("t1", "t2"), ("t2", "t1")):
+        name = f"{source}-to-{target}"
+        (suite / name).symlink_to(tiny_benchmark, target_is_directory=True)
+        tasks[name] = {"folder": name, "source": source, "target": target}
+    (suite / "benchmark.json").write_text(json.dumps({"suite": "real", "tasks": tasks}))
+    out = tmp_path / "suite.html"
+    assert main(["report", str(suite), "--out", str(out), "--quiet"]) == 0
+    text = out.read_text()
+    assert "2 task(s)" in text
+    methods = json.loads((tiny_benchmark / "benchmark.json").read_text())["methods"]
+    for name in tasks:
+        assert text.count(f"<table id='metrics-{name}'") == 1
+        table = text.split(f"<table id='metrics-{name}'", 1)[1].split("</table>", 1)[0]
+        assert table.count("<tr class='method'>") == 1 + len(methods)
