@@ -215,3 +215,17 @@ def test_report_of_a_suite_of_tasks_has_a_section_and_a_table_per_task(tiny_benc
         assert text.count(f"<table id='metrics-{name}'") == 1
         table = text.split(f"<table id='metrics-{name}'", 1)[1].split("</table>", 1)[0]
         assert table.count("<tr class='method'>") == 1 + len(methods)
+
+
+def test_real_suite_runs_one_task_end_to_end(real_data, tmp_path):
+    """The real scans' own file names and geometries through the whole protocol (one method, one step)."""
+    out = tmp_path / "real"
+    index = benchmark(out, suite="real", data=real_data, models=["pix2pix"], source="t2", target="flair",
+                      budget_steps=1, batch_size=2, threads=1, progress=False)
+    assert index["complete"] and list(index["tasks"]) == ["t2-to-flair"]
+    task = json.loads((out / "t2-to-flair" / "benchmark.json").read_text())
+    assert task["data"]["split"]["test"] == ["TCGA-DU-7294", "patient07"]
+    assert task["data"]["lesion_subjects"] == ["TCGA-DU-7294", "patient07"]  # from the manifest's label column
+    scores = task["methods"]["pix2pix"]["repeats"][0]["scores"]
+    assert set(scores["overall"]["per_subject"]) == set(scores["lesion"]["per_subject"]) == {"TCGA-DU-7294", "patient07"}
+    assert main(["report", str(out), "--out", str(tmp_path / "real.html"), "--quiet"]) == 0

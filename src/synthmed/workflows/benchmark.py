@@ -321,8 +321,9 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
                 train_usage = {"peak_rss_mb": None, "wall_seconds": None, "reused": True}
             summary = json.loads((run / "train_summary.json").read_text())
             outputs = out / "outputs" / f"{model}-seed{run_seed}"
-            translate_arguments = ["translate", str(run), str(_test_folder(out, sources)), str(outputs),
-                                   "--reference", str(_test_folder(out, references, "references")),
+            translate_arguments = ["translate", str(run), str(_test_folder(out, sources, plan["source"])),
+                                   str(outputs), "--reference",
+                                   str(_test_folder(out, references, plan["target"], "references")),
                                    "--checkpoint", "last", "--device", protocol.device, "--overwrite"]
             stochastic = available_models()[model].stochastic
             if stochastic and protocol.samples > 1:
@@ -371,13 +372,17 @@ def _measured(command: list[str], env: dict[str, str], log_path: Path) -> dict[s
     return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "wall_seconds": round(seconds, 2)}
 
 
-def _test_folder(out: Path, files: dict[str, Path], name: str = "inputs") -> Path:
-    """A folder of links ``name/<subject>/<file>`` so one translate call covers every test subject."""
+def _test_folder(out: Path, files: dict[str, Path], modality: str, name: str = "inputs") -> Path:
+    """A folder of links ``name/<subject>/<modality><suffix>`` so one translate call covers every test subject
+    (named by the canonical modality, which ``translate`` looks for, whatever the original file names)."""
+    from synthmed.data.discovery import IMAGE_SUFFIXES
+
     folder = out / "test" / name
     for subject, path in files.items():
-        link = folder / subject / path.name
+        suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
+        link = folder / subject / f"{modality}{path.name[len(path.name) - len(suffix):]}"
         link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
+        if not link.is_symlink():
             link.symlink_to(path.resolve())
     return folder
 
