@@ -18,10 +18,11 @@ beyond the whole-volume arrays that have to exist (the input volume and the outp
    slice of one float32 volume (``size^2 x 4``): the input and the output volume, 2 volumes' worth, must
    exist; more means whole-volume copies beyond them.
 5. Attribution (``--profile-depth``, default the largest Z): one more translate, in a child process that
-   wraps the steps of ``synthmed.workflows.translate`` (read, foreground mask, geometry, normalisation,
-   crop, model, uncrop, inverse normalisation, write) and records the RSS before each step and the step's
-   own peak (the kernel's high-water mark ``VmHWM``, reset before each step through
-   ``/proc/self/clear_refs``), in MB and in whole volumes.
+   wraps the steps of ``synthmed.workflows.translate`` (read, the MR background percentile, foreground
+   mask, geometry, fitting the normalisation, normalise + crop in slabs, model, uncrop + inverse
+   normalisation in slabs, write) and records the RSS before each step and the step's own peak (the
+   kernel's high-water mark ``VmHWM``, reset before each step through ``/proc/self/clear_refs``), in MB
+   and in whole volumes.
 
 MB here is MiB (2^20 bytes), as in the other benchmarks. Memory does not depend on the CPU load;
 the wall times do, and the machine's load average is recorded. The JSON is rewritten atomically after
@@ -65,7 +66,6 @@ load_run(sys.argv[1], device="cpu")
 PROFILE_CHILD = r"""
 import functools, json, sys, time
 import synthmed.workflows.translate as T
-from synthmed.data.normalize import Normalization
 
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -101,17 +101,18 @@ def wrap(owner, name, label):
         return result
     setattr(owner, name, wrapper)
 
+# Whole steps only: the slab loops (_crop_in_slabs, _uncrop_in_slabs) call crop_slices, uncrop_slices and the
+# normalisation once per slab; a wrapper inside a wrapped step would reset that step's high-water mark.
 for name, label in [("read_volume", "read_volume"),
+                    ("mr_low", "mr_low: the MR background percentile"),
                     ("foreground_mask", "foreground_mask"),
                     ("fit_geometry", "fit_geometry"),
                     ("fit_normalization", "fit_normalization"),
-                    ("crop_slices", "crop_slices"),
+                    ("_crop_in_slabs", "normalise + crop_slices, in slabs"),
                     ("translate_slices", "translate_slices: the model"),
-                    ("uncrop_slices", "uncrop_slices"),
+                    ("_uncrop_in_slabs", "uncrop_slices + inverse normalisation, in slabs"),
                     ("write_volume", "write_volume")]:
     wrap(T, name, label)
-wrap(Normalization, "apply", "Normalization.apply")
-wrap(Normalization, "invert", "Normalization.invert")
 start_rss = rss_mb()
 T.translate(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True, batch_size=int(sys.argv[4]), device="cpu",
             progress=False)

@@ -110,7 +110,11 @@ INTERPOLATION = "bicubic"
 INTERPOLATIONS = ("bicubic", "bilinear")
 
 
-def _resize(stack: np.ndarray, size: int, nearest: bool, interpolation: str = INTERPOLATION) -> np.ndarray:
+def _resize(stack: np.ndarray, size: int, nearest: bool, interpolation: str = INTERPOLATION,
+            value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Each slice of ``stack`` resized to size x size; a bicubic result is clipped to ``value_range``, by default
+    the range of the whole stack (a caller that resizes a stack in parts passes the whole stack's range, so the
+    parts come out exactly as the whole would)."""
     if stack.shape[-1] == size and stack.shape[-2] == size:
         return stack.astype(np.float32, copy=False)
     if interpolation not in INTERPOLATIONS:
@@ -123,11 +127,12 @@ def _resize(stack: np.ndarray, size: int, nearest: bool, interpolation: str = IN
             tensor, size=(size, size), mode=interpolation, align_corners=False, antialias=stack.shape[-1] > size
         )
         if interpolation == "bicubic" and tensor.numel():
-            out = out.clamp(float(tensor.min()), float(tensor.max()))
+            low, high = value_range if value_range is not None else (float(tensor.min()), float(tensor.max()))
+            out = out.clamp(low, high)
     return out[:, 0].numpy()
 
 
-def _overlap(geometry: SliceGeometry) -> tuple[slice, slice, slice, slice]:
+def box_overlap(geometry: SliceGeometry) -> tuple[slice, slice, slice, slice]:
     """Matching windows (image rows, image cols, box rows, box cols)."""
     height, width = geometry.plane_shape
     r0, c0, side = geometry.row0, geometry.col0, geometry.side
@@ -139,21 +144,22 @@ def _overlap(geometry: SliceGeometry) -> tuple[slice, slice, slice, slice]:
 
 
 def crop_slices(volume: np.ndarray, geometry: SliceGeometry, fill: float, nearest: bool = False,
-                interpolation: str = INTERPOLATION) -> np.ndarray:
-    """Volume -> (n_slices, size, size) float32 stack in the geometry's box."""
+                interpolation: str = INTERPOLATION, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Volume -> (n_slices, size, size) float32 stack in the geometry's box (``value_range``: see :func:`_resize`)."""
     stack = to_slices(volume, geometry.axis)
     boxed = np.full((stack.shape[0], geometry.side, geometry.side), fill, dtype=np.float32)
-    ir, ic, br, bc = _overlap(geometry)
+    ir, ic, br, bc = box_overlap(geometry)
     boxed[:, br, bc] = stack[:, ir, ic]
-    return _resize(boxed, geometry.size, nearest, interpolation)
+    return _resize(boxed, geometry.size, nearest, interpolation, value_range)
 
 
-def uncrop_slices(stack: np.ndarray, geometry: SliceGeometry, fill: float, interpolation: str = INTERPOLATION) -> np.ndarray:
+def uncrop_slices(stack: np.ndarray, geometry: SliceGeometry, fill: float, interpolation: str = INTERPOLATION,
+                  value_range: tuple[float, float] | None = None) -> np.ndarray:
     """Inverse of :func:`crop_slices`: (n_slices, size, size) -> volume of ``geometry.shape``."""
-    boxed = _resize(stack, geometry.side, nearest=False, interpolation=interpolation)
+    boxed = _resize(stack, geometry.side, nearest=False, interpolation=interpolation, value_range=value_range)
     height, width = geometry.plane_shape
     full = np.full((stack.shape[0], height, width), fill, dtype=np.float32)
-    ir, ic, br, bc = _overlap(geometry)
+    ir, ic, br, bc = box_overlap(geometry)
     full[:, ir, ic] = boxed[:, br, bc]
     return from_slices(full, geometry.axis)
 

@@ -68,15 +68,29 @@ class Normalization:
         return cls(kind=str(record["kind"]), lo=float(record["lo"]), hi=float(record["hi"]))
 
 
-def fit_normalization(volume: np.ndarray, foreground: np.ndarray, kind: str, name: str = "volume") -> Normalization:
-    """Fit the recorded transform of one volume (see the module docstring)."""
+def mr_low(volume: np.ndarray) -> float:
+    """``lo`` of the MR normalisation: the 0.5th percentile of the whole volume (a copy of it, partitioned)."""
+    return float(np.percentile(volume, MR_LOW_PERCENTILE))
+
+
+def fit_normalization(volume: np.ndarray, foreground: np.ndarray, kind: str, name: str = "volume",
+                      low: float | None = None) -> Normalization:
+    """Fit the recorded transform of one volume (see the module docstring).
+
+    ``low``: ``mr_low(volume)`` when the caller has it already (``translate`` takes it before the foreground
+    mask exists, so that the mask and the percentile's copy of the volume are never in memory together).
+    """
     if kind == "ct":
         return Normalization("ct", *CT_WINDOW)
     if kind != "mr":
         raise SynthmedError(f"unknown normalisation kind {kind!r} for {name}; use 'mr' or 'ct'")
-    values = volume[foreground] if foreground.any() else volume.ravel()
-    lo = float(np.percentile(volume, MR_LOW_PERCENTILE))
-    hi = float(np.percentile(values, MR_HIGH_PERCENTILE))
+    # One copy of the volume at a time: the foreground values are a copy already, so their percentile may
+    # partition them in place (same values), and they are gone before the whole volume's percentile copies it.
+    if foreground.any():
+        hi = float(np.percentile(volume[foreground], MR_HIGH_PERCENTILE, overwrite_input=True))
+    else:
+        hi = float(np.percentile(volume, MR_HIGH_PERCENTILE))
+    lo = mr_low(volume) if low is None else float(low)
     if not hi > lo:
         raise SynthmedError(
             f"{name}: intensities are constant inside the foreground ({lo:g}); "

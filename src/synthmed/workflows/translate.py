@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +32,18 @@ import torch
 from tqdm.auto import tqdm
 
 from synthmed.data.discovery import file_modality, strip_subject_prefix
-from synthmed.data.geometry import crop_slices, fit_geometry, slice_axis, uncrop_slices
+from synthmed.data.geometry import (
+    SliceGeometry,
+    box_overlap,
+    crop_slices,
+    fit_geometry,
+    from_slices,
+    slice_axis,
+    to_slices,
+    uncrop_slices,
+)
 from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
-from synthmed.data.normalize import Normalization, fit_normalization, modality_kind
+from synthmed.data.normalize import Normalization, fit_normalization, modality_kind, mr_low
 from synthmed.engine.checkpoint import load_checkpoint
 from synthmed.engine.trainer import pick_device
 from synthmed.errors import SynthmedError
@@ -168,25 +178,72 @@ def translate_volume(
     data = volume.data
     if float(data.max()) == float(data.min()):
         raise SynthmedError(f"{volume.path}: constant image (all voxels {data.min():g}); nothing to translate")
+    source_kind = plan["normalization_kind"][plan["source"]]
+    # The MR background level copies the whole volume once: taken before the foreground mask exists, so that
+    # the input, the mask and that copy are never in memory together.
+    low = mr_low(data) if source_kind == "mr" else None
     foreground = foreground_mask(data)
     if not foreground.any():
         raise SynthmedError(f"{volume.path}: empty foreground (nothing above the background level)")
-    source_kind = plan["normalization_kind"][plan["source"]]
     geometry = fit_geometry(foreground, slice_axis(volume.affine, plan["axis"], volume.is_2d), int(plan["size"]))
-    normalized = fit_normalization(data, foreground, source_kind, name=str(volume.path)).apply(data)
+    normalization = fit_normalization(data, foreground, source_kind, name=str(volume.path), low=low)
     del foreground
     interpolation = plan.get("interpolation", "bilinear")  # as the training slices were made
-    slices = crop_slices(normalized, geometry, fill=-1.0, interpolation=interpolation)
-    del normalized  # the model sees the model-sized slices only; from here on one whole volume at a time
+    # From here on the only whole volumes are the input and the output: slabs of slices are normalised and
+    # cropped into the model-sized stack, and the model outputs are pasted back slab by slab.
+    slices = _crop_in_slabs(data, normalization, geometry, interpolation)
     mean, std = translate_slices(model, slices, batch_size, sampling, progress=progress, direction=loaded.direction)
     del slices
-    image = target_normalization.invert(uncrop_slices(mean, geometry, fill=-1.0, interpolation=interpolation),
-                                        in_place=True)
+    image = _uncrop_in_slabs(mean, geometry, fill=-1.0, interpolation=interpolation,
+                             finish=lambda part: target_normalization.invert(part, in_place=True))
     if std is None:
         return Translation(image)
     # The normalisation is linear: a std in [-1, 1] units scales by half the intensity range.
     scale = 0.5 * (target_normalization.hi - target_normalization.lo)
-    return Translation(image, (uncrop_slices(std, geometry, fill=0.0, interpolation=interpolation) * scale).astype(np.float32))
+    return Translation(image, _uncrop_in_slabs(std, geometry, fill=0.0, interpolation=interpolation,
+                                               finish=lambda part: (part * scale).astype(np.float32)))
+
+
+# Slices per slab in _crop_in_slabs / _uncrop_in_slabs: each slab costs a few slab-sized float32 arrays.
+SLAB_SLICES = 8
+
+
+def _crop_in_slabs(data: np.ndarray, normalization: Normalization, geometry: SliceGeometry,
+                   interpolation: str) -> np.ndarray:
+    """``crop_slices(normalization.apply(data), geometry, fill=-1.0, ...)``, the same values, without a
+    normalised copy of the whole volume: normalised and cropped :data:`SLAB_SLICES` slices at a time.
+
+    A first pass finds the range of the cropped stack (the normalised voxels inside the box, and the fill
+    where the box leaves the image), which the bicubic resize of every slab clamps to, as for the whole stack.
+    """
+    stack = to_slices(data, geometry.axis)
+    rows, cols, box_rows, box_cols = box_overlap(geometry)
+    starts = range(0, len(stack), SLAB_SLICES)
+    low, high = np.inf, -np.inf
+    for start in starts:
+        inside = normalization.apply(stack[start : start + SLAB_SLICES, rows, cols])
+        low, high = min(low, float(inside.min())), max(high, float(inside.max()))
+    if box_rows != slice(0, geometry.side) or box_cols != slice(0, geometry.side):  # the box leaves the image
+        low, high = min(low, -1.0), max(high, -1.0)
+    out = np.empty((len(stack), geometry.size, geometry.size), dtype=np.float32)
+    for start in starts:
+        part = normalization.apply(stack[start : start + SLAB_SLICES])
+        out[start : start + SLAB_SLICES] = crop_slices(from_slices(part, geometry.axis), geometry, fill=-1.0,
+                                                       interpolation=interpolation, value_range=(low, high))
+    return out
+
+
+def _uncrop_in_slabs(stack: np.ndarray, geometry: SliceGeometry, fill: float, interpolation: str,
+                     finish: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``finish(uncrop_slices(stack, geometry, fill, ...))``, the same values, written slab by slab into one
+    preallocated volume (``finish`` maps voxels one by one, e.g. back to the target's units)."""
+    value_range = (float(stack.min()), float(stack.max()))
+    out = np.empty((len(stack), *geometry.plane_shape), dtype=np.float32)  # as uncrop_slices lays it out
+    for start in range(0, len(stack), SLAB_SLICES):
+        part = uncrop_slices(stack[start : start + SLAB_SLICES], geometry, fill=fill, interpolation=interpolation,
+                             value_range=value_range)
+        out[start : start + SLAB_SLICES] = finish(to_slices(part, geometry.axis))
+    return from_slices(out, geometry.axis)
 
 
 def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Normalization:
