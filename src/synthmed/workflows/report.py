@@ -158,7 +158,8 @@ def _values(bench: dict, region: str, metric: str) -> dict[str, tuple[float | No
         part = scores.get(region)
         if not part:
             return None, None
-        return part["mean"].get(metric), (part.get("sd") or {}).get(metric)
+        spread = (part.get("sd") or {}).get(metric) if part.get("n", 0) > 1 else None  # no sd of one subject
+        return part["mean"].get(metric), spread
 
     rows = {"identity": from_scores(bench["identity"]) if region != "run" else (None, None)}
     for name, entry in bench["methods"].items():
