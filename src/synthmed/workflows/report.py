@@ -146,7 +146,10 @@ def _protocol(bench: dict, convention: str) -> str:
 
 def _columns(bench: dict, convention: str) -> list[tuple[str, str, str, str, str]]:
     fid = [FID_COLUMN] if (bench.get("fid") or {}).get("available") else []
-    return SCORE_COLUMNS[convention] + fid + RUN_COLUMNS
+    runs = RUN_COLUMNS
+    if bench["settings"].get("budget_minutes"):  # equal training time: its seconds are not a ranking
+        runs = [(r, m, title, "" if m == "train_seconds" else better, fmt) for r, m, title, better, fmt in runs]
+    return SCORE_COLUMNS[convention] + fid + runs
 
 
 def _values(bench: dict, region: str, metric: str) -> dict[str, tuple[float | None, float | None]]:
