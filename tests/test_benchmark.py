@@ -229,3 +229,11 @@ def test_real_suite_runs_one_task_end_to_end(real_data, tmp_path):
     scores = task["methods"]["pix2pix"]["repeats"][0]["scores"]
     assert set(scores["overall"]["per_subject"]) == set(scores["lesion"]["per_subject"]) == {"TCGA-DU-7294", "patient07"}
     assert main(["report", str(out), "--out", str(tmp_path / "real.html"), "--quiet"]) == 0
+
+
+def test_a_benchmark_folder_prepared_for_another_task_is_refused(tmp_path):
+    out = tmp_path / "bench"
+    (out / "prep").mkdir(parents=True)
+    (out / "prep" / "plan.json").write_text(json.dumps({"source": "t1", "target": "t2", "size": 32}))
+    with pytest.raises(SynthmedError, match="holds t1 -> t2 at 32 px, not t2 -> t1"):
+        benchmark(out, models=["pix2pix"], data=tmp_path / "data", source="T2", target="T1", progress=False)

@@ -272,6 +272,12 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
     if not (prep / "plan.json").is_file():
         cli(arguments, "prepare.log")
     plan = json.loads((prep / "plan.json").read_text())
+    from synthmed.data.discovery import canonical_modality
+
+    wanted = (canonical_modality(config.source, {}), canonical_modality(config.target, {}), config.size)
+    if (plan["source"], plan["target"], int(plan["size"])) != wanted:
+        raise SynthmedError(f"{prep} holds {plan['source']} -> {plan['target']} at {plan['size']} px, not "
+                            f"{wanted[0]} -> {wanted[1]} at {wanted[2]} px; choose another --out")
     test_subjects = plan["split"]["test"]
     if not test_subjects:
         raise SynthmedError(f"{prep}: no test subjects; the benchmark scores held-out subjects only")
@@ -307,7 +313,7 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
         for repeat in range(protocol.repeats):
             run_seed = seed + repeat
             run = out / "runs" / f"{model}-seed{run_seed}"
-            if not (run / "train_summary.json").is_file():
+            if not _reusable(run, config, protocol):
                 if run.exists():
                     shutil.rmtree(run)
                 train_arguments = ["train", str(prep), "--model", model, "--preset", config.preset, "--out", str(run),
@@ -354,6 +360,16 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
     report["complete"] = True
     _write(out, report, started)
     return report
+
+
+def _reusable(run: Path, config: Suite, protocol: Protocol) -> bool:
+    """A finished run (an interrupted benchmark started again) is reused only if it had this budget."""
+    path = run / "train_summary.json"
+    if not path.is_file():
+        return False
+    settings = json.loads(path.read_text()).get("settings", {})
+    return (settings.get("steps"), settings.get("batch_size"), settings.get("max_minutes")) == (
+        config.steps, config.batch_size, protocol.budget_minutes)
 
 
 def _measured(command: list[str], env: dict[str, str], log_path: Path) -> dict[str, float]:
