@@ -24,22 +24,22 @@ from synthmed.data.phantom import make_phantom
 # --------------------------------------------------------------------------- reference (whole-volume labels)
 
 
-def reference_largest(mask: np.ndarray) -> np.ndarray:
+def reference_components(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Whole-volume labels, their count and each label's size (0 for the background)."""
     labels, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    return labels, count, sizes
+
+
+def reference_largest(mask: np.ndarray) -> np.ndarray:
+    labels, count, sizes = reference_components(mask)
+    return mask if count <= 1 else labels == int(np.argmax(sizes))
 
 
 def reference_drop_small(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(mask)
-    if count <= 1:
-        return mask
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    sizes[0] = 0
-    return (sizes >= image._MIN_COMPONENT_FRACTION * sizes.max())[labels]
+    labels, count, sizes = reference_components(mask)
+    return mask if count <= 1 else (sizes >= image._MIN_COMPONENT_FRACTION * sizes.max())[labels]
 
 
 def reference_fill_planes(mask: np.ndarray, axis: int) -> np.ndarray:
