@@ -486,6 +486,11 @@ class _FidScorer:
         scaled = (volume[..., keep] - low) / max(float(high - low), 1e-12) * 2 - 1
         return np.clip(np.moveaxis(scaled, -1, 0), -1, 1).astype(np.float32)
 
+    @property
+    def needs_references(self) -> bool:
+        """True until the reference features are computed (the first call)."""
+        return self._reference_features is None
+
     def __call__(self, predicted: list[np.ndarray], references: list[np.ndarray]) -> float | None:
         if self.network is None:
             return None
@@ -526,7 +531,8 @@ def _scores(pairs: list[tuple[str, Path, Path]], lesions: dict[str, Path], fid: 
                                             data_range=float(values.max() - values.min()))
         if fid.network is not None:
             fid_predicted.append(fid.slices(prediction, reference, head))
-            fid_references.append(fid.slices(reference, reference, head))
+            if fid.needs_references:
+                fid_references.append(fid.slices(reference, reference, head))
     result: dict[str, Any] = {"overall": {"n": len(overall), "per_subject": overall, **summarize(overall)}}
     if lesion:
         result["lesion"] = {"n": len(lesion), "per_subject": lesion, **summarize(lesion),
