@@ -70,12 +70,6 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-
-
-
-
-
-
 def run_logged(command: list[str], threads: int, log: Path) -> float:
     """Run ``command`` (output appended to ``log``) with ``threads`` OMP/MKL threads; wall seconds.
     A failure stops the benchmark with the log's last lines."""

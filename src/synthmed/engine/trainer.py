@@ -461,4 +461,5 @@ class Trainer:
 
     def summary(self, seconds: float, trained: int = 0) -> dict[str, Any]:
         return {"steps": self.step, "trained_steps": trained, "seconds": round(seconds, 2), "best": self.best, "device": str(self.device),
+                "autocast": str(getattr(self.model, "amp_dtype", None) or "off"),
                 "processes": self.dist.world_size, "settings": asdict(self.settings)}

@@ -1,0 +1,169 @@
+"""The GPU checks of issue 9 in one prepared script: mixed precision, channels_last, torch.compile and the NCCL
+process group, each a short ``synthmed train`` run on the same prepared phantoms.
+
+Variants (pix2pix ``small`` by default, ``--steps`` steps at ``--batch-size``, each in its own process):
+
+- ``fp32``: ``--amp off``, the reference;
+- ``bf16``: ``--amp bf16`` (autocast; the summary's ``autocast`` says whether it was active);
+- ``bf16+channels_last``: also ``--channels-last``;
+- ``bf16+compile``: also ``--compile`` (``--skip-compile`` leaves it out; the first steps compile);
+- ``nccl``: ``torchrun --standalone --nproc_per_node N`` (N = ``--processes``, at most the GPUs present) with the
+  bf16 settings: the NCCL process group starts, trains and shuts down cleanly.
+
+Recorded per variant: steps/s over the loop and in the steady state (after step 1, from ``log.csv``), the final
+losses, their relative difference to fp32 (the same seed and data order: bf16 should stay within a few per cent
+at this length), the autocast dtype actually used, and the wall time. Written to
+``results/gpu-checks-<device>.json``.
+
+On a machine without a GPU, ``--device cpu`` runs the same plumbing (autocast is off there and says so), so the
+script is known to work before device time is spent on it:
+
+    .venv/bin/python benchmarks/gpu_checks.py --device cpu --steps 3 --size 32 --skip-compile --out /tmp/x.json
+    .venv/bin/python benchmarks/gpu_checks.py            # on the GPU machine: about 3-5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_common import load_average, source_state, thread_env, write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def say(message: str) -> None:
+    print(f"[gpu-checks {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(command: list[str], log: Path, threads: int) -> float:
+    """Run ``command`` with its output in ``log``; wall seconds. A failure is recorded, not raised."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as stream:
+        stream.write(f"$ {shlex.join(command)}\n")
+        stream.flush()
+        start = time.perf_counter()
+        code = subprocess.run(command, env=thread_env(threads), stdout=stream, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = "\n".join(log.read_text().splitlines()[-12:])
+        raise RuntimeError(f"exit {code}; log {log}:\n{tail}")
+    return time.perf_counter() - start
+
+
+def synthmed(arguments: list[str], processes: int = 0) -> list[str]:
+    if not processes:
+        return [sys.executable, "-m", "synthmed", *arguments]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            "-m", "synthmed", *arguments]
+
+
+def final_row(run_dir: Path) -> tuple[dict[str, float], float | None]:
+    """The last log.csv row's losses, and the steady steps/s between the first and the last logged step."""
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "log.csv").open()))
+    timed = [r for r in rows if r.get("elapsed_s")]
+    steady = None
+    if len(timed) >= 2:
+        steps = int(timed[-1]["step"]) - int(timed[0]["step"])
+        seconds = float(timed[-1]["elapsed_s"]) - float(timed[0]["elapsed_s"])
+        steady = steps / seconds if seconds > 0 else None
+    losses = {k: float(v) for k, v in timed[-1].items()
+              if k not in ("step", "epoch", "elapsed_s") and not k.startswith("val_") and v not in ("", None)}
+    return losses, steady
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--model", default="pix2pix")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--size", type=int, default=128, help="slice size of the prepared phantoms")
+    parser.add_argument("--processes", type=int, default=0, help="torchrun processes for the nccl check "
+                                                                 "(default: every GPU; 0 GPUs: skipped)")
+    parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--work", type=Path, default=CACHE / "synthmed" / "gpu-checks")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    import torch
+
+    gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
+    if args.device.startswith("cuda") and not gpus:
+        parser.error("--device cuda: no GPU visible here (use --device cpu for a dry run of the plumbing)")
+    out = args.out or RESULTS / f"gpu-checks-{args.device.split(':')[0]}.json"
+    work, logs = args.work, args.work / "logs"
+    prep = work / "prep"
+    report: dict[str, Any] = {
+        "benchmark": "gpu-checks", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": torch.cuda.get_device_name(0) if gpus else args.device, "gpus": gpus,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "load_at_start": load_average(),
+        "source": source_state(), "settings": vars(args) | {"work": str(work), "out": str(out)}, "variants": {},
+    }
+    if not (prep / "plan.json").is_file() or json.loads((prep / "plan.json").read_text())["size"] != args.size:
+        shutil.rmtree(work, ignore_errors=True)
+        say(f"phantoms and a prepared folder at {args.size} px in {work}")
+        run(synthmed(["phantom", str(work / "phantoms"), "--subjects", "8", "--size", str(args.size), "--quiet"]),
+            logs / "setup.log", args.threads)
+        run(synthmed(["prepare", str(work / "phantoms"), "--source", "T1", "--target", "T2", "--size",
+                      str(args.size), "--out", str(prep), "--quiet"]), logs / "setup.log", args.threads)
+    variants = {"fp32": ["--amp", "off"], "bf16": ["--amp", "bf16"],
+                "bf16+channels_last": ["--amp", "bf16", "--channels-last"]}
+    if not args.skip_compile:
+        variants["bf16+compile"] = ["--amp", "bf16", "--compile"]
+    processes = args.processes or gpus
+    if processes:
+        variants["nccl"] = ["--amp", "bf16"]
+    for name, flags in variants.items():
+        run_dir = work / "runs" / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        arguments = ["train", str(prep), "--model", args.model, "--out", str(run_dir), "--steps", str(args.steps),
+                     "--batch-size", str(args.batch_size // (processes if name == "nccl" else 1)),
+                     "--device", args.device, "--val-every", str(args.steps), "--log-every",
+                     str(max(1, args.steps // 10)), "--checkpoint-every", str(args.steps), "--seed", "0", "--quiet",
+                     *flags]
+        say(f"{name}: {' '.join(flags)}")
+        entry: dict[str, Any] = {"flags": flags}
+        try:
+            entry["wall_seconds"] = round(run(synthmed(arguments, processes if name == "nccl" else 0),
+                                              logs / f"{name}.log", args.threads), 2)
+            summary = json.loads((run_dir / "train_summary.json").read_text())
+            losses, steady = final_row(run_dir)
+            entry.update(ok=True, steps=summary["steps"], loop_seconds=summary["seconds"],
+                         steps_per_s=round(summary["steps"] / summary["seconds"], 3) if summary["seconds"] else None,
+                         steady_steps_per_s=round(steady, 3) if steady else None, autocast=summary.get("autocast"),
+                         processes=summary.get("processes"), final_losses=losses)
+        except (RuntimeError, OSError, KeyError, ValueError) as error:
+            entry.update(ok=False, error=str(error))
+        report["variants"][name] = entry
+        write_json(out, report)
+    reference = report["variants"]["fp32"].get("final_losses") or {}
+    for name, entry in report["variants"].items():
+        if entry.get("ok") and name != "fp32":
+            entry["relative_loss_difference_to_fp32"] = {
+                k: round(abs(v - reference[k]) / max(abs(reference[k]), 1e-12), 4)
+                for k, v in entry["final_losses"].items() if k in reference}
+            base = report["variants"]["fp32"].get("steady_steps_per_s")
+            if base and entry.get("steady_steps_per_s"):
+                entry["speedup_over_fp32"] = round(entry["steady_steps_per_s"] / base, 2)
+    report["all_ok"] = all(entry.get("ok") for entry in report["variants"].values())
+    write_json(out, report)
+    for name, entry in report["variants"].items():
+        say(f"{name}: " + (f"{entry.get('steady_steps_per_s')} steps/s, autocast {entry.get('autocast')}, "
+                           f"x{entry.get('speedup_over_fp32', 1.0)} vs fp32" if entry.get("ok") else entry["error"]))
+    say(f"results: {out}")
+    raise SystemExit(0 if report["all_ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
