@@ -19,7 +19,7 @@ On a machine without a GPU, ``--device cpu`` runs the same plumbing (autocast is
 script is known to work before device time is spent on it:
 
     .venv/bin/python benchmarks/gpu_checks.py --device cpu --steps 3 --size 32 --skip-compile --out /tmp/x.json
-    .venv/bin/python benchmarks/gpu_checks.py            # on the GPU machine: about 3-5 minutes
+    .venv/bin/python benchmarks/gpu_checks.py            # on the GPU machine (estimated 3-5 minutes)
 """
 
 from __future__ import annotations
