@@ -177,9 +177,9 @@ def benchmark(
     if suite == "real":
         if pattern or manifest or label:
             raise SynthmedError("--suite real builds its own manifest from --data; drop --pattern/--manifest/--label")
-        tasks = [(source.lower(), target.lower())] if source and target else list(REAL_TASKS)
         if bool(source) != bool(target):
             raise SynthmedError("--suite real: give both --source and --target (one task) or neither (all four)")
+        tasks = [(source.lower(), target.lower())] if source and target else list(REAL_TASKS)
         return _real_suite(out, data, tasks, config, protocol)
     ensure_writable_folder(out)
     return _benchmark_task(out, suite, config, protocol, data=data, pattern=pattern, manifest=manifest, label=label)
@@ -225,7 +225,7 @@ def _real_suite(out: Path, data: str | Path | None, tasks: list[tuple[str, str]]
         folder = out / name
         folder.mkdir(exist_ok=True)
         result = _benchmark_task(folder, "real", replace(config, source=source, target=target), protocol,
-                                 data=Path(data), manifest=manifest, label=None, split_from_manifest=True)
+                                 data=Path(data), manifest=manifest, label=None)
         index["tasks"][name] = {"folder": name, "source": source, "target": target,
                                 "identity": result["identity"]["overall"]["mean"],
                                 "methods": {m: e["summary"] for m, e in result["methods"].items()}}
@@ -237,8 +237,8 @@ def _real_suite(out: Path, data: str | Path | None, tasks: list[tuple[str, str]]
 
 
 def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *, data: str | Path | None,
-                    pattern: str | None = None, manifest: str | Path | None = None, label: str | None = None,
-                    split_from_manifest: bool = False) -> dict[str, Any]:
+                    pattern: str | None = None, manifest: str | Path | None = None,
+                    label: str | None = None) -> dict[str, Any]:
     """One source -> target benchmark in ``out``: data, then every method and repeat; returns benchmark.json."""
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
@@ -261,7 +261,7 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
     prep = out / "prep"
     arguments = ["prepare", str(data), "--source", config.source, "--target", config.target, "--out", str(prep),
                  "--size", str(config.size), "--seed", str(seed)]
-    if not split_from_manifest:
+    if config.split != "manifest":  # the real suite's manifest fixes every subject's split
         arguments += ["--split", config.split]
     if label:
         arguments += ["--label", label]
