@@ -1,7 +1,8 @@
 """The GPU checks of issue 9 in one prepared script: mixed precision, channels_last, torch.compile and the NCCL
 process group, each a short ``synthmed train`` run on the same prepared phantoms.
 
-Variants (pix2pix ``small`` by default, ``--steps`` steps at ``--batch-size``, each in its own process):
+Variants (``small`` preset of each of ``--models``, pix2pix by default, ``--steps`` steps at ``--batch-size``, each in
+its own process):
 
 - ``fp32``: ``--amp off``, the reference;
 - ``bf16``: ``--amp bf16`` (autocast; the summary's ``autocast`` says whether it was active);
@@ -15,10 +16,12 @@ losses, their relative difference to fp32 (the same seed and data order: bf16 sh
 at this length), the autocast dtype actually used, and the wall time. Written to
 ``results/gpu-checks-<device>.json``.
 
-On a machine without a GPU, ``--device cpu`` runs the same plumbing (autocast is off there and says so), so the
-script is known to work before device time is spent on it:
+On a machine without a GPU, ``--device cpu`` runs the same plumbing (``--amp bf16`` is CPU autocast there), so the
+script is known to work before device time is spent on it, and ``--models all`` checks that every method trains
+under bf16 autocast, channels_last and a real ``torch.compile``:
 
     .venv/bin/python benchmarks/gpu_checks.py --device cpu --steps 3 --size 32 --skip-compile --out /tmp/x.json
+    .venv/bin/python benchmarks/gpu_checks.py --device cpu --models all --steps 20 --size 32 --batch-size 4
     .venv/bin/python benchmarks/gpu_checks.py            # on the GPU machine (estimated 3-5 minutes)
 """
 
@@ -82,10 +85,56 @@ def final_row(run_dir: Path) -> tuple[dict[str, float], float | None]:
     return losses, steady
 
 
+def check_model(model: str, task: str, prep: Path, args: argparse.Namespace, processes: int, logs: Path,
+                report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Every variant of one model; the entry is written into ``report`` (and to ``out``) after each variant."""
+    variants = {"fp32": ["--amp", "off"], "bf16": ["--amp", "bf16"],
+                "bf16+channels_last": ["--amp", "bf16", "--channels-last"]}
+    if not args.skip_compile:
+        variants["bf16+compile"] = ["--amp", "bf16", "--compile"]
+    if processes:
+        variants["nccl"] = ["--amp", "bf16"]
+    entries: dict[str, Any] = {}
+    report["models"][model] = {"task": task, "variants": entries}
+    for name, flags in variants.items():
+        run_dir = args.work / "runs" / model / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        arguments = ["train", str(prep), "--model", model, "--out", str(run_dir), "--steps", str(args.steps),
+                     "--batch-size", str(args.batch_size // (processes if name == "nccl" else 1)),
+                     "--device", args.device, "--val-every", str(args.steps), "--log-every",
+                     str(max(1, args.steps // 10)), "--checkpoint-every", str(args.steps),
+                     "--seed", "0", "--quiet", *flags]
+        say(f"{model} {name}: {' '.join(flags)}")
+        entry: dict[str, Any] = {"flags": flags}
+        try:
+            entry["wall_seconds"] = round(run(synthmed(arguments, processes if name == "nccl" else 0),
+                                              logs / f"{model}-{name}.log", args.threads), 2)
+            summary = json.loads((run_dir / "train_summary.json").read_text())
+            losses, steady = final_row(run_dir)
+            entry.update(ok=True, steps=summary["steps"], loop_seconds=summary["seconds"],
+                         steps_per_s=round(summary["steps"] / summary["seconds"], 3) if summary["seconds"] else None,
+                         steady_steps_per_s=round(steady, 3) if steady else None, autocast=summary.get("autocast"),
+                         processes=summary.get("processes"), final_losses=losses)
+        except (RuntimeError, OSError, KeyError, ValueError) as error:
+            entry.update(ok=False, error=str(error))
+        entries[name] = entry
+        write_json(out, report)
+    reference = entries["fp32"].get("final_losses") or {}
+    for name, entry in entries.items():
+        if entry.get("ok") and name != "fp32":
+            entry["relative_loss_difference_to_fp32"] = {
+                k: round(abs(v - reference[k]) / max(abs(reference[k]), 1e-12), 4)
+                for k, v in entry["final_losses"].items() if k in reference}
+            base = entries["fp32"].get("steady_steps_per_s")
+            if base and entry.get("steady_steps_per_s"):
+                entry["speedup_over_fp32"] = round(entry["steady_steps_per_s"] / base, 2)
+    return entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--model", default="pix2pix")
+    parser.add_argument("--models", default="pix2pix", help="comma-separated model names, or 'all'")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--size", type=int, default=128, help="slice size of the prepared phantoms")
@@ -98,69 +147,49 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from synthmed.models.registry import available_models
+
+    registry = available_models()
+    models = list(registry) if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in registry]
+    if unknown or not models:
+        parser.error(f"--models: unknown {', '.join(unknown) or '(none given)'}; available: {', '.join(registry)}")
     gpus = torch.cuda.device_count() if args.device.startswith("cuda") else 0
     if args.device.startswith("cuda") and not gpus:
         parser.error("--device cuda: no GPU visible here (use --device cpu for a dry run of the plumbing)")
     out = args.out or RESULTS / f"gpu-checks-{args.device.split(':')[0]}.json"
     work, logs = args.work, args.work / "logs"
-    prep = work / "prep"
+    # Translators train on T1 -> T2; generators on FLAIR slices with their lesion masks.
+    preps = {"translate": (work / "prep", ["--source", "T1", "--target", "T2"]),
+             "generate": (work / "prep-lesion", ["--source", "FLAIR", "--label", "lesion"])}
     report: dict[str, Any] = {
         "benchmark": "gpu-checks", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "device": torch.cuda.get_device_name(0) if gpus else args.device, "gpus": gpus,
         "torch": torch.__version__, "cuda": torch.version.cuda, "load_at_start": load_average(),
-        "source": source_state(), "settings": vars(args) | {"work": str(work), "out": str(out)}, "variants": {},
+        "source": source_state(), "settings": vars(args) | {"work": str(work), "out": str(out)}, "models": {},
     }
-    if not (prep / "plan.json").is_file() or json.loads((prep / "plan.json").read_text())["size"] != args.size:
+    plan = preps["translate"][0] / "plan.json"
+    if not plan.is_file() or json.loads(plan.read_text())["size"] != args.size:
         shutil.rmtree(work, ignore_errors=True)
-        say(f"phantoms and a prepared folder at {args.size} px in {work}")
+        say(f"phantoms at {args.size} px in {work}")
         run(synthmed(["phantom", str(work / "phantoms"), "--subjects", "8", "--size", str(args.size), "--quiet"]),
             logs / "setup.log", args.threads)
-        run(synthmed(["prepare", str(work / "phantoms"), "--source", "T1", "--target", "T2", "--size",
-                      str(args.size), "--out", str(prep), "--quiet"]), logs / "setup.log", args.threads)
-    variants = {"fp32": ["--amp", "off"], "bf16": ["--amp", "bf16"],
-                "bf16+channels_last": ["--amp", "bf16", "--channels-last"]}
-    if not args.skip_compile:
-        variants["bf16+compile"] = ["--amp", "bf16", "--compile"]
     processes = args.processes or gpus
-    if processes:
-        variants["nccl"] = ["--amp", "bf16"]
-    for name, flags in variants.items():
-        run_dir = work / "runs" / name
-        shutil.rmtree(run_dir, ignore_errors=True)
-        arguments = ["train", str(prep), "--model", args.model, "--out", str(run_dir), "--steps", str(args.steps),
-                     "--batch-size", str(args.batch_size // (processes if name == "nccl" else 1)),
-                     "--device", args.device, "--val-every", str(args.steps), "--log-every",
-                     str(max(1, args.steps // 10)), "--checkpoint-every", str(args.steps), "--seed", "0", "--quiet",
-                     *flags]
-        say(f"{name}: {' '.join(flags)}")
-        entry: dict[str, Any] = {"flags": flags}
-        try:
-            entry["wall_seconds"] = round(run(synthmed(arguments, processes if name == "nccl" else 0),
-                                              logs / f"{name}.log", args.threads), 2)
-            summary = json.loads((run_dir / "train_summary.json").read_text())
-            losses, steady = final_row(run_dir)
-            entry.update(ok=True, steps=summary["steps"], loop_seconds=summary["seconds"],
-                         steps_per_s=round(summary["steps"] / summary["seconds"], 3) if summary["seconds"] else None,
-                         steady_steps_per_s=round(steady, 3) if steady else None, autocast=summary.get("autocast"),
-                         processes=summary.get("processes"), final_losses=losses)
-        except (RuntimeError, OSError, KeyError, ValueError) as error:
-            entry.update(ok=False, error=str(error))
-        report["variants"][name] = entry
-        write_json(out, report)
-    reference = report["variants"]["fp32"].get("final_losses") or {}
-    for name, entry in report["variants"].items():
-        if entry.get("ok") and name != "fp32":
-            entry["relative_loss_difference_to_fp32"] = {
-                k: round(abs(v - reference[k]) / max(abs(reference[k]), 1e-12), 4)
-                for k, v in entry["final_losses"].items() if k in reference}
-            base = report["variants"]["fp32"].get("steady_steps_per_s")
-            if base and entry.get("steady_steps_per_s"):
-                entry["speedup_over_fp32"] = round(entry["steady_steps_per_s"] / base, 2)
-    report["all_ok"] = all(entry.get("ok") for entry in report["variants"].values())
+    for model in models:
+        task = registry[model].task
+        prep, selection = preps[task]
+        if not (prep / "plan.json").is_file():
+            say(f"preparing {prep.name}")
+            run(synthmed(["prepare", str(work / "phantoms"), *selection, "--size", str(args.size), "--out", str(prep),
+                          "--quiet"]), logs / "setup.log", args.threads)
+        check_model(model, task, prep, args, processes, logs, report, out)
+    report["all_ok"] = all(entry.get("ok") for m in report["models"].values() for entry in m["variants"].values())
     write_json(out, report)
-    for name, entry in report["variants"].items():
-        say(f"{name}: " + (f"{entry.get('steady_steps_per_s')} steps/s, autocast {entry.get('autocast')}, "
-                           f"x{entry.get('speedup_over_fp32', 1.0)} vs fp32" if entry.get("ok") else entry["error"]))
+    for model, record in report["models"].items():
+        for name, entry in record["variants"].items():
+            say(f"{model} {name}: " + (f"{entry.get('steady_steps_per_s')} steps/s, autocast {entry.get('autocast')}, "
+                                       f"x{entry.get('speedup_over_fp32', 1.0)} vs fp32" if entry.get("ok")
+                                       else entry["error"]))
     say(f"results: {out}")
     raise SystemExit(0 if report["all_ok"] else 1)
 
