@@ -79,6 +79,39 @@ def test_two_processes_match_one_process_at_twice_the_batch(prepared, tmp_path):
     assert rows_one[0]["loss_g"] != rows_one[-1]["loss_g"]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_joined_by_c10d_rendezvous_train_as_one(prepared, tmp_path):
+    """Multi-node: two ``torchrun --nnodes 2`` launchers (here both on this machine, one process each) meet at a
+    c10d rendezvous endpoint and train as one job, with the one-process curve at twice the batch. Each node has
+    LOCAL_RANK 0, so only the global rank may decide who writes."""
+    one = train(prepared, tmp_path / "one", "pix2pix", 4, 4, PIX2PIX_DETERMINISTIC)
+    assert one.returncode == 0
+    run, port = tmp_path / "nodes", free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "synthmed-test",
+               "-m", "synthmed", "train", str(prepared), "--model", "pix2pix", "--out", str(run), "--steps", "4",
+               "--batch-size", "2", "--log-every", "1", "--val-every", "3", "--checkpoint-every", "3", "--quiet",
+               "--device", "cpu", *PIX2PIX_DETERMINISTIC]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, out + err
+    assert sum(out.count("trained 4 steps") for out, _ in outputs) == 1  # one global rank 0 reports
+    assert json.loads((run / "train_summary.json").read_text())["processes"] == 2
+    for a, b in zip(loss_rows(tmp_path / "one"), loss_rows(run), strict=True):
+        for key in ("loss_g", "loss_d", "l1"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), (a["step"], key)
+
+
 def test_gan_with_several_optimisers_and_backward_passes_trains_on_two_processes(prepared, tmp_path):
     """SynDiff: eight networks, two optimisers, per-direction backward passes and a lazy R1 penalty."""
     run = tmp_path / "syndiff"
