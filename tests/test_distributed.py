@@ -142,12 +142,15 @@ def test_resume_on_two_processes_continues_exactly(prepared, tmp_path):
 
 def test_every_model_steps_its_optimisers_through_step_optimizer():
     """A direct ``optimizer.step()`` would skip the gradient averaging and let the ranks drift apart (the
-    trainer would then stop with an error after the first step); catch it here, in one process."""
+    trainer would then stop with an error after the first step), and a direct ``loss.backward()`` would skip the
+    fp16 loss scaling; catch both here, in one process."""
     import re
 
     import synthmed.models
 
     folder = Path(synthmed.models.__file__).parent
-    offenders = [f"{path.name}: {match}" for path in sorted(folder.glob("*.py")) if path.name != "base.py"
-                 for match in re.findall(r"\b\w*opt\w*\.step\(\)", path.read_text(encoding="utf-8"))]
+    sources = {path.name: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.py")) if path.name != "base.py"}
+    offenders = [f"{name}: {match}" for name, text in sources.items()
+                 for match in re.findall(r"\b\w*opt\w*\.step\(\)|[\w)\]]\.backward\(\)", text)]
     assert not offenders, offenders
+    assert sum(text.count("self.backward(") for text in sources.values()) >= 9  # the check looks at real code

@@ -1,8 +1,9 @@
-"""bf16 autocast (``--amp bf16``) through every method's training step, validation and sample grids.
+"""Mixed precision (``--amp bf16``, ``--amp fp16`` with a gradient scaler) through every method's training step,
+validation and sample grids.
 
-The autocast code path is the one GPUs take by default; here it runs on the CPU (``--amp bf16`` is honoured there
-when asked for), so a method whose losses, penalties or mixture statistics break in reduced precision fails here
-rather than on somebody's GPU."""
+The autocast code path is the one GPUs take by default; here it runs on the CPU (``--amp bf16`` and ``fp16`` are
+honoured there when asked for), so a method whose losses, penalties or mixture statistics break in reduced precision,
+or that bypasses the loss scaling, fails here rather than on somebody's GPU."""
 
 import csv
 import json
@@ -46,20 +47,31 @@ def losses(run):
     return {k: float(v) for k, v in rows[-1].items() if k not in ("step", "epoch", "elapsed_s") and v not in ("", None)}
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", [*TRANSLATORS, *GENERATORS])
-def test_every_method_trains_under_bf16_autocast(name, prepared, lesion_prep, tmp_path):
+def test_every_method_trains_under_mixed_precision(name, amp, prepared, lesion_prep, tmp_path):
     data, overrides = (prepared, TRANSLATORS[name]) if name in TRANSLATORS else (lesion_prep, GENERATORS[name])
     run = tmp_path / name
-    summary = train(data, model=name, out=run, steps=2, batch_size=2, device="cpu", progress=False, overrides=overrides,
-                    amp="bf16", log_every=1, val_every=2, checkpoint_every=2, sample_every=2)
-    assert summary["autocast"] == "torch.bfloat16"
-    assert json.loads((run / "train_summary.json").read_text())["autocast"] == "torch.bfloat16"
+    # fp16: the scaler starts at 2^16 and halves at each overflow (that step is skipped), so it takes a few steps
+    # to find its level (up to 8 here, for unit); 12 steps end with real optimiser steps.
+    steps = 12 if amp == "fp16" else 2
+    summary = train(data, model=name, out=run, steps=steps, batch_size=2, device="cpu", progress=False,
+                    overrides=overrides, amp=amp, log_every=1, val_every=steps, checkpoint_every=steps,
+                    sample_every=steps)
+    dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}[amp]
+    assert summary["autocast"] == dtype
+    assert json.loads((run / "train_summary.json").read_text())["autocast"] == dtype
     values = losses(run)
     assert values and all(math.isfinite(v) for v in values.values()), values
-    weights = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["state"]
+    record = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    weights = record["state"]
+    if amp == "fp16":  # the scaler's state travels with the checkpoint; the last steps did not overflow
+        assert record["grad_scaler"]["scale"] <= 2.0**16 and record["grad_scaler"]["_growth_tracker"] >= 1
+    else:
+        assert record["grad_scaler"] is None
     # The weights stay fp32 (autocast computes in bf16, it does not convert parameters); a GAN's image pool keeps
     # its translations in the dtype they were made in.
-    half = [k for k, t in weights.items() if t.dtype == torch.bfloat16 and not k.endswith("_extra_state")]
+    half = [k for k, t in weights.items() if t.dtype in (torch.bfloat16, torch.float16) and not k.endswith("_extra_state")]
     assert not half, half
     assert list((run / "samples").glob("step_*.png"))
 
@@ -77,3 +89,47 @@ def test_bf16_follows_the_full_precision_losses(prepared, tmp_path):
     assert a != b  # autocast really changed the arithmetic
     for key in ("l1", "loss_g"):
         assert b[key] == pytest.approx(a[key], rel=0.05), (key, a[key], b[key])
+
+
+def test_fp16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale(prepared, tmp_path):
+    from synthmed.models.registry import build_model
+
+    model = build_model("pix2pix", "small", {**TRANSLATORS["pix2pix"], "image_size": 32})
+    model.amp_dtype = torch.float16
+    model.grad_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    weight = next(model.generator.parameters())
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    # The gradient arrives multiplied by the scale and is divided out before the step.
+    optimizer.zero_grad()
+    model.backward(weight.sum() * 0 + (weight * 3).sum())
+    assert torch.allclose(weight.grad, torch.full_like(weight, 3 * 1024.0))
+    before = weight.detach().clone()
+    model.step_optimizer(optimizer)
+    model.grad_scaler.update()
+    torch.testing.assert_close(weight.detach(), before - 0.1 * 3)
+    # An overflow: the step is skipped and the scale halves.
+    optimizer.zero_grad()
+    model.backward((weight * float("inf")).sum())
+    before = weight.detach().clone()
+    model.step_optimizer(optimizer)
+    model.grad_scaler.update()
+    assert torch.equal(weight.detach(), before) and model.grad_scaler.get_scale() == 512.0
+    # A penalty's input gradient is the true one, not the scaled one.
+    x = torch.ones(3, requires_grad=True)
+    torch.testing.assert_close(model.input_gradient((5 * x).sum(), x), torch.full((3,), 5.0))
+    # A .grad left by backward() is unscaled for reuse in a loss (SynDiff hands its guides' gradients on).
+    torch.testing.assert_close(model.unscaled(torch.full((2,), 512.0 * 7)), torch.full((2,), 7.0))
+
+    # Through the engine: the scale after 12 steps equals a 6-step run resumed for 6 more.
+    common = dict(model="pix2pix", batch_size=2, device="cpu", progress=False, amp="fp16", log_every=1, val_every=6,
+                  checkpoint_every=6, sample_every=6, overrides=TRANSLATORS["pix2pix"])
+    train(prepared, out=tmp_path / "straight", steps=12, **common)
+    train(prepared, out=tmp_path / "resumed", steps=6, **common)
+    train(prepared, out=tmp_path / "resumed", steps=12, resume=True, **common)
+
+    def scaler(run):
+        return torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["grad_scaler"]
+
+    straight = scaler(tmp_path / "straight")
+    assert scaler(tmp_path / "resumed") == straight
+    assert straight["scale"] < 2.0**16 and straight["_growth_tracker"] >= 1  # it backed off, then stepped

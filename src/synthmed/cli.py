@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=positive_int, default=250)
     p.add_argument("--log-every", type=positive_int, default=25, help="steps between log.csv rows")
     p.add_argument("--checkpoint-every", type=positive_int, default=250, help="steps between last.pt saves")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
-                   help="mixed precision: bf16 autocast on GPUs that support it (auto, default), or off")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                   help="mixed precision: bf16 autocast on GPUs that support it (auto, default); bf16 (also on the "
+                        "CPU); fp16 with a gradient scaler (GPUs without bf16: V100, T4); off")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout for the convolutions (GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (slow first steps)")
     p.add_argument("--vgg19-weights", metavar="PATH", default=None,

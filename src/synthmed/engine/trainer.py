@@ -22,6 +22,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,16 @@ class TrainingInterrupted(SynthmedError):
     exit_code = 130
 
 
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
 @dataclass
 class TrainSettings:
     steps: int
     batch_size: int
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # "auto"/"bf16": bf16 autocast on CUDA GPUs that support it; "off": full precision
+    amp: str = "auto"  # see Trainer._amp_dtype: auto, bf16, fp16 (with a grad scaler) or off
     channels_last: bool = False  # convolutions in NHWC memory layout (faster with tensor cores)
     compile: bool = False  # torch.compile each network of the model (in place: checkpoints keep their keys)
     num_workers: int = 0
@@ -137,17 +141,25 @@ class Trainer:
 
     # --- set-up -------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
-        """The autocast dtype: bf16 on CUDA GPUs that have it (``auto``, ``bf16``), on the CPU only when asked for
-        (``bf16``: fast on CPUs with AVX-512 BF16 or AMX, slow elsewhere); None = full precision."""
-        if self.settings.amp not in ("auto", "bf16", "off"):
-            raise SynthmedError(f"--amp {self.settings.amp}: use auto, bf16 or off")
+        """The autocast dtype; None = full precision.
+
+        ``auto``: bf16 on CUDA GPUs that have it (Ampere and later), full precision elsewhere. ``bf16``: also on the
+        CPU (fast on CPUs with AVX-512 BF16 or AMX). ``fp16``: float16 with a gradient scaler, for GPUs without bf16
+        (V100, T4); fp16's narrow range needs the scaled losses, bf16 does not."""
+        if self.settings.amp not in AMP_MODES:
+            raise SynthmedError(f"--amp {self.settings.amp}: use {', '.join(AMP_MODES)}")
         if self.settings.amp == "off":
+            return None
+        if self.settings.amp == "fp16":
+            if self.device.type in ("cuda", "cpu"):
+                return torch.float16
+            log.warning("--amp fp16: no fp16 autocast on %s here; training in full precision", self.device)
             return None
         if self.device.type == "cuda":
             if torch.cuda.is_bf16_supported():
                 return torch.bfloat16
             if self.settings.amp == "bf16":
-                log.warning("--amp bf16: this GPU has no bf16; training in full precision")
+                log.warning("--amp bf16: this GPU has no bf16; training in full precision (--amp fp16 may help)")
             return None
         if self.device.type == "cpu" and self.settings.amp == "bf16":
             return torch.bfloat16
@@ -163,6 +175,11 @@ class Trainer:
             # Own noise per rank (rank 0 keeps the single-process stream).
             seed_everything(self.settings.seed + 1_000_003 * self.dist.rank)
         self.model.amp_dtype = self._amp_dtype()
+        if self.model.amp_dtype == torch.float16:
+            self.model.grad_scaler = torch.amp.GradScaler(self.device.type)
+            # The scaler skips the first steps while it finds its level; the schedulers' warning about a step
+            # "before optimizer.step()" is expected then.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         if self.settings.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.settings.compile:
@@ -187,6 +204,7 @@ class Trainer:
             "state": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizers": {k: v.state_dict() for k, v in self.model.optimizers().items()},
+            "grad_scaler": self.model.grad_scaler.state_dict() if self.model.grad_scaler else None,
             "schedulers": {k: v.state_dict() for k, v in self.model.schedulers().items()},
             "rng": rng_state(),
             "best": dict(self.best),
@@ -247,6 +265,8 @@ class Trainer:
             scheduler.load_state_dict(record["schedulers"][name])
         if self.ema and record.get("ema"):
             self.ema.load_state_dict(record["ema"])
+        if self.model.grad_scaler is not None and record.get("grad_scaler"):
+            self.model.grad_scaler.load_state_dict(record["grad_scaler"])
         set_rng_state(record["rng_ranks"][self.dist.rank] if self.dist.world_size > 1 else record["rng"])
         self.step = int(record["step"])
         self.best = dict(record["best"])
@@ -317,6 +337,8 @@ class Trainer:
                 model.train()
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 losses = model.training_step(batch, self.step)
+                if model.grad_scaler is not None:
+                    model.grad_scaler.update()  # once per step, after every optimiser of the step
                 if world > 1:
                     distributed.broadcast_state(model, buffers_only=True)  # e.g. batch-norm statistics, as DDP does
                 if self.ema:

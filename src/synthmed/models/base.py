@@ -5,9 +5,11 @@ A model is an ``nn.Module`` that
 - is built from a config dataclass (``Config``), whose defaults are the paper's and
   whose named presets (``PRESETS``: at least ``paper`` and ``small``) override them;
 - owns its optimisers (GANs need several) and does its own backward passes in
-  ``training_step(batch, step) -> dict`` of detached scalar losses, stepping each optimiser
-  through ``self.step_optimizer(optimizer)`` (never ``optimizer.step()`` directly): under
-  ``torchrun`` that first averages the gradients over the processes, which keeps them in step;
+  ``training_step(batch, step) -> dict`` of detached scalar losses, through ``self.backward(loss)``
+  (never ``loss.backward()`` directly: under ``--amp fp16`` the loss is scaled first) and stepping
+  each optimiser through ``self.step_optimizer(optimizer)`` (never ``optimizer.step()`` directly):
+  under ``torchrun`` that first averages the gradients over the processes, which keeps them in step,
+  and under fp16 it unscales them and skips a step whose gradients overflowed;
 - translates with ``translate(source, **sampling) -> target`` (translators) or generates
   with ``sample(n, **sampling) -> dict`` (generators: ``{"image"[, "mask"]}``), on tensors in [-1, 1] of
   shape (B, 1, H, W).
@@ -17,7 +19,7 @@ A model is an ``nn.Module`` that
   slices during training (diffusion models use a cheap few-step sampler there).
 
 The engine moves the model to its device, sets ``amp_dtype`` (autocast inside
-``self.autocast()``), keeps EMA copies of ``ema_modules``, checkpoints
+``self.autocast()``) and, for fp16, ``grad_scaler`` (updated once per training step), keeps EMA copies of ``ema_modules``, checkpoints
 ``state_dict`` plus the optimiser states, and handles logging and progress.
 """
 
@@ -50,6 +52,7 @@ class SynthesisModel(nn.Module):
         super().__init__()
         self.config = config
         self.amp_dtype: torch.dtype | None = None
+        self.grad_scaler: torch.amp.GradScaler | None = None  # set by the engine for fp16 mixed precision
 
     # --- engine hooks -------------------------------------------------------------
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -83,18 +86,38 @@ class SynthesisModel(nn.Module):
         """Raise ValueError for sampling options this model cannot use (checked before any work)."""
 
     # --- helpers ------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``; under fp16 mixed precision the loss is multiplied by the grad scaler's factor first,
+        so that small gradients do not underflow to zero in fp16 (:meth:`step_optimizer` divides it out again)."""
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def input_gradient(self, output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """d output / d inputs with a graph, for gradient penalties (R1). Taken on the unscaled output even under
+        fp16: the generic recipe (scale, then divide) overflowed the input gradients to inf at the first scales tried,
+        and a discriminator's gradient w.r.t. its input is of order one, where fp16 is safe. The penalty then goes
+        into a loss that :meth:`backward` scales as usual."""
+        return torch.autograd.grad(output, inputs, create_graph=True)[0]
+
+    def unscaled(self, gradient: torch.Tensor) -> torch.Tensor:
+        """A ``.grad`` left by :meth:`backward`, divided by the fp16 loss scale (itself when there is none)."""
+        return gradient if self.grad_scaler is None else gradient / self.grad_scaler.get_scale()
+
     def step_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """``optimizer.step()`` with the gradients averaged over the training processes first (a no-op in one
-        process); see :mod:`synthmed.engine.distributed`."""
+        process; see :mod:`synthmed.engine.distributed`). Under fp16 the scaler unscales the gradients and skips the
+        step if any is inf or NaN (after the averaging, so every process skips the same steps)."""
         average_gradients(p for group in optimizer.param_groups for p in group["params"])
-        optimizer.step()
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(optimizer)
+        else:
+            optimizer.step()
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def autocast(self):
-        """Mixed precision where the engine enabled it (bf16 on GPUs that have it)."""
+        """Mixed precision where the engine enabled it (``--amp``: bf16 on GPUs that have it, or fp16)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)

@@ -152,7 +152,7 @@ class CycleGAN(SynthesisModel):
             gan = _lsgan(self.discriminator_b(fake_b), True) + _lsgan(self.discriminator_a(fake_a), True)
             loss_g = gan + cfg.lambda_cycle * cycle + cfg.lambda_cycle * cfg.lambda_identity * identity
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        self.backward(loss_g)
         self.step_optimizer(opt_g)
         for d in discriminators:
             d.requires_grad_(True)
@@ -165,7 +165,7 @@ class CycleGAN(SynthesisModel):
                               + _lsgan(self.discriminator_a(self.pool_a.query(fake_a)), False))
             loss_d = loss_d_a + loss_d_b
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        self.backward(loss_d)
         self.step_optimizer(opt_d)
 
         # The engine checkpoints the schedulers but does not step them: one scheduler step per training step.

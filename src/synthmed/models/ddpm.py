@@ -123,7 +123,7 @@ class ConditionalDDPM(SynthesisModel):
         loss = F.mse_loss(output.float(), goal)
         optimizer = self._optimizers["network"]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         self.step_optimizer(optimizer)
         return {"loss": loss.detach()}
 

@@ -108,7 +108,7 @@ class UnconditionalDDPM(SynthesisModel):
         loss = F.mse_loss(output.float(), self.schedule.training_target(self.config.prediction, image, noise, alpha_bar))
         optimizer = self._optimizers["network"]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         self.step_optimizer(optimizer)
         return {"loss": loss.detach()}
 

@@ -161,7 +161,7 @@ class MedGAN(SynthesisModel):
                 loss_d = 0.5 * (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
                                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
             opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
+            self.backward(loss_d)
             self.step_optimizer(opt_d)
             self._last_loss_d = loss_d.detach()
 
@@ -183,7 +183,7 @@ class MedGAN(SynthesisModel):
                     content = content_loss(vgg_real, vgg_fake, cfg.content_weights or None)
                     loss_g = loss_g + cfg.lambda_style * style + cfg.lambda_content * content
             opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
+            self.backward(loss_g)
             self.step_optimizer(opt_g)
         finally:
             self.discriminator.requires_grad_(True)

@@ -104,7 +104,7 @@ class PIG(SynthesisModel):
         loss = loss_x + loss_y
         optimizer = self._optimizers["networks"]
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.backward(loss)
         self.step_optimizer(optimizer)
         return {"loss": loss.detach(), "loss_mask": loss_x.detach(), "loss_image": loss_y.detach()}
 

@@ -96,7 +96,7 @@ class Pix2Pix(SynthesisModel):
                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
             )
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        self.backward(loss_d)
         self.step_optimizer(opt_d)
 
         with self.autocast():
@@ -105,7 +105,7 @@ class Pix2Pix(SynthesisModel):
             loss_l1 = F.l1_loss(fake.float(), target)
             loss_g = loss_gan + self.config.lambda_l1 * loss_l1
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        self.backward(loss_g)
         self.step_optimizer(opt_g)
         return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "gan": loss_gan.detach(), "l1": loss_l1.detach()}
 

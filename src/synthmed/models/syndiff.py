@@ -257,16 +257,16 @@ class SynDiff(SynthesisModel):
                 loss = F.softplus(-real).mean() + F.softplus(d(x_fake, t, x_next).float()).mean()
             total = cfg.lambda_adv * loss
             if regularise:
-                (grad,) = torch.autograd.grad(real.sum(), x_real, create_graph=True)
+                grad = self.input_gradient(real.sum(), x_real)
                 penalty = grad.float().flatten(1).pow(2).sum(1).mean()
                 total = total + r1_weight * penalty
                 r1 = r1 + penalty.detach()
-            total.backward()
+            self.backward(total)
             loss_d_diff = loss_d_diff + loss.detach()
         with self.autocast():
             loss_d_cycle = (F.softplus(-d_a(a).float()).mean() + F.softplus(d_a(a_hat).float()).mean()
                             + F.softplus(-d_b(b).float()).mean() + F.softplus(d_b(b_hat).float()).mean())
-        (cfg.lambda_adv * loss_d_cycle).backward()
+        self.backward(cfg.lambda_adv * loss_d_cycle)
         self.step_optimizer(opt_d)
         loss_d = cfg.lambda_adv * (loss_d_diff + loss_d_cycle.detach()) + (r1_weight * r1 if regularise else 0)
 
@@ -290,7 +290,7 @@ class SynDiff(SynthesisModel):
                     x0, x_fake = self._reverse_step(network, x_next, guide, t, z)
                     adv = F.softplus(-d(x_fake, t, x_next).float()).mean()
                     reconstruction = F.l1_loss(x0.float(), real)
-                (cfg.lambda_adv * adv + cfg.lambda_l1 * reconstruction).backward()
+                self.backward(cfg.lambda_adv * adv + cfg.lambda_l1 * reconstruction)
                 adv_diff, l1 = adv_diff + adv.detach(), l1 + reconstruction.detach()
                 del x0, x_fake, adv, reconstruction
             # Non-diffusive half, plus the diffusive losses' gradients w.r.t. the source estimates.
@@ -298,8 +298,8 @@ class SynDiff(SynthesisModel):
                 adv_cycle = F.softplus(-d_a(a_hat).float()).mean() + F.softplus(-d_b(b_hat).float()).mean()
                 a_cycle, b_cycle = self.generator_ba(b_hat), self.generator_ab(a_hat)
                 cycle = F.l1_loss(a_cycle.float(), a) + F.l1_loss(b_cycle.float(), b)
-            handed_on = sum((estimate * guides[name].grad).sum() for name, estimate in (("a_hat", a_hat), ("b_hat", b_hat)))
-            (cfg.lambda_adv * adv_cycle + cfg.lambda_cycle * cycle + handed_on).backward()
+            handed_on = sum((estimate * self.unscaled(guides[name].grad)).sum() for name, estimate in (("a_hat", a_hat), ("b_hat", b_hat)))
+            self.backward(cfg.lambda_adv * adv_cycle + cfg.lambda_cycle * cycle + handed_on)
             self.step_optimizer(opt_g)
         finally:
             for d in discriminators:

@@ -151,7 +151,7 @@ class UNIT(SynthesisModel):
         with self.autocast():
             loss_d = cfg.lambda_gan * (_bce(d_a(a), True) + _bce(d_a(fake_a), False) + _bce(d_b(b), True) + _bce(d_b(fake_b), False))
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        self.backward(loss_d)
         self.step_optimizer(opt_d)
 
         # Encoders and generators, discriminators frozen.
@@ -172,7 +172,7 @@ class UNIT(SynthesisModel):
                 loss_g = (cfg.lambda_gan * gan + cfg.lambda_kl * (kl_a + kl_b) + cfg.lambda_recon * recon
                           + cfg.lambda_cycle_kl * cycle_kl + cfg.lambda_cycle_recon * cycle)
             opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
+            self.backward(loss_g)
             self.step_optimizer(opt_g)
         finally:
             for d in (d_a, d_b):
