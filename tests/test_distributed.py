@@ -128,6 +128,16 @@ def test_gan_with_several_optimisers_and_backward_passes_trains_on_two_processes
     assert refused.returncode != 0 and "2 process(es), not 1" in refused.stderr
 
 
+def test_fp16_on_two_processes_skips_the_same_steps_on_every_rank(prepared, tmp_path):
+    """Under --amp fp16 an overflow on one rank must make every rank skip that step (the gradients are averaged
+    before the scaler looks at them), or the weights part; the trainer compares the ranks' weights at the end."""
+    run = tmp_path / "fp16"
+    train(prepared, run, "pix2pix", 12, 2, [*PIX2PIX_DETERMINISTIC, "--amp", "fp16"], processes=2)
+    record = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert record["world_size"] == 2 and record["grad_scaler"]["scale"] < 2.0**16  # some steps overflowed
+    assert json.loads((run / "train_summary.json").read_text())["autocast"] == "torch.float16"
+
+
 def test_resume_on_two_processes_continues_exactly(prepared, tmp_path):
     """Every rank's noise stream is checkpointed: 3 steps + resume to 6 equals 6 steps straight (ddpm draws
     time steps and noise on every rank; its learning rate does not depend on the run length)."""
