@@ -6,6 +6,8 @@ its own process):
 
 - ``fp32``: ``--amp off``, the reference;
 - ``bf16``: ``--amp bf16`` (autocast; the summary's ``autocast`` says whether it was active);
+- ``fp16``: ``--amp fp16`` (float16 autocast with a gradient scaler; its first steps are skipped while the scale
+  settles, so its losses differ more from fp32's at this length);
 - ``bf16+channels_last``: also ``--channels-last``;
 - ``bf16+compile``: also ``--compile`` (``--skip-compile`` leaves it out; the first steps compile);
 - ``nccl``: ``torchrun --standalone --nproc_per_node N`` (N = ``--processes``, at most the GPUs present) with the
@@ -88,7 +90,7 @@ def final_row(run_dir: Path) -> tuple[dict[str, float], float | None]:
 def check_model(model: str, task: str, prep: Path, args: argparse.Namespace, processes: int, logs: Path,
                 report: dict[str, Any], out: Path) -> dict[str, Any]:
     """Every variant of one model; the entry is written into ``report`` (and to ``out``) after each variant."""
-    variants = {"fp32": ["--amp", "off"], "bf16": ["--amp", "bf16"],
+    variants = {"fp32": ["--amp", "off"], "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"],
                 "bf16+channels_last": ["--amp", "bf16", "--channels-last"]}
     if not args.skip_compile:
         variants["bf16+compile"] = ["--amp", "bf16", "--compile"]
