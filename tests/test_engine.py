@@ -177,3 +177,21 @@ def test_channels_last_and_compile_settings_reach_every_network(tmp_path, monkey
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(SynthmedError, match="--amp"):
         make_trainer(tmp_path / "other", steps=1, amp="fp8").fit()
+
+
+def test_compile_leaves_out_the_networks_a_gradient_penalty_differentiates_twice(tmp_path, monkeypatch):
+    # torch.compile raises "does not currently support double backward" at SynDiff's first R1 step (measured with
+    # benchmarks/gpu_checks.py --models syndiff --device cpu); its time-conditional discriminators stay eager.
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    model = build_model("syndiff", "small", {"image_size": 16, "generator_channels": 8, "channel_mult": (1, 2),
+                                             "num_res_blocks": 1, "nz": 8, "z_embedding": 16, "n_mlp": 1,
+                                             "discriminator_channels": 8, "t_embedding": 16,
+                                             "cycle_generator_channels": 8, "resnet_blocks": 1,
+                                             "cycle_discriminator_channels": 8})
+    trainer = Trainer(model, TinyPairs(), None, tmp_path / "run", TrainSettings(steps=1, batch_size=2, progress=False, compile=True),
+                      {"model": "syndiff", "preset": "small"})
+    trainer._prepare()
+    names = {name for name, child in model.named_children() if any(child is c for c in compiled)}
+    assert model.uncompiled_modules == ("discriminator_diff_a", "discriminator_diff_b")
+    assert names == {"diffusive_a", "diffusive_b", "generator_ab", "generator_ba", "discriminator_a", "discriminator_b"}

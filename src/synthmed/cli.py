@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=32, help="slices per forward pass")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"],
+                   help="network precision: off (full, default), auto (bf16 on GPUs that have it), bf16 (also on "
+                        "the CPU), fp16; faster, outputs differ by round-off")
     g = p.add_argument_group("sampling (diffusion models)")
     g.add_argument("--sampler", help="ddpm, ddim (default), em, pc or ode")
     g.add_argument("--steps", type=positive_int, default=None, help="network evaluations per sample (default: the run's: 10 small, 50 paper; ddpm sampler: all T)")
@@ -154,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=16, help="slices sampled together")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"],
+                   help="network precision: off (full, default), auto (bf16 on GPUs that have it), bf16 (also on "
+                        "the CPU), fp16; faster, outputs differ by round-off")
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", help="ddim (default) or ddpm (ancestral); ddpm-gen also em, pc, ode")
     g.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the run's: 50 small, 256 paper; ddpm: all T)")
@@ -273,14 +279,15 @@ def run_command(args: argparse.Namespace) -> int:
         written = translate(args.run, args.input, args.output, reference=args.reference, overwrite=args.overwrite,
                             batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint,
                             channel=args.channel, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                            samples=args.samples, seed=args.seed, direction=args.direction, progress=progress)
+                            samples=args.samples, seed=args.seed, direction=args.direction, amp=args.amp,
+                            progress=progress)
         print(f"wrote {len(written)} volume(s): {written[0]}{' ...' if len(written) > 1 else ''}")
     elif args.verb == "generate":
         from synthmed.workflows.generate import generate
 
         info = generate(args.run, args.n, args.out, steps=args.steps, sampler=args.sampler, eta=args.eta,
                         fmt=args.format, seed=args.seed, batch_size=args.batch_size, checkpoint=args.checkpoint,
-                        device=args.device, overwrite=args.overwrite, progress=progress)
+                        device=args.device, overwrite=args.overwrite, amp=args.amp, progress=progress)
         what = "image + mask pairs" if info["masks"] else "images (this generator makes no masks)"
         print(f"generated {info['n']} {what} in {info['seconds']} s into {args.out} (contact_sheet.png)")
     elif args.verb == "benchmark":

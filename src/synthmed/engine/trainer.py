@@ -89,6 +89,35 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def autocast_dtype(mode: str, device: torch.device, training: bool = True) -> torch.dtype | None:
+    """The autocast dtype of an ``--amp`` mode on ``device``; None = full precision.
+
+    ``auto``: bf16 on CUDA GPUs that have it (Ampere and later), full precision elsewhere. ``bf16``: also on the CPU
+    (fast on CPUs with AVX-512 BF16 or AMX). ``fp16``: float16, for GPUs without bf16 (V100, T4); in training with a
+    gradient scaler (fp16's narrow range needs the scaled losses, bf16 does not). ``off``: full precision."""
+    if mode not in AMP_MODES:
+        raise SynthmedError(f"--amp {mode}: use {', '.join(AMP_MODES)}")
+    if mode == "off":
+        return None
+    if mode == "fp16":
+        if device.type in ("cuda", "cpu"):
+            return torch.float16
+        log.warning("--amp fp16: no fp16 autocast on %s here; %s in full precision", device,
+                    "training" if training else "running")
+        return None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if mode == "bf16":
+            log.warning("--amp bf16: this GPU has no bf16; full precision (--amp fp16 may help)")
+        return None
+    if device.type == "cpu" and mode == "bf16":
+        return torch.bfloat16
+    if mode == "bf16":
+        log.warning("--amp bf16: no bf16 autocast on %s here; full precision", device)
+    return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -141,31 +170,7 @@ class Trainer:
 
     # --- set-up -------------------------------------------------------------------
     def _amp_dtype(self) -> torch.dtype | None:
-        """The autocast dtype; None = full precision.
-
-        ``auto``: bf16 on CUDA GPUs that have it (Ampere and later), full precision elsewhere. ``bf16``: also on the
-        CPU (fast on CPUs with AVX-512 BF16 or AMX). ``fp16``: float16 with a gradient scaler, for GPUs without bf16
-        (V100, T4); fp16's narrow range needs the scaled losses, bf16 does not."""
-        if self.settings.amp not in AMP_MODES:
-            raise SynthmedError(f"--amp {self.settings.amp}: use {', '.join(AMP_MODES)}")
-        if self.settings.amp == "off":
-            return None
-        if self.settings.amp == "fp16":
-            if self.device.type in ("cuda", "cpu"):
-                return torch.float16
-            log.warning("--amp fp16: no fp16 autocast on %s here; training in full precision", self.device)
-            return None
-        if self.device.type == "cuda":
-            if torch.cuda.is_bf16_supported():
-                return torch.bfloat16
-            if self.settings.amp == "bf16":
-                log.warning("--amp bf16: this GPU has no bf16; training in full precision (--amp fp16 may help)")
-            return None
-        if self.device.type == "cpu" and self.settings.amp == "bf16":
-            return torch.bfloat16
-        if self.settings.amp == "bf16":
-            log.warning("--amp bf16: no bf16 autocast on %s here; training in full precision", self.device)
-        return None
+        return autocast_dtype(self.settings.amp, self.device)
 
     def _prepare(self) -> None:
         seed_everything(self.settings.seed)
@@ -183,12 +188,17 @@ class Trainer:
         if self.settings.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.settings.compile:
-            compiled = []
+            compiled, skipped = [], []
             for name, child in self.model.named_children():
-                if any(True for _ in child.parameters()):
-                    child.compile()  # nn.Module.compile: in place, so state_dict keys and EMA references stay
-                    compiled.append(name)
-            log.info("torch.compile: %s (the first steps are slow while it compiles)", ", ".join(compiled))
+                if not any(True for _ in child.parameters()):
+                    continue
+                if name in self.model.uncompiled_modules:
+                    skipped.append(name)
+                    continue
+                child.compile()  # nn.Module.compile: in place, so state_dict keys and EMA references stay
+                compiled.append(name)
+            log.info("torch.compile: %s (the first steps are slow while it compiles)%s", ", ".join(compiled),
+                     f"; not {', '.join(skipped)} (differentiated twice)" if skipped else "")
         decay = float(getattr(self.model.config, "ema_decay", 0.0) or 0.0)
         if decay > 0 and self.model.ema_modules:
             self.ema = EMA(self.model, self.model.ema_modules, decay)

@@ -47,6 +47,8 @@ class SynthesisModel(nn.Module):
     sampling_options: ClassVar[tuple[str, ...]] = ()  # keyword options of translate() users may set
     directions: ClassVar[tuple[str, ...]] = ("A2B",)  # ("A2B", "B2A"): also translate_reverse(target -> source)
     makes_masks: ClassVar[bool] = False  # generators: sample() also returns a lesion "mask"
+    # Networks left out of ``--compile``: torch.compile cannot differentiate twice, which gradient penalties (R1) need.
+    uncompiled_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config):
         super().__init__()

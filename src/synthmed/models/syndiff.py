@@ -147,6 +147,7 @@ class SynDiff(SynthesisModel):
     ema_modules = ("diffusive_a", "diffusive_b")
     generator_names = ("diffusive_a", "diffusive_b", "generator_ab", "generator_ba")
     discriminator_names = ("discriminator_diff_a", "discriminator_diff_b", "discriminator_a", "discriminator_b")
+    uncompiled_modules = ("discriminator_diff_a", "discriminator_diff_b")  # R1 differentiates through them twice
 
     def __init__(self, config: SynDiffConfig):
         super().__init__(config)

@@ -45,6 +45,7 @@ def generate(
     checkpoint: str = "best",
     device: str = "auto",
     overwrite: bool = False,
+    amp: str = "off",
     progress: bool = True,
 ) -> dict:
     """Generate ``n`` slices into ``out``; returns the contents of ``generation.json``."""
@@ -54,7 +55,7 @@ def generate(
         raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
     if fmt not in FORMATS:
         raise SynthmedError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
-    loaded = load_run(run, device=device, checkpoint=checkpoint)
+    loaded = load_run(run, device=device, checkpoint=checkpoint, amp=amp)
     model = loaded.model
     if model.task != "generate":
         raise SynthmedError(f"{run} holds a {loaded.info.get('model')} translator; use `synthmed translate`")
@@ -102,6 +103,7 @@ def generate(
         "seed": seed,
         "batch_size": batch_size,
         "device": str(model.device),
+        "autocast": str(model.amp_dtype or "off"),
         "format": fmt,
         "size": int(config.image_size),
         "source": loaded.plan.get("source"),

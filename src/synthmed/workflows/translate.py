@@ -45,7 +45,7 @@ from synthmed.data.geometry import (
 from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
 from synthmed.data.normalize import Normalization, fit_normalization, modality_kind, mr_low
 from synthmed.engine.checkpoint import load_checkpoint
-from synthmed.engine.trainer import pick_device
+from synthmed.engine.trainer import autocast_dtype, pick_device
 from synthmed.errors import SynthmedError
 from synthmed.metrics import foreground_mask
 from synthmed.models.base import SynthesisModel
@@ -80,8 +80,12 @@ class LoadedRun:
     direction: str = "A2B"
 
 
-def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", direction: str = "A2B") -> LoadedRun:
+def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", direction: str = "A2B",
+             amp: str = "off") -> LoadedRun:
     """Model (EMA weights where the run kept them) + plan of a run folder, ready to translate.
+
+    ``amp``: the networks' precision (``off``: full, the default; ``bf16``/``fp16``/``auto`` as in ``train``: faster,
+    outputs differ by the reduced precision's round-off).
 
     ``direction`` B2A (models trained both ways) translates the plan's target modality back
     into its source modality: everything downstream sees a plan with the two roles swapped.
@@ -109,6 +113,7 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", di
     except (RuntimeError, KeyError, AttributeError) as error:
         raise SynthmedError(f"{path}: weights do not fit the {record['model']} model ({str(error).splitlines()[0][:100]})") from None
     model.to(target).eval()
+    model.amp_dtype = autocast_dtype(amp, target, training=False)
     if direction not in ("A2B", "B2A"):
         raise SynthmedError(f"--direction {direction}: use A2B ({plan['source']} -> {plan['target']}) or B2A (the reverse)")
     if direction not in model.directions:
@@ -333,11 +338,12 @@ def translate(
     samples: int = 1,
     seed: int = 0,
     direction: str = "A2B",
+    amp: str = "off",
     progress: bool = True,
 ) -> list[Path]:
     """Translate a file or a folder; returns the written paths (with ``*_std`` maps when
     ``samples > 1``). Refuses to overwrite unless asked."""
-    loaded = load_run(run, device=device, checkpoint=checkpoint, direction=direction)
+    loaded = load_run(run, device=device, checkpoint=checkpoint, direction=direction, amp=amp)
     if batch_size < 1:
         raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
     if loaded.model.task != "translate":
