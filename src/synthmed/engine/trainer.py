@@ -58,7 +58,7 @@ class TrainSettings:
     batch_size: int
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # see Trainer._amp_dtype: auto, bf16, fp16 (with a grad scaler) or off
+    amp: str = "auto"  # see autocast_dtype: auto, bf16, fp16 (with a grad scaler) or off
     channels_last: bool = False  # convolutions in NHWC memory layout (faster with tensor cores)
     compile: bool = False  # torch.compile each network of the model (in place: checkpoints keep their keys)
     num_workers: int = 0
@@ -169,9 +169,6 @@ class Trainer:
         self._started = 0.0  # set when fit() starts; log.csv's elapsed_s counts from there
 
     # --- set-up -------------------------------------------------------------------
-    def _amp_dtype(self) -> torch.dtype | None:
-        return autocast_dtype(self.settings.amp, self.device)
-
     def _prepare(self) -> None:
         seed_everything(self.settings.seed)
         self.model.to(self.device)
@@ -179,7 +176,7 @@ class Trainer:
             distributed.broadcast_state(self.model)  # identical start on every rank
             # Own noise per rank (rank 0 keeps the single-process stream).
             seed_everything(self.settings.seed + 1_000_003 * self.dist.rank)
-        self.model.amp_dtype = self._amp_dtype()
+        self.model.amp_dtype = autocast_dtype(self.settings.amp, self.device)
         if self.model.amp_dtype == torch.float16:
             self.model.grad_scaler = torch.amp.GradScaler(self.device.type)
             # The scaler skips the first steps while it finds its level; the schedulers' warning about a step

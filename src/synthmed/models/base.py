@@ -18,9 +18,9 @@ A model is an ``nn.Module`` that
 - may override ``validation_translate(source)``: what the engine runs on validation
   slices during training (diffusion models use a cheap few-step sampler there).
 
-The engine moves the model to its device, sets ``amp_dtype`` (autocast inside
-``self.autocast()``) and, for fp16, ``grad_scaler`` (updated once per training step), keeps EMA copies of ``ema_modules``, checkpoints
-``state_dict`` plus the optimiser states, and handles logging and progress.
+The engine moves the model to its device, sets ``amp_dtype`` (autocast inside ``self.autocast()``) and,
+for fp16, ``grad_scaler`` (updated once per training step), keeps EMA copies of ``ema_modules``,
+checkpoints ``state_dict`` plus the optimiser and scaler states, and handles logging and progress.
 """
 
 from __future__ import annotations
