@@ -4,8 +4,11 @@ Prints one JSON document. Each (model, preset) runs in its own subprocess so tha
 peak RSS belongs to it alone. Inputs are synthetic (random slices; a phantom-like
 240x240x155 volume), so the numbers measure compute, not data loading.
 
-    .venv/bin/python benchmarks/speed.py [--models pix2pix] [--presets small,paper]
+    .venv/bin/python benchmarks/speed.py [--models pix2pix] [--presets small,paper] [--amp off,bf16]
                                          [--train-steps 10] [--device auto] [--out speed.json]
+
+``--amp``: the precisions to time (each its own subprocess; as ``train --amp``: fp16 trains with a gradient
+scaler, whose first steps may be skipped while it settles).
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import sys
 import time
 
 
-def measure(model_name: str, preset: str, train_steps: int, device: str, volume_shape: tuple[int, int, int]) -> dict:
+def measure(model_name: str, preset: str, train_steps: int, device: str, volume_shape: tuple[int, int, int],
+            amp: str = "off") -> dict:
     import numpy as np
     import torch
 
     from synthmed.data.io import Volume
-    from synthmed.engine.trainer import pick_device
+    from synthmed.engine.trainer import autocast_dtype, pick_device
     from synthmed.models.registry import build_model
     from synthmed.workflows.translate import LoadedRun, translate_volume
     from synthmed.data.normalize import Normalization
@@ -32,6 +36,9 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     torch.manual_seed(0)
     target = pick_device(device)
     model = build_model(model_name, preset).to(target)
+    model.amp_dtype = autocast_dtype(amp, target)
+    if model.amp_dtype == torch.float16:
+        model.grad_scaler = torch.amp.GradScaler(target.type)
     size, batch = model.config.image_size, model.config.batch_size
     batch_data = {
         "source": torch.rand(batch, 1, size, size, device=target) * 2 - 1,
@@ -40,11 +47,15 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     }
     model.train()
     model.training_step(batch_data, 0)  # warm-up
+    if model.grad_scaler is not None:
+        model.grad_scaler.update()
     sync = torch.cuda.synchronize if target.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
     for step in range(train_steps):
         model.training_step(batch_data, step + 1)
+        if model.grad_scaler is not None:
+            model.grad_scaler.update()
     sync()
     train_seconds = time.perf_counter() - start
 
@@ -67,6 +78,8 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     result = {
         "model": model_name,
         "preset": preset,
+        "amp": amp,
+        "autocast": str(model.amp_dtype or "off"),
         "device": str(target),
         "image_size": size,
         "batch_size": batch,
@@ -89,14 +102,15 @@ def main() -> None:
     parser.add_argument("--presets", default="small,paper")
     parser.add_argument("--train-steps", type=int, default=10)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", default="off", help="comma-separated precisions to time: off, bf16, fp16, auto")
     parser.add_argument("--volume", default="240,240,155", help="translated volume shape")
     parser.add_argument("--out", default=None, help="also write the JSON here")
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # model:preset, run in this process
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # model:preset:amp, run in this process
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.volume.split(","))
     if args.one:
-        name, preset = args.one.split(":")
-        print(json.dumps(measure(name, preset, args.train_steps, args.device, shape)))
+        name, preset, amp = args.one.split(":")
+        print(json.dumps(measure(name, preset, args.train_steps, args.device, shape, amp)))
         return
 
     from synthmed.models.registry import available_models
@@ -106,14 +120,16 @@ def main() -> None:
     results = []
     for name in names:
         for preset in args.presets.split(","):
-            command = [sys.executable, __file__, "--one", f"{name}:{preset}", "--train-steps", str(args.train_steps),
-                       "--device", args.device, "--volume", args.volume]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                results.append({"model": name, "preset": preset, "error": done.stderr.strip().splitlines()[-1:]})
-            else:
-                results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), file=sys.stderr)
+            for amp in args.amp.split(","):
+                command = [sys.executable, __file__, "--one", f"{name}:{preset}:{amp}", "--train-steps",
+                           str(args.train_steps), "--device", args.device, "--volume", args.volume]
+                done = subprocess.run(command, capture_output=True, text=True)
+                if done.returncode != 0:
+                    results.append({"model": name, "preset": preset, "amp": amp,
+                                    "error": done.stderr.strip().splitlines()[-1:]})
+                else:
+                    results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(json.dumps(results[-1]), file=sys.stderr)
     report = {"benchmark": "speed", "machine": platform.platform(), "processor": platform.processor(),
               "versions": versions(), "results": results}
     text = json.dumps(report, indent=2)
