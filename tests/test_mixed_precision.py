@@ -46,11 +46,6 @@ def lesion_prep(phantoms, tmp_path_factory):
                    split="0.5,0.25,0.25", seed=0, progress=False)
 
 
-def phantoms_of(prep):
-    """The phantom folder a prepared folder was made from."""
-    return Path(json.loads((prep / "plan.json").read_text())["data"])
-
-
 def losses(run):
     with (run / "log.csv").open() as stream:
         rows = list(csv.DictReader(stream))
@@ -90,7 +85,7 @@ def test_every_method_trains_under_mixed_precision(name, amp, prepared, lesion_p
         return
     if name in TRANSLATORS:
         plan = json.loads((data / "plan.json").read_text())
-        subject = phantoms_of(data) / plan["split"]["test"][0] / "T1.nii.gz"
+        subject = Path(plan["data"]) / plan["split"]["test"][0] / "T1.nii.gz"  # the phantoms' folder
         options = {"steps": 2} if name == "ddpm" else {}
         full, = translate(run, subject, tmp_path / "full.nii.gz", device="cpu", progress=False, **options)
         low, = translate(run, subject, tmp_path / "low.nii.gz", device="cpu", amp=amp, progress=False, **options)
@@ -128,7 +123,7 @@ def test_fp16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale(pr
     optimizer = torch.optim.SGD([weight], lr=0.1)
     # The gradient arrives multiplied by the scale and is divided out before the step.
     optimizer.zero_grad()
-    model.backward(weight.sum() * 0 + (weight * 3).sum())
+    model.backward((weight * 3).sum())
     assert torch.allclose(weight.grad, torch.full_like(weight, 3 * 1024.0))
     before = weight.detach().clone()
     model.step_optimizer(optimizer)
@@ -141,7 +136,7 @@ def test_fp16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale(pr
     model.step_optimizer(optimizer)
     model.grad_scaler.update()
     assert torch.equal(weight.detach(), before) and model.grad_scaler.get_scale() == 512.0
-    # A penalty's input gradient is the true one, not the scaled one.
+    # A penalty's input gradient is taken on the unscaled output: the true gradient.
     x = torch.ones(3, requires_grad=True)
     torch.testing.assert_close(model.input_gradient((5 * x).sum(), x), torch.full((3,), 5.0))
     # A .grad left by backward() is unscaled for reuse in a loss (SynDiff hands its guides' gradients on).
