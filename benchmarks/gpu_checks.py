@@ -10,8 +10,9 @@ its own process):
   settles, so its losses differ more from fp32's at this length);
 - ``bf16+channels_last``: also ``--channels-last``;
 - ``bf16+compile``: also ``--compile`` (``--skip-compile`` leaves it out; the first steps compile);
-- ``nccl``: ``torchrun --standalone --nproc_per_node N`` (N = ``--processes``, at most the GPUs present) with the
-  bf16 settings: the NCCL process group starts, trains and shuts down cleanly.
+- ``nccl``: ``torchrun --standalone --nproc_per_node N`` (N = ``--processes``, default every GPU) with the
+  bf16 settings: the NCCL process group starts, trains and shuts down cleanly. NCCL wants one GPU per process, so
+  with a single GPU this variant is recorded as skipped (one process would not start a process group at all).
 
 Recorded per variant: steps/s over the loop and in the steady state (after step 1, from ``log.csv``), the final
 losses, their relative difference to fp32 (the same seed and data order: bf16 should stay within a few per cent
@@ -177,6 +178,9 @@ def main() -> None:
         run(synthmed(["phantom", str(work / "phantoms"), "--subjects", "8", "--size", str(args.size), "--quiet"]),
             logs / "setup.log", args.threads)
     processes = args.processes or gpus
+    if processes == 1:
+        report["nccl_skipped"] = "one GPU: NCCL needs one GPU per process, and one process forms no process group"
+        processes = 0
     for model in models:
         task = registry[model].task
         prep, selection = preps[task]
