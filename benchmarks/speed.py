@@ -28,7 +28,7 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     import torch
 
     from synthmed.data.io import Volume
-    from synthmed.engine.trainer import autocast_dtype, pick_device
+    from synthmed.engine.trainer import pick_device, set_precision
     from synthmed.models.registry import build_model
     from synthmed.workflows.translate import LoadedRun, translate_volume
     from synthmed.data.normalize import Normalization
@@ -36,9 +36,7 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     torch.manual_seed(0)
     target = pick_device(device)
     model = build_model(model_name, preset).to(target)
-    model.amp_dtype = autocast_dtype(amp, target)
-    if model.amp_dtype == torch.float16:
-        model.grad_scaler = torch.amp.GradScaler(target.type)
+    set_precision(model, amp, target)
     size, batch = model.config.image_size, model.config.batch_size
     batch_data = {
         "source": torch.rand(batch, 1, size, size, device=target) * 2 - 1,

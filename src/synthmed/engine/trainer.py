@@ -118,6 +118,18 @@ def autocast_dtype(mode: str, device: torch.device, training: bool = True) -> to
     return None
 
 
+def set_precision(model, mode: str, device: torch.device, training: bool = True) -> None:
+    """Give ``model`` the autocast dtype of ``mode`` and, to train in fp16, a gradient scaler (the caller calls
+    ``model.grad_scaler.update()`` once after each training step)."""
+    model.amp_dtype = autocast_dtype(mode, device, training)
+    model.grad_scaler = None
+    if training and model.amp_dtype == torch.float16:
+        model.grad_scaler = torch.amp.GradScaler(device.type)
+        # The scaler skips the first steps while it finds its level; the schedulers' warning about a step
+        # "before optimizer.step()" is expected then.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -176,12 +188,7 @@ class Trainer:
             distributed.broadcast_state(self.model)  # identical start on every rank
             # Own noise per rank (rank 0 keeps the single-process stream).
             seed_everything(self.settings.seed + 1_000_003 * self.dist.rank)
-        self.model.amp_dtype = autocast_dtype(self.settings.amp, self.device)
-        if self.model.amp_dtype == torch.float16:
-            self.model.grad_scaler = torch.amp.GradScaler(self.device.type)
-            # The scaler skips the first steps while it finds its level; the schedulers' warning about a step
-            # "before optimizer.step()" is expected then.
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        set_precision(self.model, self.settings.amp, self.device)
         if self.settings.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.settings.compile:

@@ -45,7 +45,7 @@ from synthmed.data.geometry import (
 from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
 from synthmed.data.normalize import Normalization, fit_normalization, modality_kind, mr_low
 from synthmed.engine.checkpoint import load_checkpoint
-from synthmed.engine.trainer import autocast_dtype, pick_device
+from synthmed.engine.trainer import pick_device, set_precision
 from synthmed.errors import SynthmedError
 from synthmed.metrics import foreground_mask
 from synthmed.models.base import SynthesisModel
@@ -113,7 +113,7 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", di
     except (RuntimeError, KeyError, AttributeError) as error:
         raise SynthmedError(f"{path}: weights do not fit the {record['model']} model ({str(error).splitlines()[0][:100]})") from None
     model.to(target).eval()
-    model.amp_dtype = autocast_dtype(amp, target, training=False)
+    set_precision(model, amp, target, training=False)
     if direction not in ("A2B", "B2A"):
         raise SynthmedError(f"--direction {direction}: use A2B ({plan['source']} -> {plan['target']}) or B2A (the reverse)")
     if direction not in model.directions:
