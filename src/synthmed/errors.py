@@ -11,3 +11,12 @@ class SynthmedError(Exception):
     """A user-facing error: bad input, missing file, refused overwrite, ..."""
 
     exit_code = 2
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM (a scheduler's or ``kill``'s stop), so that
+    the same clean-up as for Ctrl-C runs (temporary files removed, nothing half-written) before the process exits
+    with 143 (128 + 15), the status that tells a scheduler it was terminated. A BaseException, like
+    KeyboardInterrupt, so that handlers of ordinary errors do not swallow it."""
+
+    exit_code = 143

@@ -39,12 +39,19 @@ a folder or a glob pattern of 2D PNG/TIFF slices
 
 Every problem the user can fix raises :class:`~synthmed.errors.SynthmedError` with a
 one-line message naming the file.
+
+Files from elsewhere are not trusted: complex voxels are read as their magnitude (with a
+warning); a MetaImage/NRRD header naming a data file outside its own folder is refused
+unless ``SYNTHMED_ALLOW_EXTERNAL_DATA=1``; a header declaring more voxels than its file can
+hold, or more than memory can take (``SYNTHMED_MAX_VOLUME_GB``, else the memory available),
+is refused before anything is allocated; a NaN/Inf or singular affine is refused.
 """
 
 from __future__ import annotations
 
 import glob as globlib
 import logging
+import math
 import os
 import re
 import shutil
@@ -56,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.errors import SynthmedError
+from synthmed.files import default_file_mode, write_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,18 @@ IMAGE_SUFFIXES = SLICE_SUFFIXES  # 2D image files
 _GLOB_CHARS = "*?["
 _LPS = np.diag([-1.0, -1.0, 1.0])  # LPS <-> RAS (its own inverse)
 _NO_GEOMETRY_FORMATS = ("image", "npy", "mat")
+_GEOMETRY_FORMATS = ("nifti", "itk", "dicom")
+# Deflate (gzip, zlib) expands data at most about 1032:1, so a compressed file declaring more is lying.
+_DEFLATE_MAX_RATIO = 1100
+# A MetaImage or NRRD header is a few hundred bytes; we never parse more than this of one.
+_MAX_HEADER_BYTES = 64 * 1024
+# The ITK reader for each suffix, named so that ITK cannot pick another reader (one with other rules for the
+# files a header may name) from the file's content.
+_ITK_IMAGE_IO = {".mha": "MetaImageIO", ".mhd": "MetaImageIO", ".nrrd": "NrrdImageIO"}
+_MAT5_ITEMSIZE = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4,
+                  "int64": 8, "uint64": 8, "logical": 1, "sparse": 8}
+_METAIMAGE_SEPARATOR = re.compile(r"[=:]")
+_PRINTF_FIELD = re.compile(r"%[-+ #0]*\d*(?:\.\d+)?[hlLqjzt]*[diouxXeEfFgGcs]")
 
 
 @dataclass
@@ -193,6 +213,289 @@ def is_volume_path(path: str | os.PathLike) -> bool:
     return bool(_suffix_of_name(path.name))
 
 
+# --------------------------------------------------------------------------- hostile or broken files
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _memory_budget() -> int | None:
+    """Bytes one volume may take: ``SYNTHMED_MAX_VOLUME_GB`` (GiB) if set, else the memory available now (None:
+    unknown)."""
+    text = os.environ.get("SYNTHMED_MAX_VOLUME_GB", "").strip()
+    if text:
+        try:
+            gib = float(text)
+        except ValueError:
+            gib = math.nan
+        if not (math.isfinite(gib) and gib > 0):
+            raise SynthmedError(f"SYNTHMED_MAX_VOLUME_GB={text!r} is not a size; set it to a number of GiB, e.g. 16")
+        return int(gib * 2**30)
+    # MemAvailable counts the page cache the kernel can drop; sysconf's SC_AVPHYS_PAGES counts free pages only,
+    # which on a machine that has been reading files for a while is a small part of what it can really give.
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if not hasattr(os, "sysconf"):
+        return None  # e.g. Windows: only the checks against the file size apply
+    for name in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
+        try:
+            pages, page_size = os.sysconf(name), os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            continue
+        if pages > 0 and page_size > 0:
+            return pages * page_size
+    return None
+
+
+def _check_declared_size(
+    where: str,
+    shape: tuple[int, ...],
+    dtype_name: str,
+    voxel_bytes: int,
+    *,
+    file_size: int | None = None,
+    offset: int = 0,
+    compressed: bool = False,
+    data_file: str | None = None,
+    read_voxels: int | None = None,
+) -> None:
+    """Refuse, before any voxel is read, an image whose header declares more than its file can hold or more than
+    memory can take: a few bytes of damaged or crafted header must not make us allocate gigabytes.
+
+    ``file_size``: the size of the file holding the voxels (None: unknown, nothing to compare), ``offset`` the
+    bytes before them; ``compressed``: they are deflate data; ``data_file``: that file's name when it is not the
+    one read; ``read_voxels``: the voxels actually read (a 4D NIfTI reads one volume), by default all.
+    """
+    voxels = math.prod(int(s) for s in shape)
+    declared = voxels * voxel_bytes
+    described = f"{_shape_text(shape)} {dtype_name}"
+    if file_size is not None:
+        room = file_size * _DEFLATE_MAX_RATIO if compressed else file_size
+        if offset + declared > room:
+            holder = f"its data file {data_file}" if data_file else "the file"
+            if compressed:
+                holds = f"{file_size} bytes of compressed data"
+            elif offset:
+                holds = f"{max(file_size - offset, 0)} bytes after its {offset}-byte header"
+            else:
+                holds = f"{file_size} bytes"
+            raise SynthmedError(
+                f"{where}: its header declares {described} ({_size_text(declared)}) but {holder} holds {holds}: "
+                f"truncated, or a damaged header"
+            )
+    budget = _memory_budget()
+    # The source array and the float32 copy made of it exist side by side for a moment.
+    needed = (voxels if read_voxels is None else read_voxels) * (voxel_bytes + 4)
+    if budget is not None and needed > budget:
+        from_setting = bool(os.environ.get("SYNTHMED_MAX_VOLUME_GB", "").strip())
+        limit = "SYNTHMED_MAX_VOLUME_GB allows" if from_setting else "this machine can give"
+        raise SynthmedError(
+            f"{where}: its header declares {described} ({_size_text(needed)} to read as float32), more than the "
+            f"{_size_text(budget)} {limit}; refusing to allocate it (set SYNTHMED_MAX_VOLUME_GB to raise the limit)"
+        )
+
+
+def _magnitude(array: np.ndarray, where: str) -> np.ndarray:
+    """Complex voxels (e.g. an MR reconstruction before its magnitude was taken) as their magnitude: casting them to
+    float would silently keep the real part only."""
+    if array.dtype.kind != "c":
+        return array
+    log.warning("%s holds complex values; using their magnitude", where)
+    return np.abs(array)
+
+
+@dataclass
+class _DataLayout:
+    """Where an ITK header keeps its voxels, as far as the size check needs to know."""
+
+    file: Path | None = None  # the one file holding them (the header itself for inline data); None: unknown or several
+    offset: int = 0  # bytes before the voxels in that file
+    compressed: bool = False  # deflate-compressed
+
+
+def _external_data_allowed() -> bool:
+    return os.environ.get("SYNTHMED_ALLOW_EXTERNAL_DATA", "").strip().lower() in ("1", "true", "yes")
+
+
+def _data_path(folder: Path, name: str) -> Path:
+    # MetaIO and teem read a name starting with '/' as it stands and anything else relative to the header's
+    # folder; MetaIO also takes '~' as a full path (without expanding it: relative to the working directory).
+    return Path(name) if name.startswith(("/", "~")) or os.path.isabs(name) else folder / name
+
+
+def _pattern_matches(folder: Path, pattern: str) -> list[str]:
+    """The existing files a printf-style slice pattern (``slice%03d.raw``) can name, found with a glob, so that a
+    symlink among them is caught whatever numbers the header gives."""
+    pieces = _PRINTF_FIELD.split(pattern)
+    matches = globlib.glob(str(_data_path(folder.absolute(), "*".join(globlib.escape(piece) for piece in pieces))))
+    return [os.path.abspath(match) for match in matches]
+
+
+def _header_head(path: Path) -> tuple[str, bool]:
+    """The first 64 KB of a header file (as text) and whether that is the whole file."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_MAX_HEADER_BYTES + 1)
+    except OSError as error:
+        raise SynthmedError(f"{path}: cannot read the file ({error.strerror or error})") from None
+    # latin-1 maps every byte to one character, so offsets in the text are offsets in the file.
+    return head[:_MAX_HEADER_BYTES].decode("latin-1"), len(head) <= _MAX_HEADER_BYTES
+
+
+def _metaimage_data(path: Path, text: str, whole: bool) -> tuple[list[str], _DataLayout] | None:
+    """The data files a MetaImage header names and where its voxels lie; None if its ``ElementDataFile`` line
+    (the header's last) is not within ``text``."""
+    fields: dict[str, str] = {}
+    lines = text.split("\n")
+    position = 0
+    for number, line in enumerate(lines):
+        # MetaIO ends a key at the first '=' or ':' (``ElementDataFile: name`` is read too).
+        key, raw = (_METAIMAGE_SEPARATOR.split(line, maxsplit=1) + [""])[:2]
+        key, value = key.strip().lower(), raw.strip()
+        position += len(line) + 1
+        if key != "elementdatafile":
+            fields[key] = value
+            continue
+        if number == len(lines) - 1 and not whole:
+            return None  # the name may go on past what was read
+        break
+    else:
+        # No ElementDataFile line at all: ITK refuses the file. Not found within the first 64 KB: too long to check.
+        return ([], _DataLayout()) if whole else None
+    compressed = fields.get("compresseddata", "")[:1].lower() in ("t", "1")
+    words = value.split()
+    if value.upper() == "LOCAL":
+        return [], _DataLayout(file=path, offset=position, compressed=compressed)
+    if value.upper().startswith("LIST"):
+        if not whole:
+            return None  # the list runs to the end of the file
+        return [name for name in lines[number + 1:] if name.strip()], _DataLayout()
+    if "%" in value:
+        # 'pattern min max step' (the pattern itself may hold spaces when all four are given)
+        pattern = " ".join(words[:-3]) if len(words) >= 5 else words[0]
+        return [pattern, *_pattern_matches(path.parent, pattern)], _DataLayout()
+    try:
+        skip = max(int(fields.get("headersize", "0")), 0)
+    except ValueError:
+        skip = 0
+    # MetaIO reads NAME, or NAME.gz / NAME.Z (compressed) when NAME is missing.
+    data = _data_path(path.parent, value)
+    layout = _DataLayout(file=data, offset=skip, compressed=compressed) if data.is_file() else _DataLayout()
+    return [raw, value + ".gz", value + ".Z"], layout
+
+
+def _nrrd_data(path: Path, text: str, whole: bool) -> tuple[list[str], _DataLayout] | None:
+    """The data files a NRRD header names and where its voxels lie; None if its end is not within ``text``."""
+    lines = text.split("\n")
+    fields: dict[str, str] = {}
+    raw = ""
+    position = 0
+    for number, line in enumerate(lines):
+        position += len(line) + 1
+        if not line.strip():
+            break  # a blank line ends the header; attached data follow it
+        if number == len(lines) - 1 and not whole:
+            return None
+        key, _, rest = line.partition(":")
+        key, value = key.strip().lower(), rest.strip()
+        if key in ("data file", "datafile"):
+            if value.upper().startswith("LIST"):
+                if not whole:
+                    return None  # the list runs to the end of the file
+                return [name for name in lines[number + 1:] if name.strip()], _DataLayout()
+            fields["data file"], raw = value, rest
+        elif not line.startswith("#"):
+            fields.setdefault(key, value)
+    else:
+        if not whole:
+            return None
+    encoding = fields.get("encoding", "raw").lower()
+    sized = encoding in ("raw", "gz", "gzip")  # text, hex and bzip2 data have no simple bound on their size
+    compressed = encoding != "raw"
+    name = fields.get("data file")
+    if name is None:
+        return [], _DataLayout(file=path if sized else None, offset=position, compressed=compressed)
+    words = name.split()
+    if len(words) >= 4:  # maybe 'pattern min max step [subdim]' (teem takes a pattern without '%' as a plain name)
+        return [raw, words[0], *_pattern_matches(path.parent, words[0])], _DataLayout()
+    data = _data_path(path.parent, name)
+    return [raw], _DataLayout(file=data if sized and data.is_file() else None, compressed=compressed)
+
+
+def _spellings(name: str) -> list[str]:
+    """A name as it stands in a header and as readers may take it: MetaIO trims the blanks after a name, teem keeps
+    them, and a symlink can hide behind either spelling."""
+    return list(dict.fromkeys(n for n in (name.strip(), name.lstrip(), name.rstrip(), name) if n.strip()))
+
+
+def _inside(folder: Path, candidate: Path) -> bool:
+    try:
+        return candidate.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte in the name: not a file we will read
+        return False
+
+
+def _check_itk_data_files(path: Path) -> _DataLayout:
+    """Refuse an ITK header (MetaImage, NRRD) that names data files outside its own folder, and say where its voxels
+    lie. A header can name any file (``ElementDataFile = ../../../../etc/passwd``, an absolute path, a symlink beside
+    it); ITK would read that file as the image, so an image shared with us could read our files into its outputs.
+    ``SYNTHMED_ALLOW_EXTERNAL_DATA=1`` lifts the rule for data kept apart on purpose."""
+    where = str(path)
+    allowed = _external_data_allowed()
+    text, whole = _header_head(path)
+    parse = _nrrd_data if _suffix_of_name(path.name) == ".nrrd" else _metaimage_data
+    parsed = parse(path, text, whole)
+    if parsed is None:
+        if allowed:
+            return _DataLayout()
+        raise SynthmedError(
+            f"{where}: its header does not end within the first {_MAX_HEADER_BYTES // 1024} KB, so the files it names "
+            f"cannot be checked; refused (a crafted header can read any file). Set SYNTHMED_ALLOW_EXTERNAL_DATA=1 "
+            f"to read it anyway"
+        )
+    names, layout = parsed
+    if not allowed:
+        for name in (spelling for name in names for spelling in _spellings(name)):
+            if not _inside(path.parent, _data_path(path.parent, name)):
+                raise SynthmedError(
+                    f"{where}: its data file {name} lies outside the header's folder; refused (a crafted header can "
+                    f"read any file). Move the data beside the header, or set SYNTHMED_ALLOW_EXTERNAL_DATA=1 to allow it"
+                )
+    return layout
+
+
+def _check_affine(volume: Volume) -> None:
+    """Refuse a voxel->world matrix that is no such thing: NaN/Inf, a zero voxel size or collapsed axes would surface
+    later as NaN coordinates or a misleading 'not co-registered' error."""
+    if volume.format not in _GEOMETRY_FORMATS:
+        return
+    if volume.format == "nifti":
+        fix = "fix the header's sform/qform (e.g. with fslorient or nibabel) and save it again"
+    else:
+        fix = "fix the header's origin, spacing and direction and save it again"
+    what = f"{volume.path}: its affine (voxel-to-world matrix in the header)"
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise SynthmedError(f"{what} holds NaN/Inf; {fix}")
+    matrix = affine[:3, :3]
+    lengths = np.linalg.norm(matrix, axis=0)
+    zero = [str(axis) for axis in range(3) if lengths[axis] == 0]
+    if zero:
+        raise SynthmedError(f"{what} gives voxel axis {' and '.join(zero)} a zero size; {fix}")
+    # |det| over the product of the column lengths is 1 for perpendicular voxel axes and 0 for collapsed ones.
+    if abs(np.linalg.det(matrix)) <= 1e-6 * float(np.prod(lengths)):
+        raise SynthmedError(f"{what} is singular: its voxel axes collapse onto a plane or a line; {fix}")
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -252,6 +555,13 @@ def _read_nifti(path: Path, channel: int | None, dtype) -> Volume:
     shape = tuple(int(s) for s in image.shape)
     if len(shape) < 2:
         raise SynthmedError(f"{where} has shape {_shape_text(shape)}; expected a 2D or 3D image")
+    stored = image.get_data_dtype()
+    _check_declared_size(
+        where, shape, stored.name, stored.itemsize, file_size=path.stat().st_size,
+        # nibabel zeroes the loaded header's vox_offset; the data proxy keeps the real one.
+        offset=int(getattr(image.dataobj, "offset", 0)), compressed=_suffix_of_name(path.name) == ".nii.gz",
+        read_voxels=math.prod(shape[:3]),
+    )
     index: tuple = ()
     extra = [(axis, size) for axis, size in enumerate(shape[3:], start=3)]
     big = [axis for axis, size in extra if size != 1]
@@ -269,7 +579,7 @@ def _read_nifti(path: Path, channel: int | None, dtype) -> Volume:
     try:
         if index:
             data = np.asarray(image.dataobj[index])
-        elif np.dtype(dtype).kind == "f":
+        elif np.dtype(dtype).kind == "f" and stored.kind != "c":
             data = image.get_fdata(dtype=np.dtype(dtype), caching="unchanged")
         else:
             data = np.asarray(image.dataobj)
@@ -277,6 +587,7 @@ def _read_nifti(path: Path, channel: int | None, dtype) -> Volume:
         raise
     except Exception as error:  # noqa: BLE001 - truncated/corrupt data
         raise SynthmedError(f"{where}: corrupt or truncated image data ({_first_line(error)}); re-export or re-download it") from None
+    data = _magnitude(data, where)
     if data.ndim == 2:
         data = data[:, :, None]
     return Volume(
@@ -305,7 +616,7 @@ def _itk_geometry_affine(origin, spacing, direction) -> np.ndarray:
 def _from_itk_image(image, path: Path, channel: int | None, fmt: str, where: str) -> Volume:
     import SimpleITK as sitk
 
-    array = sitk.GetArrayFromImage(image)  # (z, y, x[, c]) or (t, z, y, x)
+    array = _magnitude(sitk.GetArrayFromImage(image), where)  # (z, y, x[, c]) or (t, z, y, x)
     dim = image.GetDimension()
     components = image.GetNumberOfComponentsPerPixel()
     if components > 1:
@@ -342,11 +653,42 @@ def _read_itk(path: Path, channel: int | None) -> Volume:
     import SimpleITK as sitk
 
     where = str(path)
+    layout = _check_itk_data_files(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO(_ITK_IMAGE_IO[_suffix_of_name(path.name)])
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()  # the header only
+        _check_itk_size(where, reader, layout)
+        image = reader.Execute()
+    except SynthmedError:
+        raise
     except Exception as error:  # noqa: BLE001 - SimpleITK raises RuntimeError with long text
         raise SynthmedError(f"{where}: unreadable {volume_suffix(path)} file ({_itk_reason(error)}); is it really an image?") from None
     return _from_itk_image(image, path, channel, "itk", where)
+
+
+def _check_itk_size(where: str, reader, layout: _DataLayout) -> None:
+    """:func:`_check_declared_size` for the image an ITK reader has read the header of."""
+    import SimpleITK as sitk
+
+    size = tuple(int(s) for s in reader.GetSize())
+    components = int(reader.GetNumberOfComponents())  # 2 for a complex pixel
+    pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())  # e.g. 'vector of 16-bit signed integer'
+    match = re.search(r"(\d+)-bit (unsigned integer|signed integer|float)", pixel)
+    bits = int(match.group(1)) if match else 64
+    kind = {"unsigned integer": "uint", "signed integer": "int"}.get(match.group(2), "float") if match else "float"
+    file_size = None
+    if layout.file is not None:
+        try:
+            file_size = layout.file.stat().st_size
+        except OSError:
+            file_size = None  # ITK will say it is missing
+    _check_declared_size(
+        where, size + ((components,) if components > 1 else ()), f"{kind}{bits}", bits // 8,
+        file_size=file_size, offset=layout.offset, compressed=layout.compressed,
+        data_file=layout.file.name if layout.file is not None and layout.file != Path(where) else None,
+    )
 
 
 def _itk_reason(error: BaseException) -> str:
@@ -396,15 +738,37 @@ def _read_dicom(folder: Path, channel: int | None) -> Volume:
     return volume
 
 
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, where the data start) from a .npy header, reading nothing else."""
+    from numpy.lib import format as npy_format
+
+    with open(path, "rb") as handle:
+        version = npy_format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = npy_format.read_array_header_2_0(handle)
+        else:  # 3.0 exists only for structured arrays with non-Latin-1 field names: never an image
+            raise ValueError(f"format version {version[0]}.{version[1]} holds no plain numeric array")
+        return tuple(int(s) for s in shape), np.dtype(dtype), handle.tell()
+
+
 def _read_npy(path: Path, channel: int | None) -> Volume:
     where = str(path)
     try:
-        array = np.load(str(path), allow_pickle=False)
-    except Exception as error:  # noqa: BLE001 - bad header, pickled objects, truncated data
+        shape, dtype, offset = _npy_header(path)
+    except Exception as error:  # noqa: BLE001 - not .npy (an .npz, a pickle), a damaged header
         raise SynthmedError(f"{where}: not a readable .npy array ({_first_line(error)}); save it with numpy.save") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+    if dtype.kind not in "biufc":
+        raise SynthmedError(f"{where}: holds {dtype} values, not a numeric image")
+    _check_declared_size(where, shape, dtype.name, dtype.itemsize, file_size=path.stat().st_size, offset=offset)
+    try:
+        array = np.load(str(path), allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - truncated data
+        raise SynthmedError(f"{where}: not a readable .npy array ({_first_line(error)}); save it with numpy.save") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biufc":
         raise SynthmedError(f"{where}: holds {getattr(array, 'dtype', type(array))} values, not a numeric image")
-    data = _pick_channel(array, channel, where)
+    data = _pick_channel(_magnitude(array, where), channel, where)
     return Volume(data=data, affine=np.eye(4), path=path, format="npy", header={}, meta={"shape": array.shape})
 
 
@@ -461,6 +825,8 @@ def _read_mat5(path: Path, key: str | None) -> tuple[np.ndarray, str, list[str]]
                "logical", "sparse"}
     variables = {name: tuple(shape) for name, shape, cls in listing if cls in numeric}
     key = _choose_mat_key(path, key, variables)
+    matlab_class = next(cls for name, _, cls in listing if name == key)
+    _check_declared_size(where, variables[key], matlab_class, _MAT5_ITEMSIZE.get(matlab_class, 8))
     try:
         loaded = scipy.io.loadmat(str(path), variable_names=[key], squeeze_me=False, mat_dtype=False)
     except Exception as error:  # noqa: BLE001
@@ -468,9 +834,9 @@ def _read_mat5(path: Path, key: str | None) -> tuple[np.ndarray, str, list[str]]
     array = loaded.get(key)
     if scipy.sparse.issparse(array):
         array = array.toarray()
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
-        raise SynthmedError(f"{where}: variable {key!r} is not a real numeric array")
-    return array, key, list(variables)
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biufc":
+        raise SynthmedError(f"{where}: variable {key!r} is not a numeric array")
+    return _magnitude(array, where), key, list(variables)
 
 
 def _read_mat73(path: Path, key: str | None) -> tuple[np.ndarray, str, list[str]]:
@@ -490,6 +856,8 @@ def _read_mat73(path: Path, key: str | None) -> tuple[np.ndarray, str, list[str]
                     continue
                 variables[name] = tuple(reversed(item.shape))  # as MATLAB sees it
             key = _choose_mat_key(path, key, variables)
+            dataset = handle[key]
+            _check_declared_size(where, variables[key], dataset.dtype.name, dataset.dtype.itemsize)
             # h5py sees MATLAB's column-major array with the axes reversed: transpose back.
             array = np.asarray(handle[key][()]).T
     except SynthmedError:
@@ -703,6 +1071,7 @@ def read_volume(
                 )
     volume.data = np.asarray(volume.data).astype(dtype, copy=False)
     volume.affine = np.asarray(volume.affine, dtype=np.float64)
+    _check_affine(volume)
     _check_finite(volume)
     return volume
 
@@ -841,36 +1210,6 @@ def _write_image(tmp: str, pages: list[np.ndarray], suffix: str) -> None:
         images[0].save(tmp, format=fmt)
 
 
-def default_file_mode() -> int:
-    """The mode ``open()`` would give a new file: 0666 less the process's umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path: str | os.PathLike, write, binary: bool = False) -> Path:
-    """Write a file via a temporary file in the same folder, flushed to disk, then a rename: a reader (another
-    process, a crash, a kill) sees the old file or the new one, never a truncated one. ``write(stream)`` fills it."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb" if binary else "w") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """``text`` written with :func:`write_atomic`."""
-    return write_atomic(path, lambda stream: stream.write(text))
-
-
 def ensure_writable_folder(folder: str | os.PathLike) -> Path:
     """Create ``folder`` (and parents) if needed; a :class:`SynthmedError` if that fails or it is read-only."""
     folder = Path(folder)
@@ -923,7 +1262,7 @@ def write_volume(
     if suffix == ".mhd":
         return _write_mhd(out, data, like)
     try:
-        handle, tmp = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=f".tmp{suffix}")
+        handle, tmp = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.tmp-{os.getpid()}-", suffix=suffix)
         os.close(handle)
     except OSError as error:
         raise SynthmedError(f"{out}: cannot write in {parent} ({error.strerror or error}); choose another output") from None
@@ -956,7 +1295,7 @@ def _write_mhd(out: Path, data: np.ndarray, like: Volume | None) -> Path:
     if (parent / raw_name).exists() and not (out.exists()):
         raise SynthmedError(f"{parent / raw_name} exists and would be replaced by {out.name}'s data; move it or choose another name")
     try:
-        folder = tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp")
+        folder = tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-{os.getpid()}-")
     except OSError as error:
         raise SynthmedError(f"{out}: cannot write in {parent} ({error.strerror or error}); choose another output") from None
     try:
