@@ -318,7 +318,7 @@ def main() -> None:
         "batch_size": info.get("settings", {}).get("batch_size"),
         "seed": info.get("settings", {}).get("seed"),
         "device": summary.get("device"),
-        "best_validation": best if best and math.isfinite(best.get("value", -math.inf)) else None,  # None: no val split
+        "best_validation": best if best and best.get("value") is not None and math.isfinite(best["value"]) else None,  # None: no val split
         "summary_file": str(summary_path) if summary else None,
     }
 

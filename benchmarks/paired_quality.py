@@ -126,7 +126,7 @@ def prepare_t1t2(data: str, work: Path, threads: int) -> tuple[Path, dict]:
 
 def evaluate(pred: Path | str, ref: Path | str, out: Path, match: bool, args: argparse.Namespace) -> dict[str, float]:
     """``synthmed evaluate PRED REF [--match-intensity]``: the subject's masked metrics."""
-    arguments = ["evaluate", str(pred), str(ref), "--out", str(out), "--quiet",
+    arguments = ["evaluate", str(pred), str(ref), "--out", str(out), "--overwrite", "--quiet",
                  *(["--match-intensity"] if match else [])]
     uq.synthmed(arguments, args.threads, args.work / "logs" / f"evaluate-{args.task}-{args.data}.log")
     return uq.read_metrics(out)

@@ -305,7 +305,7 @@ def train_model(model: str, prep: Path, args: argparse.Namespace) -> dict[str, A
         "reused": reused,
         "load_average_after": timing.get("load_average_after"),
         "device": summary.get("device"),
-        "best_validation_a2b": best if math.isfinite(best.get("value", -math.inf)) else None,
+        "best_validation_a2b": best if best.get("value") is not None and math.isfinite(best["value"]) else None,
     }
     if record["steps"] != args.steps:
         fail(f"{run} holds {record['steps']} steps, not {args.steps}; remove it")
@@ -314,15 +314,16 @@ def train_model(model: str, prep: Path, args: argparse.Namespace) -> dict[str, A
 
 
 def read_metrics(path: Path) -> dict[str, float]:
-    """The one subject's metrics of an ``evaluate --out`` file ("inf" strings become inf)."""
+    """The one subject's metrics of an ``evaluate --out`` file (null, an infinite PSNR, becomes inf)."""
     per_subject = json.loads(path.read_text())["per_subject"]
     (values,) = per_subject.values()
-    return {key: float(values[key]) for key in METRICS}
+    return {key: math.inf if values[key] is None else float(values[key]) for key in METRICS}
 
 
 def evaluate(pred: Path | str, ref: Path | str, out: Path, match: bool, args: argparse.Namespace,
              mask: Path | None = None) -> dict[str, float]:
-    arguments = ["evaluate", str(pred), str(ref), "--out", str(out), "--quiet", *(["--match-intensity"] if match else []),
+    arguments = ["evaluate", str(pred), str(ref), "--out", str(out), "--overwrite", "--quiet",
+                 *(["--match-intensity"] if match else []),
                  *(["--mask", str(mask)] if mask is not None else [])]
     synthmed(arguments, args.threads, args.work / "logs" / f"evaluate-{data_tag(args)}.log")
     return read_metrics(out)

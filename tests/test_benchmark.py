@@ -3,6 +3,7 @@
 import base64
 import csv
 import json
+import shutil
 from html.parser import HTMLParser
 from io import BytesIO
 from pathlib import Path
@@ -231,9 +232,9 @@ def test_real_suite_runs_one_task_end_to_end(real_data, tmp_path):
     assert main(["report", str(out), "--out", str(tmp_path / "real.html"), "--quiet"]) == 0
 
 
-def test_a_benchmark_folder_prepared_for_another_task_is_refused(tmp_path):
+def test_a_benchmark_folder_prepared_for_another_task_is_refused(prepared, tmp_path):
     out = tmp_path / "bench"
-    (out / "prep").mkdir(parents=True)
-    (out / "prep" / "plan.json").write_text(json.dumps({"source": "t1", "target": "t2", "size": 32}))
+    out.mkdir()
+    shutil.copytree(prepared, out / "prep")  # T1 -> T2 at 32 px
     with pytest.raises(SynthmedError, match="holds t1 -> t2 at 32 px, not t2 -> t1"):
         benchmark(out, models=["pix2pix"], data=tmp_path / "data", source="T2", target="T1", progress=False)

@@ -59,7 +59,7 @@ def test_translate_keeps_geometry_and_evaluate_writes_metrics(trained_run, phant
     # folder in -> folder out, subject folders mirrored
     folder_out = tmp_path / "folder_out"
     assert main(["translate", str(trained_run), str(phantoms), str(folder_out), "--quiet"]) == 0
-    assert sorted(p.name for p in folder_out.iterdir()) == sorted(p.name for p in phantoms.iterdir() if p.is_dir())
+    assert sorted(p.name for p in folder_out.iterdir() if p.is_dir()) == sorted(p.name for p in phantoms.iterdir() if p.is_dir())
     assert (folder_out / subject / "T2.nii.gz").is_file()
 
     metrics = tmp_path / "metrics.json"

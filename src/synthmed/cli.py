@@ -9,10 +9,12 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from synthmed.errors import SynthmedError
+from synthmed.errors import SynthmedError, Terminated
 
 
 def _int_at_least(minimum: int):
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convention", default="toolkit", choices=["toolkit", "max-normalised"],
                    help="metrics shown: the toolkit's (target units, masked) or SynDiff's test code's "
                         "(per-slice max normalisation, whole slice), to compare with published tables")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if an earlier report wrote it")
     _add_common(p)
 
     p = sub.add_parser("evaluate", help="PSNR, SSIM, MAE, NMSE of predictions against references")
@@ -213,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred-name", help="modality file to take from each prediction subject folder")
     p.add_argument("--ref-name", help="modality file to take from each reference subject folder")
     p.add_argument("--match-intensity", action="store_true", help="map predictions onto the reference's scale first (identity baseline)")
+    p.add_argument("--resample", action="store_true",
+                   help="resample each prediction onto its reference's grid (linear) when their geometry differs")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and its CSV")
     _add_common(p)
 
     p = sub.add_parser("degrade", help="degraded copies for restoration pairs: MR motion, Rician noise, PET low dose")
@@ -315,12 +321,15 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.verb == "report":
         from synthmed.workflows.report import report
 
-        print(f"wrote {report(args.source, args.out, slices_per_subject=args.slices, convention=args.convention)}")
+        written = report(args.source, args.out, slices_per_subject=args.slices, convention=args.convention,
+                         overwrite=args.overwrite)
+        print(f"wrote {written}")
     elif args.verb == "evaluate":
         from synthmed.workflows.evaluate import evaluate, format_table
 
         result = evaluate(args.pred, args.ref, mask=args.mask, out=args.out, pred_name=args.pred_name,
-                          ref_name=args.ref_name, match=args.match_intensity)
+                          ref_name=args.ref_name, match=args.match_intensity, resample=args.resample,
+                          overwrite=args.overwrite)
         print(format_table({Path(args.pred).name: result}))
         if args.out:
             print(f"metrics: {', '.join(map(str, result['written']))}")
@@ -350,6 +359,10 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -357,18 +370,28 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: the other processes report warnings and errors only
         level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s")
+    # SIGTERM unwinds like Ctrl-C (clean-up runs) and exits 143; training installs its own handler meanwhile.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return run_command(args)
     except SynthmedError as error:
         print(f"synthmed: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("synthmed: interrupted", file=sys.stderr)
+        print("synthmed: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
-    except OSError as error:  # disk full, permission denied, a path under /proc, ...
-        where = f" {error.filename}" if error.filename else ""
-        print(f"synthmed: error:{where}: {error.strerror or error}", file=sys.stderr)
+    except Terminated as stop:
+        print("synthmed: terminated (SIGTERM)", file=sys.stderr)
+        return stop.exit_code
+    except OSError as error:  # permission denied, a path under /proc, a disk that fills up, ...
+        where = f" {error.filename}:" if error.filename else ""
+        print(f"synthmed: error:{where} {error.strerror or error} (while running {args.verb}; check free space "
+              "and permissions)", file=sys.stderr)
         return 2
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

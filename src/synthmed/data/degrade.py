@@ -61,7 +61,6 @@ drawn parameters per subject.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -79,6 +78,10 @@ from synthmed.data.discovery import canonical_modality, file_modality, parse_ali
 from synthmed.data.geometry import slice_axis
 from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
 from synthmed.errors import SynthmedError
+from synthmed.files import (
+    json_text, output_lock, record_written, refuse_replacing_foreign, remove_stale_temporaries, temporary_path,
+    write_text_atomic, written_by_synthmed,
+)
 from synthmed.metrics import foreground_mask
 
 log = logging.getLogger(__name__)
@@ -387,6 +390,9 @@ def _link_clean(clean: Path, link: Path, overwrite: bool) -> str:
                 raise SynthmedError(f"{where} exists; pass --overwrite to replace it")
             if where.is_dir():
                 raise SynthmedError(f"{where} is a folder; cannot replace it with the clean scan")
+            if not where.is_symlink() and not written_by_synthmed(where):  # a link loses nothing; a file may be data
+                raise SynthmedError(f"{where} exists and is a file synthmed did not write; delete it yourself or "
+                                    "choose another output")
             where.unlink()
         try:
             where.symlink_to(target.resolve())
@@ -430,18 +436,32 @@ def degrade(
     severity = check_severity(severity)
     input_path, output = Path(input_path), Path(output)
     jobs = _plan_jobs(input_path, output, kind, name, parse_aliases(aliases))
+    with output_lock(output):
+        return _degrade_jobs(jobs, output, kind=kind, severity=severity, seed=seed, name=name, axis=axis,
+                             overwrite=overwrite, progress=progress)
+
+
+def _degrade_jobs(jobs: list, output: Path, *, kind: str, severity: float, seed: int, name: str | None, axis,
+                  overwrite: bool, progress: bool) -> list[Path]:
     existing = [job.out for job in jobs if job.out.exists()]
     if existing and not overwrite:
         raise SynthmedError(f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace")
     if any(_same_file(job.source, job.out) for job in jobs):
         raise SynthmedError(f"{jobs[0].out}: the output would replace its own input; choose another output")
+    folder_mode = jobs[0].subject is not None
+    summary_path = output / f"degrade-{name}_{kind}.json" if folder_mode else None
+    replaced = existing + [job.link for job in jobs if folder_mode and job.link.exists() and not job.link.is_symlink()
+                           and not _same_file(job.source, job.link)]
+    if summary_path is not None and summary_path.exists():
+        replaced.append(summary_path)
+    refuse_replacing_foreign(replaced, "degrade")  # only synthmed's own outputs, never a scan of the user's
     for folder in sorted({job.out.parent for job in jobs}):
         ensure_writable_folder(folder)
+        remove_stale_temporaries(folder)  # partial outputs of a run that was killed
 
     records: dict[str, dict] = {}
     partials: list[tuple[Path, Path]] = []
     written: list[Path] = []
-    folder_mode = jobs[0].subject is not None
     try:
         for job in tqdm(jobs, desc=f"degrade ({kind})", unit="volume", disable=not progress or not folder_mode):
             volume: Volume = read_volume(job.source)
@@ -454,7 +474,7 @@ def degrade(
             if not folder_mode or volume_suffix(job.out) == ".mhd":  # write_volume is atomic per file already
                 written.append(write_volume(job.out, degraded, like=volume, overwrite=overwrite))
                 continue
-            partial = job.out.with_name(f".{job.out.name}.partial{volume_suffix(job.out)}")
+            partial = temporary_path(job.out, "partial")
             partials.append((write_volume(partial, degraded, like=volume, overwrite=True), job.out))
         for partial, out in partials:
             if out.is_dir():
@@ -471,5 +491,9 @@ def degrade(
         summary = {"kind": kind, "severity": severity, "seed": seed, "name": name, "axis": str(axis),
                    "pair_with": f"synthmed prepare {output} --source {name}_{kind} --target {name}",
                    "subjects": records}
-        (output / f"degrade-{name}_{kind}.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(summary_path, json_text(summary))
+        copies = [job.link for job in jobs if records[job.subject]["clean_beside"] == "copy"]
+        record_written([*written, *copies, summary_path], "degrade")
+    else:
+        record_written(written, "degrade")
     return written

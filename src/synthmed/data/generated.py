@@ -28,7 +28,7 @@ from PIL import Image
 from synthmed.errors import SynthmedError
 
 FORMATS = ("png", "nii")
-_NAME = re.compile(r"^(\d{6,})_(image|mask)\.(png|nii\.gz)$")
+GENERATED_NAME = re.compile(r"^(\d{6,})_(image|mask)\.(png|nii\.gz)$")
 
 
 def to_unit(x: np.ndarray) -> np.ndarray:
@@ -79,7 +79,7 @@ def read_generated(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | 
         raise SynthmedError(f"{folder}: no such folder of generated pairs")
     found: dict[str, dict[str, Path]] = {}
     for path in folder.iterdir():
-        match = _NAME.match(path.name)
+        match = GENERATED_NAME.match(path.name)
         if match:
             found.setdefault(match.group(1), {})[match.group(2)] = path
     numbers = sorted(n for n, kinds in found.items() if "image" in kinds)

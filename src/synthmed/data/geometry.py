@@ -19,6 +19,34 @@ from synthmed.errors import SynthmedError
 
 AXIS_NAMES = {"sagittal": ("L", "R"), "coronal": ("A", "P"), "axial": ("S", "I")}
 BOX_MARGIN = 0.04
+AFFINE_TOLERANCE_MM = 1e-2  # two grids closer than this (in every affine entry) are the same grid
+
+
+def grid_difference(shape_a, affine_a: np.ndarray, shape_b, affine_b: np.ndarray) -> str | None:
+    """Why two volumes are not on one voxel grid (shape, or the voxel-to-world affine beyond
+    :data:`AFFINE_TOLERANCE_MM`), or None when they are."""
+    if tuple(shape_a) != tuple(shape_b):
+        return f"shape {'x'.join(map(str, shape_a))} against {'x'.join(map(str, shape_b))}"
+    difference = np.abs(np.asarray(affine_a, dtype=np.float64) - np.asarray(affine_b, dtype=np.float64))
+    if not difference.max() <= AFFINE_TOLERANCE_MM:
+        shift = float(difference[:3, 3].max())
+        if difference[:3, :3].max() <= AFFINE_TOLERANCE_MM:
+            return f"the same shape, but placed {shift:.3g} mm apart (their affines differ)"
+        return "the same shape, but a different voxel size or orientation (their affines differ)"
+    return None
+
+
+def resample_onto(data: np.ndarray, affine: np.ndarray, grid_shape, grid_affine: np.ndarray, order: int,
+                  fill: float) -> np.ndarray:
+    """``data`` (with voxel-to-world ``affine``) resampled onto another grid: each output voxel takes the
+    value at its world position (``order`` 0 nearest, 1 linear); ``fill`` outside ``data``'s field of view."""
+    from scipy import ndimage
+
+    mapping = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(grid_affine, dtype=np.float64)
+    return ndimage.affine_transform(
+        data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=tuple(grid_shape), order=order,
+        mode="constant", cval=float(fill),
+    ).astype(np.float32)
 
 
 def slice_axis(affine: np.ndarray, axis: str | int, is_2d: bool = False) -> int:

@@ -59,6 +59,7 @@ A mid-axial slice is ``volume[:, :, size // 2]``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -69,6 +70,7 @@ import numpy as np
 from scipy import ndimage
 
 from synthmed.errors import SynthmedError
+from synthmed.files import output_lock, remove_stale_temporaries, temporary_path
 
 __all__ = ["MODALITIES", "LABELS", "TISSUES", "SEQUENCES", "TissueParams", "make_phantom", "write_phantoms",
            "subject_seed"]
@@ -79,6 +81,8 @@ FOV_MM = 256.0
 
 _MR = ("T1", "T2", "PD", "FLAIR", "T1c")
 _FILES = tuple(f"{name}.nii.gz" for name in (*MODALITIES, "labels", "lesion"))
+
+log = logging.getLogger(__name__)
 _SUBJECT = re.compile(r"sub-\d{3,}")
 
 
@@ -520,7 +524,11 @@ def make_phantom(size: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+PHANTOM_DESCRIPTION = b"synthmed phantom"
+
+
 def _save(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -> None:
+    """One phantom file, written under a temporary name and renamed (a full disk leaves nothing behind)."""
     import nibabel as nib
 
     img = nib.Nifti1Image(array, affine)
@@ -528,9 +536,31 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header["descrip"] = description.encode()[:79]
-    part = path.with_name(path.name[: -len(".nii.gz")] + ".part.nii.gz")
-    nib.save(img, part)
-    os.replace(part, path)
+    part = temporary_path(path, "tmp")
+    try:
+        nib.save(img, part)
+        os.replace(part, path)
+    except OSError as error:
+        part.unlink(missing_ok=True)
+        raise SynthmedError(f"{path}: writing failed ({error.strerror or error}); check free space and "
+                            "permissions") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def is_phantom_file(path: Path) -> bool:
+    """Whether ``path`` is a phantom file this module wrote (its NIfTI description says so): what
+    ``--overwrite`` may replace or delete."""
+    import nibabel as nib
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        description = bytes(nib.load(path).header["descrip"].tobytes())
+    except Exception:  # noqa: BLE001 - anything unreadable is not one of ours
+        return False
+    return description.startswith(PHANTOM_DESCRIPTION)
 
 
 def write_phantoms(out_dir, subjects: int, size: int = 64, seed: int = 0, overwrite: bool = False) -> list[Path]:
@@ -538,9 +568,10 @@ def write_phantoms(out_dir, subjects: int, size: int = 64, seed: int = 0, overwr
 
     Images are ``float32``, ``labels`` and ``lesion`` ``uint8``. Subject ``i`` (1-based) is
     ``make_phantom(size, subject_seed(seed, i))``, the same whatever ``subjects`` is. A non-empty
-    ``out_dir`` is refused unless ``overwrite``; then the files are replaced and phantom subject
-    folders beyond ``subjects`` (``sub-NNN`` folders holding only phantom files) are removed;
-    anything else there is left alone. Returns the subject folders.
+    ``out_dir`` is refused unless ``overwrite``; then phantom files are replaced and phantom subject
+    folders beyond ``subjects`` (``sub-NNN`` folders holding only phantom files) are removed. A file this
+    module did not write (:func:`is_phantom_file`) is never replaced or removed: where one stands in the way,
+    nothing is written and the error names it. Returns the subject folders.
     """
     out = Path(out_dir)
     if isinstance(subjects, bool) or not isinstance(subjects, (int, np.integer)) or subjects < 1:
@@ -550,21 +581,40 @@ def write_phantoms(out_dir, subjects: int, size: int = 64, seed: int = 0, overwr
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SynthmedError(f"{out} is not empty; pass --overwrite to replace its phantoms or choose another folder")
     _check(size, seed)
+    with output_lock(out):
+        return _write_phantoms(out, subjects, size, seed)
+
+
+def _write_phantoms(out: Path, subjects: int, size: int, seed: int) -> list[Path]:
+    wanted = [f"sub-{i:03d}" for i in range(1, subjects + 1)]
+    for name in wanted:  # everything that would be replaced must be ours, before anything is written
+        folder = out / name
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise SynthmedError(f"{folder} is not a phantom subject folder; --overwrite replaces only files synthmed "
+                                "phantom wrote: move it away or choose another folder")
+        for file in _FILES:
+            path = folder / file
+            if (path.exists() or path.is_symlink()) and not is_phantom_file(path):
+                raise SynthmedError(f"{path} was not written by synthmed phantom; --overwrite replaces only phantom "
+                                    "files: move it away or choose another folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SynthmedError(f"{out}: cannot create the folder ({exc.strerror or exc}); choose another one") from None
-    wanted = {f"sub-{i:03d}" for i in range(1, subjects + 1)}
-    for stale in out.iterdir():
-        if (stale.is_dir() and not stale.is_symlink() and _SUBJECT.fullmatch(stale.name) and stale.name not in wanted
-                and all(p.is_file() and p.name in _FILES for p in stale.iterdir())):
-            shutil.rmtree(stale)
+    for stale in sorted(out.iterdir()):
+        if (stale.is_dir() and not stale.is_symlink() and _SUBJECT.fullmatch(stale.name) and stale.name not in wanted):
+            if all(is_phantom_file(p) for p in stale.iterdir()):
+                shutil.rmtree(stale)
+            else:
+                log.info("%s holds files synthmed phantom did not write; left as it is", stale)
     folders = []
-    for i in range(1, subjects + 1):
-        folder = out / f"sub-{i:03d}"
+    for i, name in enumerate(wanted, start=1):
+        folder = out / name
         folder.mkdir(exist_ok=True)
+        remove_stale_temporaries(folder)
         ph = make_phantom(size, subject_seed(seed, i))
-        for name in (*MODALITIES, "labels", "lesion"):
-            _save(ph[name], ph["affine"], folder / f"{name}.nii.gz", f"synthmed phantom {name} seed {seed} sub {i}")
+        for modality in (*MODALITIES, "labels", "lesion"):
+            _save(ph[modality], ph["affine"], folder / f"{modality}.nii.gz",
+                  f"synthmed phantom {modality} seed {seed} sub {i}")
         folders.append(folder)
     return folders

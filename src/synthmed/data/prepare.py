@@ -10,7 +10,9 @@ memory-mapped ``.npy`` array per role under ``slices/``:
 - ``index.npy``: int32 (n, 2) = (subject number in ``plan['subjects']``, slice number).
 
 The folder is written under a temporary name and renamed at the end, so it is either
-complete or absent. Re-running with the same inputs and options does nothing.
+complete or absent. Re-running with the same inputs and options does nothing. The command holds a lock
+on the output for its whole run; ``--overwrite`` replaces only a folder that ``prepare`` itself made (its
+``.synthmed`` marker, nothing else in it), never one that holds or lies inside the input data.
 """
 
 from __future__ import annotations
@@ -26,38 +28,97 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 from tqdm.auto import tqdm
 
 from synthmed.data.discovery import (
     FileRef, Subject, canonical_modality, discover, parse_aliases, patient_key, require_modalities,
 )
-from synthmed.data.geometry import INTERPOLATION, SliceGeometry, crop_slices, default_size, fit_geometry, slice_axis
+from synthmed.data.geometry import (
+    AFFINE_TOLERANCE_MM, INTERPOLATION, INTERPOLATIONS, SliceGeometry, crop_slices, default_size, fit_geometry,
+    resample_onto, slice_axis,
+)
 from synthmed.data.io import Volume, ensure_writable_folder, read_volume
 from synthmed.data.normalize import Normalization, fit_normalization, median_normalization, modality_kind
 from synthmed.data.splits import parse_ratios, split_subjects
 from synthmed.errors import SynthmedError
+from synthmed.files import (
+    finite_json, json_text, output_lock, ownership_problem, read_json_record, refuse_overlap,
+    remove_stale_temporaries, require_free_space, temporary_path, write_marker,
+)
 from synthmed.metrics import foreground_mask
+from synthmed.records import Choice, Int, ListOf, MapOf, Maybe, Num, Record, Str, invalid, validate
 
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 2  # 2: bicubic slice resampling (plan key "interpolation")
 MIN_FOREGROUND_FRACTION = 0.01
-AFFINE_TOLERANCE_MM = 1e-2
 
 
 def read_ref(ref: FileRef) -> Volume:
     return read_volume(ref.path, key=ref.key, channel=ref.channel)
 
 
+_NORMALIZATION = Record({"kind": Choice("mr", "ct"), "lo": Num(), "hi": Num()})
+_GEOMETRY = Record({"axis": Int(0, 2), "shape": ListOf(Int(1, 100_000), length=3), "row0": Int(-100_000, 100_000),
+                    "col0": Int(-100_000, 100_000), "side": Int(1, 200_000), "size": Int(16, 1024)})
+_VOLUME = Record({"number": Int(0), "files": MapOf(Str()), "geometry": _GEOMETRY,
+                  "normalization": MapOf(_NORMALIZATION), "n_slices": Int(0)})
+PLAN_SCHEMA = Record(
+    {
+        "synthmed_plan": Int(1, PLAN_VERSION),
+        "source": Str(100),
+        "target": Maybe(Str(100)),
+        "label": Maybe(Str(100)),
+        "axis": Str(20),
+        "size": Int(16, 1024, multiple=16),
+        "normalization_kind": MapOf(Choice("mr", "ct")),
+        "reference_normalization": MapOf(_NORMALIZATION),
+        "split": Record({name: ListOf(Str()) for name in ("train", "val", "test")}),
+        "subjects": ListOf(Str()),
+        "volumes": MapOf(_VOLUME),
+        "n_slices": MapOf(Int(0)),
+    },
+    optional={"interpolation": Choice(*INTERPOLATIONS), "aliases": Maybe(MapOf(Str(100))), "inputs_hash": Str(),
+              "seed": Int(), "data": Maybe(Str()), "skipped": MapOf(Str())},
+)
+
+
+def check_plan(plan: dict, path: str | Path) -> dict:
+    """``plan`` (a parsed plan.json) if every field the toolkit uses is present and sane; else a one-line
+    :class:`SynthmedError` naming the field. Used for every plan read back (prepared folders, run folders)."""
+    fix = "re-run prepare with --overwrite (a run folder's plan.json is a copy of it)"
+    validate(plan, PLAN_SCHEMA, path, fix)
+    roles = [plan["source"]] + ([plan["target"]] if plan["target"] else [])
+    for role in roles:
+        for table in ("normalization_kind", "reference_normalization"):
+            if role not in plan[table]:
+                raise invalid(path, f"{table}.{role}", "is missing", fix)
+        reference = plan["reference_normalization"][role]
+        if not reference["hi"] > reference["lo"]:
+            raise invalid(path, f"reference_normalization.{role}", "has hi <= lo", fix)
+    for split, subjects in plan["split"].items():
+        for subject in subjects:
+            if subject not in plan["volumes"]:
+                raise invalid(path, f"split.{split}", f"names {subject!r}, which volumes does not hold", fix)
+    for subject, record in plan["volumes"].items():
+        for role in roles:
+            if role not in record["normalization"]:
+                raise invalid(path, f"volumes.{subject}.normalization.{role}", "is missing", fix)
+    return plan
+
+
+def plan_digest(plan: dict) -> str:
+    """A fingerprint of a plan's content: a checkpoint records the one it was trained on, so a checkpoint of
+    another run (another data set, size or normalisation) is not applied unnoticed."""
+    return hashlib.sha256(json.dumps(finite_json(plan), sort_keys=True).encode()).hexdigest()[:32]
+
+
 def load_plan(prep: str | Path) -> dict:
+    """The checked plan of a prepared folder (see :func:`check_plan`)."""
     path = Path(prep) / "plan.json"
     if not path.is_file():
         raise SynthmedError(f"{prep}: no plan.json here; run `synthmed prepare ... --out {prep}` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SynthmedError(f"{path}: not valid JSON ({error}); re-run prepare with --overwrite") from None
+    return check_plan(read_json_record(path, "plan", "re-run prepare with --overwrite"), path)
 
 
 def _input_hash(subjects: list[Subject], options: dict) -> str:
@@ -103,12 +164,8 @@ def _coregister(subject: str, source: Volume, other: Volume, role: str, resample
             f"subject {subject}: {role} {Path(other.path).name} has {problem}: not co-registered; "
             "register them or pass --resample to resample onto the source grid"
         )
-    # voxel of source -> world -> voxel of other
-    mapping = np.linalg.inv(other.affine) @ source.affine
-    return ndimage.affine_transform(
-        other.data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=source.data.shape,
-        order=0 if is_label else 1, mode="constant", cval=float(other.data.min()),
-    ).astype(np.float32)
+    return resample_onto(other.data, other.affine, source.data.shape, source.affine, order=0 if is_label else 1,
+                         fill=float(other.data.min()))
 
 
 def _volume_summary(volume: Volume) -> dict:
@@ -155,6 +212,14 @@ def prepare(
 ) -> Path:
     """Prepare a dataset for training; returns the output folder. See the module docstring."""
     out = Path(out)
+    with output_lock(out):
+        return _prepare(data, source=source, out=out, target=target, label=label, size=size, axis=axis,
+                        pattern=pattern, manifest=manifest, split=split, seed=seed, aliases=aliases,
+                        resample=resample, overwrite=overwrite, progress=progress)
+
+
+def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, manifest, split, seed, aliases,
+             resample, overwrite, progress) -> Path:
     ratios = parse_ratios(split)
     alias_map = parse_aliases(aliases)
     source_mod = canonical_modality(source, alias_map)
@@ -179,19 +244,19 @@ def prepare(
         "split": ratios, "seed": seed, "resample": resample,
     }
     inputs_hash = _input_hash(subjects, options)
-    if out.exists():
-        existing = out / "plan.json"
-        if existing.is_file() and not overwrite:
-            try:
-                if json.loads(existing.read_text()).get("inputs_hash") == inputs_hash:
-                    log.info("%s is up to date (same inputs and options); nothing to do", out)
-                    return out
-            except json.JSONDecodeError:
-                pass
-        if not overwrite and (not out.is_dir() or any(out.iterdir())):
-            raise SynthmedError(f"{out} exists and holds something else; pass --overwrite to replace it or choose another --out")
+    _check_output(out, data, manifest, subjects, overwrite)
+    if out.is_dir() and (out / "plan.json").is_file() and not overwrite and _owned(out):
+        try:
+            if json.loads((out / "plan.json").read_text()).get("inputs_hash") == inputs_hash:
+                log.info("%s is up to date (same inputs and options); nothing to do", out)
+                return out
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise SynthmedError(f"{out} exists and holds something else; pass --overwrite to replace it or choose another --out")
 
     ensure_writable_folder(out.parent)
+    remove_stale_temporaries(out.parent, names=lambda name: name == out.name)
 
     if size is None:
         # A cheap pre-pass over the sources alone picks the slice size from the foreground boxes.
@@ -208,8 +273,11 @@ def prepare(
     fp_volumes: dict[str, list[dict]] = {m: [] for m in roles}
     fp_percentiles: dict[str, list[list[float]]] = {m: [] for m in roles}
     skipped: dict[str, str] = {}
+    seen: dict[str, tuple[str, str, str]] = {}  # content digest -> (subject, role, path) of the first volume with it
     for subject in tqdm(subjects, desc="preparing", disable=not progress, unit="subject"):
         volumes = {role: read_ref(subject.files[role]) for role in roles}
+        for role, volume in volumes.items():
+            _refuse_duplicate(seen, subject.id, role, volume)
         src = volumes[source_mod]
         src_fg = foreground_mask(src.data)
         _check_usable(src, src_fg, source_mod)
@@ -300,31 +368,109 @@ def _ref_dict(ref: FileRef) -> dict:
     return {"path": ref.path, "key": ref.key, "channel": ref.channel}
 
 
+def _check_output(out: Path, data, manifest, subjects: list[Subject], overwrite: bool) -> None:
+    """Refuse an ``--out`` that is a file or a link, that overlaps the input data (it, inside it, or holding
+    part of it), or (with ``overwrite``) a folder ``prepare`` did not make."""
+    if out.is_symlink():
+        raise SynthmedError(f"--out {out} is a symbolic link; give a real folder (nothing was changed)")
+    if out.exists() and not out.is_dir():
+        raise SynthmedError(f"--out {out} is a file, not a folder; prepare writes a folder: choose another --out")
+    inputs: list[str | Path] = [p for p in (data, manifest) if p is not None and not isinstance(p, list)]
+    for subject in subjects:
+        for ref in (*subject.files.values(), subject.mask, subject.label):
+            if ref is not None:
+                inputs.append(os.path.dirname(ref.path) if any(c in ref.path for c in "*?[") else ref.path)
+    refuse_overlap(out, inputs, what="--out")
+    if overwrite and out.is_dir() and any(out.iterdir()):
+        problem = ownership_problem(out, "prepare", _prepared_entry, legacy=_legacy_prepared)
+        if problem:
+            raise SynthmedError(f"{out} {problem}; --overwrite replaces only a folder made by synthmed prepare: "
+                                "choose another --out")
+
+
+def _prepared_entry(entry: Path) -> bool:
+    """Whether ``entry`` (in a prepared folder) is something prepare writes: plan.json, slices/ of .npy arrays."""
+    if entry.name == "plan.json":
+        return entry.is_file() and not entry.is_symlink()
+    if entry.name == "slices" and entry.is_dir() and not entry.is_symlink():
+        return all(child.suffix == ".npy" and child.is_file() and not child.is_symlink() for child in entry.iterdir())
+    return False
+
+
+def _legacy_prepared(folder: Path) -> bool:
+    """A prepared folder written before folders carried markers: its plan.json is a synthmed plan."""
+    try:
+        return "synthmed_plan" in json.loads((folder / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
+
+
+def _owned(out: Path) -> bool:
+    return ownership_problem(out, "prepare", _prepared_entry, legacy=_legacy_prepared) is None
+
+
+def _refuse_duplicate(seen: dict[str, tuple[str, str, str]], subject: str, role: str, volume: Volume) -> None:
+    """One scan listed under two subject ids would put the same image in training and test data: refuse it.
+    Compared by voxel content, so a copy under another name or format is found as well."""
+    data = np.ascontiguousarray(volume.data)
+    digest = hashlib.blake2b(data.view(np.uint8).reshape(-1), digest_size=20)
+    digest.update(repr(data.shape).encode())
+    key = digest.hexdigest()
+    first = seen.setdefault(key, (subject, role, str(volume.path)))
+    if first[0] != subject:
+        raise SynthmedError(
+            f"subjects {first[0]} and {subject} hold the same scan ({first[1]} {first[2]} and {role} {volume.path} "
+            "have identical voxels): one scan under two ids would land in both training and test data; remove "
+            "the duplicate"
+        )
+
+
 def _write_prepared(out: Path, plan: dict, stacks: dict[str, dict[str, np.ndarray]], order: list[str], overwrite: bool) -> None:
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    """Write the arrays and plan.json into a temporary folder beside ``out``, then move it into place (an
+    existing prepared folder is moved aside first and deleted last). Plain writes, not memory maps: a full disk
+    is then an error (with the temporary folder removed), not a crash."""
+    tmp = temporary_path(out, "tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
+    names = sorted({name for s in stacks.values() for name in s})
+    arrays = {name: [stacks[s][name] for s in order if name in stacks[s]] for name in names}
+    needed = sum(part.nbytes for parts in arrays.values() for part in parts)
+    require_free_space(out.parent, needed, "the prepared slices")
     try:
         (tmp / "slices").mkdir(parents=True)
-        names = sorted({name for s in stacks.values() for name in s})
-        for name in names:
-            parts = [stacks[s][name] for s in order if name in stacks[s]]
-            total = sum(len(p) for p in parts)
-            array = np.lib.format.open_memmap(tmp / "slices" / f"{_array_file(plan, name)}.npy", mode="w+",
-                                              dtype=parts[0].dtype, shape=(total, *parts[0].shape[1:]))
-            start = 0
-            for part in parts:
-                array[start:start + len(part)] = part
-                start += len(part)
-            array.flush()
-            del array
-        (tmp / "plan.json").write_text(json.dumps(plan, indent=2))
+        for name, parts in arrays.items():
+            _write_npy(tmp / "slices" / f"{_array_file(plan, name)}.npy", parts)
+        (tmp / "plan.json").write_text(json_text(plan), encoding="utf-8")
+        write_marker(tmp, "prepare")
         if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
+            old = temporary_path(out, "old")
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SynthmedError(f"{out}: writing the prepared data failed ({error.strerror or error}); check free space "
+                            "and permissions (nothing was changed)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_npy(path: Path, parts: list[np.ndarray]) -> None:
+    """One .npy file of the stacked ``parts`` (same dtype and slice shape), written part by part."""
+    dtype = parts[0].dtype
+    shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
+    with open(path, "wb") as stream:
+        np.lib.format.write_array_header_1_0(
+            stream, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+        for part in parts:
+            np.ascontiguousarray(part, dtype=dtype).tofile(stream)
 
 
 def _array_file(plan: dict, name: str) -> str:

@@ -44,9 +44,12 @@ log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(SynthmedError):
-    """Raised after a checkpoint was saved on Ctrl-C or SIGTERM."""
+    """Raised after a checkpoint was saved on Ctrl-C or SIGTERM; exits 128 + the signal's number (130 for
+    Ctrl-C, 143 for SIGTERM), as a shell reports a process a signal ended, so schedulers see which it was."""
 
-    exit_code = 130
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.exit_code = 128 + (signal.SIGTERM if signal_name == "SIGTERM" else signal.SIGINT)
 
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -226,6 +229,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "seed": self.settings.seed,
             "torch_version": str(torch.__version__),
+            "plan_digest": self.run_info.get("plan_digest"),
         }
 
     def save(self, name: str = "last.pt") -> Path:
@@ -264,6 +268,10 @@ class Trainer:
                 f"{path}: this run was trained with model {record['model']} and a different configuration "
                 f"({', '.join(changed) or 'model name'}); resume with the same settings or choose another --out"
             )
+        if record.get("plan_digest") and self.run_info.get("plan_digest") and \
+                record["plan_digest"] != self.run_info["plan_digest"]:
+            raise SynthmedError(f"{path}: the prepared data changed since this run started (another plan.json); "
+                                "train a new run on it (choose another --out)")
         if record.get("batch_size") != self.batch_size or record.get("seed") != self.settings.seed:
             raise SynthmedError(f"{path}: batch size or seed differ from the saved run; resume with the same settings")
         saved_world = int(record.get("world_size", 1))
@@ -312,7 +320,8 @@ class Trainer:
         if self._stop_signal:
             path = self.save_last()
             raise TrainingInterrupted(
-                f"{self._stop_signal}: stopped at step {self.step}; checkpoint saved to {path}; continue with --resume"
+                f"{self._stop_signal}: stopped at step {self.step}; checkpoint saved to {path}; continue with --resume",
+                self._stop_signal,
             )
         self._check_ranks_in_sync()
         summary = self.summary(time.perf_counter() - start, self.step - first_step)

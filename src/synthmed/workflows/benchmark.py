@@ -38,11 +38,9 @@ the one task ``--source``/``--target`` name; see :data:`REAL_SUBJECTS`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -52,9 +50,15 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.data.io import ensure_writable_folder, write_text_atomic
+from synthmed.data.io import ensure_writable_folder
+from synthmed.data.prepare import load_plan
 from synthmed.errors import SynthmedError
+from synthmed.files import (
+    json_text, output_lock, read_json_record, remove_owned_folder, write_marker, write_text_atomic,
+)
 from synthmed.models.registry import available_models
+from synthmed.records import Int, ListOf, MapOf, Record, Str, validate
+from synthmed.workflows.train import is_run_entry, legacy_run
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +176,17 @@ def benchmark(
                         inception_weights=str(Path(inception_weights).resolve()) if inception_weights else None,
                         inception_variant=inception_variant, progress=progress)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SynthmedError(f"--out {out} is a file, not a folder; choose another --out")
     if out.exists() and (out / "benchmark.json").exists() and not overwrite:
         raise SynthmedError(f"{out} holds a benchmark already; pass --overwrite or choose another --out")
+    with output_lock(out):
+        return _run_suite(out, suite, config, protocol, data=data, pattern=pattern, manifest=manifest, source=source,
+                          target=target, label=label)
+
+
+def _run_suite(out: Path, suite: str, config: Suite, protocol: Protocol, *, data, pattern, manifest, source, target,
+               label) -> dict[str, Any]:
     if suite == "real":
         if pattern or manifest or label:
             raise SynthmedError("--suite real builds its own manifest from --data; drop --pattern/--manifest/--label")
@@ -182,7 +195,35 @@ def benchmark(
         tasks = [(source.lower(), target.lower())] if source and target else list(REAL_TASKS)
         return _real_suite(out, data, tasks, config, protocol)
     ensure_writable_folder(out)
+    write_marker(out, "benchmark")
     return _benchmark_task(out, suite, config, protocol, data=data, pattern=pattern, manifest=manifest, label=label)
+
+
+_TASK_SCHEMA = Record({
+    "data": Record({"source": Str(100), "target": Str(100), "prepared": Str(),
+                    "split": Record({name: ListOf(Str()) for name in ("train", "val", "test")})}),
+    "settings": Record({"steps": Int(1), "batch_size": Int(1)}),
+    "protocol": Str(10_000),
+    "identity": Record({}),
+    "methods": MapOf(Record({"repeats": ListOf(Record({"seed": Int()}), min_length=1), "summary": Record({})})),
+})
+_INDEX_SCHEMA = Record({"tasks": MapOf(Record({"folder": Str(200)}))})
+
+
+def load_benchmark_record(path: str | Path) -> dict[str, Any]:
+    """A ``benchmark.json``, checked: a suite index (``tasks``) or one task's results, every field the report
+    reads present and of the right type (a one-line error naming the field otherwise)."""
+    path = Path(path)
+    fix = "run the benchmark again into a new --out"
+    record = read_json_record(path, "benchmark record", fix)
+    if isinstance(record, dict) and "tasks" in record:
+        record = validate(record, _INDEX_SCHEMA, path, fix)
+        for name, task in record["tasks"].items():
+            if Path(task["folder"]).is_absolute() or ".." in Path(task["folder"]).parts:
+                raise SynthmedError(f"{path}: field tasks.{name}.folder {task['folder']!r} must name a folder inside "
+                                    f"the benchmark folder; {fix}")
+        return record
+    return validate(record, _TASK_SCHEMA, path, fix)
 
 
 def real_suite_manifest(root: str | Path, out: str | Path) -> Path:
@@ -214,6 +255,7 @@ def _real_suite(out: Path, data: str | Path | None, tasks: list[tuple[str, str]]
         raise SynthmedError("--suite real reads real scans: pass --data with the folder that holds brats/ and ms/ "
                             "(e.g. ../shared/data/real)")
     ensure_writable_folder(out)
+    write_marker(out, "benchmark")
     manifest = real_suite_manifest(data, out / "manifest.csv")
     started = time.perf_counter()
     index: dict[str, Any] = {"benchmark": "synthmed benchmark", "suite": "real", "data": str(Path(data).resolve()),
@@ -230,9 +272,9 @@ def _real_suite(out: Path, data: str | Path | None, tasks: list[tuple[str, str]]
                                 "identity": result["identity"]["overall"]["mean"],
                                 "methods": {m: e["summary"] for m, e in result["methods"].items()}}
         index["seconds"] = round(time.perf_counter() - started, 1)
-        write_text_atomic(out / "benchmark.json", json.dumps(index, indent=2, default=_plain))
+        write_text_atomic(out / "benchmark.json", json_text(index, default=_plain))
     index["complete"] = True
-    write_text_atomic(out / "benchmark.json", json.dumps(index, indent=2, default=_plain))
+    write_text_atomic(out / "benchmark.json", json_text(index, default=_plain))
     return index
 
 
@@ -271,7 +313,7 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
         arguments += ["--manifest", str(manifest)]
     if not (prep / "plan.json").is_file():
         cli(arguments, "prepare.log")
-    plan = json.loads((prep / "plan.json").read_text())
+    plan = load_plan(prep)
     from synthmed.data.discovery import canonical_modality
 
     wanted = (canonical_modality(config.source, {}), canonical_modality(config.target, {}), config.size)
@@ -314,8 +356,7 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
             run_seed = seed + repeat
             run = out / "runs" / f"{model}-seed{run_seed}"
             if not _reusable(run, config, protocol):
-                if run.exists():
-                    shutil.rmtree(run)
+                remove_owned_folder(run, "train", is_run_entry, legacy=legacy_run)
                 train_arguments = ["train", str(prep), "--model", model, "--preset", config.preset, "--out", str(run),
                                    "--steps", str(config.steps), "--batch-size", str(config.batch_size),
                                    "--seed", str(run_seed), "--device", protocol.device,
@@ -325,7 +366,8 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
                 train_usage = cli(train_arguments, f"train-{model}-seed{run_seed}.log")
             else:
                 train_usage = {"peak_rss_mb": None, "wall_seconds": None, "reused": True}
-            summary = json.loads((run / "train_summary.json").read_text())
+            summary = read_json_record(run / "train_summary.json", "training summary",
+                                       f"remove {run} and run the benchmark again")
             outputs = out / "outputs" / f"{model}-seed{run_seed}"
             translate_arguments = ["translate", str(run), str(_test_folder(out, sources, plan["source"])),
                                    str(outputs), "--reference",
@@ -367,7 +409,10 @@ def _reusable(run: Path, config: Suite, protocol: Protocol) -> bool:
     path = run / "train_summary.json"
     if not path.is_file():
         return False
-    settings = json.loads(path.read_text()).get("settings", {})
+    summary = read_json_record(path, "training summary", f"remove {run} and run the benchmark again")
+    settings = summary.get("settings") if isinstance(summary, dict) else None
+    if not isinstance(settings, dict):
+        return False
     return (settings.get("steps"), settings.get("batch_size"), settings.get("max_minutes")) == (
         config.steps, config.batch_size, protocol.budget_minutes)
 
@@ -573,7 +618,7 @@ def _csv_scores(scores: dict[str, Any]) -> dict[str, Any]:
 
 def _write(out: Path, report: dict[str, Any], started: float) -> None:
     report["seconds"] = round(time.perf_counter() - started, 1)
-    write_text_atomic(out / "benchmark.json", json.dumps(report, indent=2, default=_plain))
+    write_text_atomic(out / "benchmark.json", json_text(report, default=_plain))
     rows = [{"method": "identity", "seed": "", **_csv_scores(report["identity"])}]
     for model, entry in report["methods"].items():
         for repeat in entry["repeats"]:

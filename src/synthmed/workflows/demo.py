@@ -7,7 +7,6 @@ reference's intensity scale exactly as the translation is) -> table + figure.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,12 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.data.io import read_volume
+from synthmed.data.io import ensure_writable_folder, read_volume, volume_suffix
 from synthmed.data.phantom import write_phantoms
-from synthmed.data.prepare import prepare
+from synthmed.data.prepare import load_plan, prepare
 from synthmed.errors import SynthmedError
+from synthmed.files import (
+    MARKER_NAME, json_text, marked_by, output_lock, remove_owned_folder, write_marker, write_text_atomic,
+)
 from synthmed.workflows.evaluate import evaluate_pairs, format_table, match_intensity
-from synthmed.workflows.train import train
+from synthmed.workflows.train import is_run_entry, legacy_run, train
 from synthmed.workflows.translate import translate
 
 log = logging.getLogger(__name__)
@@ -41,28 +43,45 @@ def demo(
     device: str = "auto",
 ) -> dict[str, Any]:
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SynthmedError(f"{out} is not empty; pass --overwrite to redo the demo there or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise SynthmedError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SynthmedError(f"{out} is not empty; pass --overwrite to redo the demo there or choose another --out")
+        if not (marked_by(out, "demo") or (out / "demo_results.json").is_file()):
+            raise SynthmedError(f"{out} was not made by synthmed demo (no {MARKER_NAME} marker); --overwrite redoes "
+                                "only a demo folder: choose another --out")
     if subjects < 4:
         raise SynthmedError("--subjects: the demo needs at least 4 phantoms (train, val and test subjects)")
-    started = time.perf_counter()
-    phantoms, prep, run, translations = out / "phantoms", out / "prep", out / "run", out / "translations"
-    for folder in (phantoms, prep, run, translations):
-        if folder.exists():
-            import shutil
+    with output_lock(out):
+        return _demo(out, subjects=subjects, size=size, steps=steps, model=model, source=source, target=target,
+                     seed=seed, overwrite=overwrite, progress=progress, device=device)
 
-            shutil.rmtree(folder)
+
+def _demo(out: Path, *, subjects: int, size: int, steps: int | None, model: str, source: str, target: str,
+          seed: int, overwrite: bool, progress: bool, device: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    ensure_writable_folder(out)
+    write_marker(out, "demo")
+    phantoms, prep, run, translations = out / "phantoms", out / "prep", out / "run", out / "translations"
+    # A rerun replaces the demo's own folders, each only as far as it holds what the demo wrote there.
+    remove_owned_folder(run, "train", is_run_entry, legacy=legacy_run)
+    remove_owned_folder(translations, "demo", lambda entry: entry.is_dir() and not entry.is_symlink()
+                        and all(volume_suffix(f) for f in entry.iterdir()), legacy=lambda _: overwrite)
     print(f"[1/5] {subjects} phantoms of {size}^3 voxels -> {phantoms}")
-    write_phantoms(phantoms, subjects=subjects, size=size, seed=seed)
+    write_phantoms(phantoms, subjects=subjects, size=size, seed=seed, overwrite=overwrite)
     print(f"[2/5] prepare {source} -> {target} -> {prep}")
-    prepare(phantoms, source=source, target=target, out=prep, size=size, split=(0.6, 0.2, 0.2), seed=seed, progress=progress)
-    plan = json.loads((prep / "plan.json").read_text())
+    prepare(phantoms, source=source, target=target, out=prep, size=size, split=(0.6, 0.2, 0.2), seed=seed,
+            overwrite=overwrite, progress=progress)
+    plan = load_plan(prep)
     print(f"      split by subject: train {plan['split']['train']}, val {plan['split']['val']}, test {plan['split']['test']}")
     print(f"[3/5] train {model} (small preset) -> {run}")
     summary = train(prep, model=model, preset="small", out=run, steps=steps, seed=seed, progress=progress, device=device)
     print(f"      {summary['steps']} steps in {summary['seconds']:.0f} s")
     print(f"[4/5] translate the {len(plan['split']['test'])} test subjects -> {translations}")
     model_pairs, identity_pairs = [], []
+    ensure_writable_folder(translations)
+    write_marker(translations, "demo")
     for subject in plan["split"]["test"]:
         record = plan["volumes"][subject]
         source_file, target_file = Path(record["files"][plan["source"]]), Path(record["files"][plan["target"]])
@@ -72,8 +91,9 @@ def demo(
         identity_pairs.append((subject, source_file, target_file))
     print("[5/5] evaluate on the held-out subjects (inside the head mask, target units)")
     results = {
-        "identity (source)": evaluate_pairs(identity_pairs, match=True, out=out / "metrics_identity.json"),
-        model: evaluate_pairs(model_pairs, out=out / f"metrics_{model}.json"),
+        "identity (source)": evaluate_pairs(identity_pairs, match=True, out=out / "metrics_identity.json",
+                                            overwrite=overwrite),
+        model: evaluate_pairs(model_pairs, out=out / f"metrics_{model}.json", overwrite=overwrite),
     }
     table = format_table(results)
     print(table)
@@ -88,7 +108,7 @@ def demo(
         "results": {name: {"mean": r["mean"], "sd": r["sd"], "n": r["n"]} for name, r in results.items()},
         "gain_psnr_db": gain_psnr, "gain_ssim": gain_ssim, "figure": str(figure),
     }
-    (out / "demo_results.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(out / "demo_results.json", json_text(report))
     print(f"figure: {figure}\nresults: {out / 'demo_results.json'} (total {seconds:.0f} s)")
     return report
 

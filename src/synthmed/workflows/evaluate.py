@@ -1,7 +1,9 @@
 """``synthmed evaluate``: PSNR, SSIM, MAE and NMSE of predictions against references.
 
 Metrics are computed on the volumes as written (the target's units) inside a mask: the
-given one, or the reference's foreground. PSNR uses the reference's intensity range
+given one, or the reference's foreground. A prediction must lie on its reference's voxel grid
+(same shape and affine): one placed elsewhere is refused, or resampled onto the reference grid
+with ``resample``, since voxel-by-voxel scores of misaligned volumes mean nothing. PSNR uses the reference's intensity range
 inside the mask. With ``match_intensity`` each prediction is first mapped linearly onto
 its reference's scale by the same robust percentiles the normaliser uses (background
 level and 99.5th foreground percentile): this is how a source image is scored as the
@@ -11,19 +13,27 @@ identity baseline, since its units are not the target's.
 from __future__ import annotations
 
 import csv
-import json
+import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from synthmed.data.discovery import canonical_modality, file_modality
-from synthmed.data.io import read_volume, volume_suffix
+from synthmed.data.geometry import grid_difference, resample_onto
+from synthmed.data.io import Volume, read_volume, volume_suffix
 from synthmed.data.normalize import fit_normalization
 from synthmed.errors import SynthmedError
+from synthmed.files import (
+    json_text, output_lock, record_written, refuse_replacing_foreign, same_file, write_text_atomic,
+)
 from synthmed.metrics import foreground_mask, image_metrics, summarize
 
+log = logging.getLogger(__name__)
+
 METRIC_KEYS = ("psnr", "ssim", "ssim3d", "mae", "nmse")
+GEOMETRIC_FORMATS = ("nifti", "itk", "dicom")  # formats whose affine places the voxels in the world
 
 
 def match_intensity(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -91,10 +101,38 @@ def evaluate(
     pred_name: str | None = None,
     ref_name: str | None = None,
     match: bool = False,
+    resample: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate and (with ``out``) write ``metrics.json`` and a CSV beside it."""
+    """Evaluate and (with ``out``) write ``metrics.json`` and a CSV beside it (refused when they exist, unless
+    ``overwrite``)."""
     pairs = match_pairs(Path(pred), Path(ref), pred_name, ref_name)
-    return evaluate_pairs(pairs, mask=mask, out=out, match=match)
+    if out is None:
+        return evaluate_pairs(pairs, mask=mask, match=match, resample=resample)
+    json_path, csv_path = metrics_paths(Path(out))
+    inputs = [p for _, pair_pred, pair_ref in pairs for p in (pair_pred, pair_ref)] + ([Path(mask)] if mask else [])
+    with output_lock(json_path):
+        _check_metrics_outputs(json_path, csv_path, inputs, overwrite)
+        return evaluate_pairs(pairs, mask=mask, out=json_path, match=match, resample=resample, overwrite=overwrite)
+
+
+def metrics_paths(out: Path) -> tuple[Path, Path]:
+    """``metrics.json`` and the CSV beside it, for ``--out``."""
+    json_path = out if out.suffix == ".json" else out.with_suffix(".json")
+    return json_path, json_path.with_suffix(".csv")
+
+
+def _check_metrics_outputs(json_path: Path, csv_path: Path, inputs: list[Path], overwrite: bool) -> None:
+    for path in (json_path, csv_path):
+        for item in inputs:
+            if same_file(path, item) or (item.is_dir() and path.resolve().is_relative_to(item.resolve())):
+                raise SynthmedError(f"--out {path} is, or lies in, the input {item}; choose another --out")
+        if path.is_dir():
+            raise SynthmedError(f"--out: {path} is a folder; give a file name like metrics.json")
+        if path.exists() and not overwrite:
+            raise SynthmedError(f"{path} exists; pass --overwrite to replace it (and its "
+                                f"{'CSV' if path == json_path else 'JSON'} twin), or choose another --out")
+    refuse_replacing_foreign([path for path in (json_path, csv_path) if path.exists() or path.is_symlink()], "evaluate")
 
 
 def evaluate_pairs(
@@ -103,18 +141,17 @@ def evaluate_pairs(
     mask: str | Path | None = None,
     out: str | Path | None = None,
     match: bool = False,
+    resample: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Metrics of explicit (subject, prediction, reference) triples; see :func:`evaluate`."""
     per_subject: dict[str, dict[str, float]] = {}
     for subject, p_file, r_file in pairs:
         p_vol, r_vol = read_volume(p_file), read_volume(r_file)
-        if p_vol.data.shape != r_vol.data.shape:
-            raise SynthmedError(
-                f"{p_file} has shape {'x'.join(map(str, p_vol.data.shape))}, its reference {r_file} has "
-                f"{'x'.join(map(str, r_vol.data.shape))}: they must be on the same grid"
-            )
-        region = _mask_for(mask, subject, r_vol.data)
-        prediction = match_intensity(p_vol.data, r_vol.data) if match else p_vol.data
+        prediction = _on_reference_grid(p_vol, r_vol, resample)
+        region = _mask_for(mask, subject, r_vol)
+        if match:
+            prediction = match_intensity(prediction, r_vol.data)
         per_subject[subject] = image_metrics(prediction, r_vol.data, region)
     summary = summarize(per_subject)
     result = {
@@ -125,11 +162,34 @@ def evaluate_pairs(
         **summary,
     }
     if out is not None:
-        result["written"] = list(write_metrics(result, Path(out)))
+        result["written"] = list(write_metrics(result, Path(out), overwrite=overwrite))
     return result
 
 
-def _mask_for(mask: str | Path | None, subject: str, reference: np.ndarray) -> np.ndarray:
+def _has_geometry(volume: Volume) -> bool:
+    return volume.format in GEOMETRIC_FORMATS
+
+
+def _on_reference_grid(prediction: Volume, reference: Volume, resample: bool) -> np.ndarray:
+    """The prediction's voxels on the reference's grid: as they are when the grids agree; resampled (linear,
+    the prediction's minimum outside its field of view) with ``resample``; otherwise refused."""
+    geometric = _has_geometry(prediction) and _has_geometry(reference)
+    problem = grid_difference(prediction.data.shape, prediction.affine if geometric else np.eye(4),
+                              reference.data.shape, reference.affine if geometric else np.eye(4))
+    if problem is None:
+        return prediction.data
+    if not (resample and geometric):
+        fix = ("pass --resample to resample it onto the reference grid" if geometric
+               else "these formats carry no position, so they must have the same shape")
+        raise SynthmedError(f"{prediction.path} and its reference {reference.path} are not on one voxel grid "
+                            f"({problem}): voxel-wise scores would compare different places; {fix}")
+    log.warning("%s: resampled onto the grid of %s (%s)", prediction.path, reference.path, problem)
+    return resample_onto(prediction.data, prediction.affine, reference.data.shape, reference.affine, order=1,
+                         fill=float(prediction.data.min()))
+
+
+def _mask_for(mask: str | Path | None, subject: str, reference_volume: Volume) -> np.ndarray:
+    reference = reference_volume.data
     if mask is None:
         region = foreground_mask(reference)
     else:
@@ -141,43 +201,41 @@ def _mask_for(mask: str | Path | None, subject: str, reference: np.ndarray) -> n
             if not candidates:
                 raise SynthmedError(f"mask folder {mask} has no mask for {subject}")
             path = candidates[0]
-        data = read_volume(path).data
-        if data.shape != reference.shape:
-            raise SynthmedError(f"mask {path} has shape {'x'.join(map(str, data.shape))}, reference has {'x'.join(map(str, reference.shape))}")
-        region = data > 0.5
+        mask_volume = read_volume(path)
+        geometric = _has_geometry(mask_volume) and _has_geometry(reference_volume)
+        problem = grid_difference(mask_volume.data.shape, mask_volume.affine if geometric else np.eye(4),
+                                  reference.shape, reference_volume.affine if geometric else np.eye(4))
+        if problem:
+            raise SynthmedError(f"mask {path} is not on the grid of its reference {reference_volume.path} "
+                                f"({problem}); give a mask of the reference's grid")
+        region = mask_volume.data > 0.5
     if not region.any():
         raise SynthmedError(f"empty mask for {subject}: no voxel to evaluate")
     return region
 
 
-def write_metrics(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    json_path = out if out.suffix == ".json" else out.with_suffix(".json")
-    csv_path = json_path.with_suffix(".csv")
-    json_path.write_text(json.dumps(_finite({k: v for k, v in result.items() if k != "written"}), indent=2, default=_json_number))
-    with csv_path.open("w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["subject", *METRIC_KEYS])
-        for subject, metrics in result["per_subject"].items():
-            writer.writerow([subject, *[metrics.get(k) for k in METRIC_KEYS]])
-        for row in ("mean", "sd"):
-            writer.writerow([row, *[result[row].get(k) for k in METRIC_KEYS]])
+def write_metrics(result: dict[str, Any], out: Path, overwrite: bool = True) -> tuple[Path, Path]:
+    """``metrics.json`` (strict JSON: an infinite PSNR, identical images, is ``null``) and the CSV beside it,
+    each written atomically; an existing one is refused unless ``overwrite``."""
+    json_path, csv_path = metrics_paths(out)
+    for path in (json_path, csv_path):
+        if path.exists() and not overwrite:
+            raise SynthmedError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SynthmedError(f"cannot create folder {json_path.parent} ({error.strerror or error}); choose another --out") from None
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["subject", *METRIC_KEYS])
+    for subject, metrics in result["per_subject"].items():
+        writer.writerow([subject, *[metrics.get(k) for k in METRIC_KEYS]])
+    for row in ("mean", "sd"):
+        writer.writerow([row, *[result[row].get(k) for k in METRIC_KEYS]])
+    write_text_atomic(csv_path, table.getvalue())
+    write_text_atomic(json_path, json_text({k: v for k, v in result.items() if k != "written"}))
+    record_written([csv_path, json_path], "evaluate")
     return json_path, csv_path
-
-
-def _finite(value):
-    """Strict JSON has no Infinity: an infinite PSNR (identical images) is written as the string "inf"."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
-
-
-def _json_number(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(type(value).__name__)
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:

@@ -9,7 +9,6 @@ background and lesion). ``generation.json`` is written last: a folder without it
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -21,9 +20,10 @@ from PIL import Image
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from synthmed.data.generated import FORMATS, to_unit, write_pair
+from synthmed.data.generated import FORMATS, GENERATED_NAME, to_unit, write_pair
 from synthmed.data.io import default_file_mode, ensure_writable_folder
 from synthmed.errors import SynthmedError
+from synthmed.files import json_text, output_lock, ownership_problem, write_marker, write_text_atomic
 from synthmed.workflows.translate import load_run
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,35 @@ def generate(
     except ValueError as error:
         raise SynthmedError(str(error)) from None
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SynthmedError(f"{out} is not empty; pass --overwrite to replace generated files there or choose another --out")
+    with output_lock(out):
+        return _generate(loaded, run, n, out, steps=steps, sampler=sampler, eta=eta, fmt=fmt, seed=seed,
+                         batch_size=batch_size, overwrite=overwrite, progress=progress)
+
+
+def _generated_entry(entry: Path) -> bool:
+    """Whether ``entry`` is something ``generate`` writes: numbered pairs, the contact sheet, its record."""
+    return entry.is_file() and (bool(GENERATED_NAME.match(entry.name))
+                                or entry.name in ("contact_sheet.png", "generation.json"))
+
+
+def _generate(loaded, run, n: int, out: Path, *, steps, sampler, eta, fmt: str, seed: int, batch_size: int,
+              overwrite: bool, progress: bool) -> dict:
+    model = loaded.model
+    if out.exists() and not out.is_dir():
+        raise SynthmedError(f"--out {out} is a file, not a folder; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SynthmedError(f"{out} is not empty; pass --overwrite to replace generated files there or choose another --out")
+        problem = ownership_problem(out, "generate", _generated_entry,
+                                    legacy=lambda folder: (folder / "generation.json").is_file())
+        if problem:
+            raise SynthmedError(f"{out} {problem}; --overwrite replaces only a folder of synthmed generate: choose "
+                                "another --out")
     ensure_writable_folder(out)
-    for stale in [*out.glob("[0-9]*_image.*"), *out.glob("[0-9]*_mask.*"), out / "generation.json"]:
-        if stale.is_file():
+    for stale in out.iterdir():
+        if _generated_entry(stale):
             stale.unlink()  # --overwrite: no files of an earlier, larger run left to mix in
+    write_marker(out, "generate")
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
     options = {k: v for k, v in (("sampler", sampler), ("steps", steps), ("eta", eta)) if v is not None}
@@ -116,9 +139,7 @@ def generate(
         "seconds_per_slice": round(seconds / n, 4),
         "files": files,
     }
-    path = out / "generation.json"
-    path.write_text(json.dumps(info, indent=2))
-    path.chmod(default_file_mode())
+    write_text_atomic(out / "generation.json", json_text(info))
     return info
 
 

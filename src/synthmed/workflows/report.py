@@ -24,8 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.data.io import default_file_mode, read_volume, write_text_atomic
+from synthmed.data.io import read_volume
+from synthmed.data.prepare import load_plan
 from synthmed.errors import SynthmedError
+from synthmed.files import output_lock, record_written, refuse_replacing_foreign, write_text_atomic
+from synthmed.workflows.benchmark import load_benchmark_record
+from synthmed.workflows.train import load_run_record
 
 # (region, metric, header, better: "high" or "low", format). Region: a score region of benchmark.json
 # ("overall", "lesion", "max_normalised"), "fid", or "run" (a figure of the training/translation run).
@@ -73,17 +77,33 @@ details { margin: 4px 0; } pre { background: #f6f6f6; padding: 8px; overflow-x: 
 
 
 def report(source: str | Path, out: str | Path, *, slices_per_subject: int = 1, max_subjects: int = 3,
-           convention: str = "toolkit") -> Path:
-    """Write the HTML report of the benchmark folder ``source`` to ``out``; returns ``out``."""
+           convention: str = "toolkit", overwrite: bool = False) -> Path:
+    """Write the HTML report of the benchmark folder ``source`` to ``out``; returns ``out``. An existing ``out`` is
+    replaced only with ``overwrite``, and only if synthmed wrote it."""
     source, out = Path(source), Path(out)
     if convention not in SCORE_COLUMNS:
         raise SynthmedError(f"--convention {convention}: use one of {', '.join(SCORE_COLUMNS)}")
+    if out.is_dir():
+        raise SynthmedError(f"--out {out} is a folder; give a file name like report.html")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise SynthmedError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+        refuse_replacing_foreign([out], "report")
+    with output_lock(out):
+        page = _report_page(source, convention, slices_per_subject, max_subjects)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, page)
+        record_written([out], "report")
+    return out
+
+
+def _report_page(source: Path, convention: str, slices_per_subject: int, max_subjects: int) -> str:
     path = source / "benchmark.json"
     if not path.is_file():
         raise SynthmedError(f"{source}: no benchmark.json here; run `synthmed benchmark --out {source}` first")
-    bench = json.loads(path.read_text())
+    bench = load_benchmark_record(path)
     if "tasks" in bench:  # the real suite: one benchmark folder per task
-        tasks = [(source / t["folder"], json.loads((source / t["folder"] / "benchmark.json").read_text()), name)
+        tasks = [(source / t["folder"], load_benchmark_record(source / t["folder"] / "benchmark.json"), name)
                  for name, t in bench["tasks"].items() if (source / t["folder"] / "benchmark.json").is_file()]
         title = f"synthmed benchmark, suite {html.escape(str(bench.get('suite')))}: {len(tasks)} task(s)"
     else:
@@ -93,13 +113,17 @@ def report(source: str | Path, out: str | Path, *, slices_per_subject: int = 1, 
     parts = [f"<h1>{title}</h1>"] if title else []
     for folder, task, name in tasks:
         if task["methods"]:
-            parts += _task_sections(folder, task, name, convention, slices_per_subject, max_subjects)
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>synthmed report</title><style>{STYLE}</style>"
+            try:
+                parts += _task_sections(folder, task, name, convention, slices_per_subject, max_subjects)
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+                # The schema checks what every report reads; deeper entries (per-subject scores, ...) are
+                # checked here, where they are used.
+                what = f"entry {error.args[0]!r} is missing" if isinstance(error, KeyError) else \
+                    f"an entry does not fit ({type(error).__name__}: {str(error)[:80]})"
+                raise SynthmedError(f"{folder / 'benchmark.json'}: {what}; the file is damaged or from another "
+                                    "version: run the benchmark again into a new --out") from None
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>synthmed report</title><style>{STYLE}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, page)
-    out.chmod(default_file_mode())
-    return out
 
 
 def _task_sections(folder: Path, bench: dict, name: str, convention: str, slices_per_subject: int,
@@ -243,7 +267,7 @@ def _box_plots(bench: dict, convention: str) -> bytes:
 
 def _slice_grids(source: Path, bench: dict, per_subject: int, max_subjects: int) -> list[str]:
     plt = _pyplot()
-    prep = json.loads((Path(bench["data"]["prepared"]) / "plan.json").read_text())
+    prep = load_plan(bench["data"]["prepared"])
     parts = []
     methods = list(bench["methods"])
     for subject in bench["data"]["split"]["test"][:max_subjects]:
@@ -295,7 +319,7 @@ def _uncertainty_maps(source: Path, bench: dict, max_subjects: int) -> list[str]
     from synthmed.metrics import foreground_mask
 
     plt = _pyplot()
-    prep = json.loads((Path(bench["data"]["prepared"]) / "plan.json").read_text())
+    prep = load_plan(bench["data"]["prepared"])
     stochastic = [(name, entry["repeats"][0]) for name, entry in bench["methods"].items()
                   if entry["repeats"][0].get("samples", 1) > 1]
     if not stochastic:
@@ -361,7 +385,7 @@ def _configs(source: Path, bench: dict) -> list[str]:
         for repeat in entry["repeats"]:
             run_json = source / "runs" / f"{name}-seed{repeat['seed']}" / "run.json"
             if run_json.is_file():
-                info: dict[str, Any] = json.loads(run_json.read_text())
+                info, _ = load_run_record(run_json.parent)
                 shown = {k: info.get(k) for k in ("model", "preset", "config", "settings", "versions")}
                 parts.append(f"<details><summary>{html.escape(name)} (seed {repeat['seed']})</summary><pre>"
                              f"{html.escape(json.dumps(shown, indent=2))}</pre></details>")

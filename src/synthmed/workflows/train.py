@@ -10,7 +10,7 @@ together (data parallel; ``--batch-size`` is per process); rank 0 writes the run
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import platform
 from pathlib import Path
@@ -20,13 +20,52 @@ import torch
 
 import synthmed
 from synthmed.data.datasets import PreparedData, SliceDataset
-from synthmed.data.io import ensure_writable_folder, write_text_atomic
+from synthmed.data.io import ensure_writable_folder
+from synthmed.data.prepare import check_plan, plan_digest
 from synthmed.engine import distributed
 from synthmed.engine.trainer import Trainer, TrainSettings, pick_device, seed_everything
 from synthmed.errors import SynthmedError
+from synthmed.files import (
+    MARKER_NAME, json_text, marked_by, output_lock, read_json_record, remove_stale_temporaries, write_marker,
+    write_text_atomic,
+)
 from synthmed.models.registry import build_model, model_class
+from synthmed.records import Bool, Choice, Int, Maybe, Record, Str, validate
 
 log = logging.getLogger(__name__)
+
+
+RUN_SCHEMA = Record(
+    {"model": Str(100), "preset": Str(100), "task": Choice("translate", "generate"), "config": Record({}),
+     "source": Str(100), "target": Maybe(Str(100)), "label": Maybe(Str(100))},
+    optional={"paired": Bool(), "settings": Record({}), "prepared": Str(), "processes": Int(1),
+              "plan_digest": Str(100), "training_slice_count": Int(0)},
+)
+RUN_FILES = ("run.json", "plan.json", "checkpoints", "samples", "log.csv", "train_summary.json", "tensorboard")
+
+
+def load_run_record(run: str | Path) -> tuple[dict, dict]:
+    """(run.json, plan.json) of a run folder, both checked against their schemas (one-line errors naming the
+    field of a damaged or crafted file)."""
+    run = Path(run)
+    info_path, plan_path = run / "run.json", run / "plan.json"
+    if not info_path.is_file() or not plan_path.is_file():
+        raise SynthmedError(f"{run}: not a synthmed run folder (no run.json/plan.json); train one with `synthmed train`")
+    fix = "the run folder is damaged; train it again"
+    info = validate(read_json_record(info_path, "run record", fix), RUN_SCHEMA, info_path, fix)
+    model_class(info["model"])  # a model this version knows
+    plan = check_plan(read_json_record(plan_path, "plan", fix), plan_path)
+    return info, plan
+
+
+def is_run_entry(entry: Path) -> bool:
+    """Whether ``entry`` is something ``train`` writes into a run folder."""
+    return entry.name in RUN_FILES
+
+
+def legacy_run(folder: Path) -> bool:
+    """A run folder written before folders carried markers: run.json and checkpoints/."""
+    return (folder / "run.json").is_file() and (folder / "checkpoints").is_dir()
 
 
 def versions() -> dict[str, str]:
@@ -56,8 +95,12 @@ def train(
     ctx = distributed.setup(device)
     finished = False
     try:
-        summary = _train(prep, model=model, out=out, preset=preset, steps=steps, batch_size=batch_size, resume=resume,
-                         seed=seed, device=device, overrides=overrides, progress=progress, ctx=ctx, **settings)
+        # One command per run folder: a second `train --resume` would interleave its steps and log rows with the
+        # first one's. Rank 0 holds the lock for the whole job (the other ranks write nothing).
+        with output_lock(out) if ctx.is_main else contextlib.nullcontext():
+            summary = _train(prep, model=model, out=out, preset=preset, steps=steps, batch_size=batch_size,
+                             resume=resume, seed=seed, device=device, overrides=overrides, progress=progress, ctx=ctx,
+                             **settings)
         finished = True
         return summary
     finally:
@@ -117,8 +160,13 @@ def _train(
         raise SynthmedError(f"{out}: nothing to resume (no checkpoints/last.pt); drop --resume to start a new run")
     if not resume and checkpoint.is_file():
         raise SynthmedError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if not resume and out.exists() and any(p.name not in ("run.json", "plan.json", "checkpoints") for p in out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise SynthmedError(f"--out {out} is a file, not a folder; choose another --out")
+    if not resume and out.exists() and any(p.name not in ("run.json", "plan.json", "checkpoints", MARKER_NAME)
+                                           for p in out.iterdir()):
         raise SynthmedError(f"{out} is not empty; choose another --out")
+    if resume and not (marked_by(out, "train") or legacy_run(out)):
+        raise SynthmedError(f"{out} was not made by synthmed train; choose the run folder to resume")
     # Datasets first: nothing is written into the run folder before the inputs are known to work.
     lesion_only = getattr(net.config, "training_slices", "all") == "lesion"
     if lesion_only and not plan.get("label"):
@@ -132,8 +180,8 @@ def _train(
         if val_set is None and ctx.is_main:
             log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
     if resume and (out / "run.json").is_file():
-        saved = json.loads((out / "run.json").read_text())
-        if saved.get("model") != model:
+        saved, _ = load_run_record(out)
+        if saved["model"] != model:
             raise SynthmedError(f"{out} holds a {saved.get('model')} run, not {model}; resume it with --model {saved.get('model')}")
     distributed.barrier()  # every rank has checked (and read) the run folder before rank 0 writes into it
 
@@ -149,19 +197,23 @@ def _train(
         "target": plan.get("target"),
         "label": plan.get("label"),
         "training_slice_count": len(train_set),
+        "plan_digest": plan_digest(plan),
         "versions": versions(),
     }
     if ctx.world_size > 1:
         run_info["processes"] = ctx.world_size
     if ctx.is_main:
         ensure_writable_folder(out)
-        write_text_atomic(out / "run.json", json.dumps(run_info, indent=2))
-        write_text_atomic(out / "plan.json", json.dumps(plan, indent=2))
+        for folder in (out, out / "checkpoints"):
+            remove_stale_temporaries(folder)  # of a run killed while writing
+        write_marker(out, "train")
+        write_text_atomic(out / "run.json", json_text(run_info))
+        write_text_atomic(out / "plan.json", json_text(plan))
     distributed.barrier()
 
     trainer = Trainer(net, train_set, val_set, out, settings_obj, run_info)
     summary = trainer.fit(resume=resume)
     summary["parameters"] = int(sum(p.numel() for p in net.parameters()))
     if ctx.is_main:
-        write_text_atomic(out / "train_summary.json", json.dumps(summary, indent=2, default=str))
+        write_text_atomic(out / "train_summary.json", json_text(summary))
     return summary

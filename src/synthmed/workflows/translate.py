@@ -21,7 +21,6 @@ drawn per chunk of slices from a generator seeded with (seed, chunk), so the sam
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,16 +43,25 @@ from synthmed.data.geometry import (
 )
 from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
 from synthmed.data.normalize import Normalization, fit_normalization, modality_kind, mr_low
+from synthmed.data.prepare import plan_digest
 from synthmed.engine.checkpoint import load_checkpoint
 from synthmed.engine.trainer import pick_device, set_precision
 from synthmed.errors import SynthmedError
+from synthmed.files import (
+    finite_json, output_lock, read_marker, record_written, refuse_overlap, refuse_replacing_foreign,
+    remove_stale_temporaries, same_file, temporary_path, write_marker,
+)
 from synthmed.metrics import foreground_mask
 from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import config_from_dict, instantiate
+from synthmed.workflows.train import load_run_record
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff"}
+# Air in Hounsfield units is -1000; MR magnitudes are not negative. A scan whose 0.5th percentile lies this far
+# below zero is a CT (or a CT-like map), never an MR image.
+CT_AIR_LEVEL = -500.0
 
 
 @dataclass
@@ -91,11 +99,7 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", di
     into its source modality: everything downstream sees a plan with the two roles swapped.
     """
     run = Path(run)
-    info_path, plan_path = run / "run.json", run / "plan.json"
-    if not info_path.is_file() or not plan_path.is_file():
-        raise SynthmedError(f"{run}: not a synthmed run folder (no run.json/plan.json); train one with `synthmed train`")
-    info = json.loads(info_path.read_text())
-    plan = json.loads(plan_path.read_text())
+    info, plan = load_run_record(run)
     names = ["best.pt", "last.pt"] if checkpoint == "best" else [f"{checkpoint}.pt" if not checkpoint.endswith(".pt") else checkpoint]
     path = next((run / "checkpoints" / n for n in names if (run / "checkpoints" / n).is_file()), None)
     if path is None:
@@ -105,6 +109,7 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", di
     missing = [key for key in ("model", "config", "state") if key not in record]
     if missing:
         raise SynthmedError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged or from another tool")
+    check_checkpoint_fits(record, info, plan, path, run)
     model = instantiate(record["model"], config_from_dict(record["model"], record["config"]))
     try:
         model.load_state_dict(record["state"])
@@ -122,6 +127,34 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", di
     if direction == "B2A":
         plan = {**plan, "source": plan["target"], "target": plan["source"]}
     return LoadedRun(model, plan, info, path, direction)
+
+
+# Settings that may differ between a checkpoint and run.json: the step budget grows when a run is resumed.
+RESUMABLE_SETTINGS = ("steps",)
+
+
+def check_checkpoint_fits(record: dict, info: dict, plan: dict, path: Path, run: Path) -> None:
+    """Refuse a checkpoint that is not this run's: another model, another configuration (size, channels, ...)
+    or trained on another prepared data set (its plan's digest). A checkpoint copied in from elsewhere would
+    otherwise translate with exit status 0 and outputs of the wrong model or scale."""
+    if record["model"] != info["model"]:
+        raise SynthmedError(f"{path} is a {record['model']} checkpoint, but {run / 'run.json'} is a {info['model']} "
+                            "run: the checkpoint belongs to another run; copy run folders whole")
+    saved = finite_json({k: v for k, v in dict(record["config"]).items() if k not in RESUMABLE_SETTINGS})
+    expected = finite_json({k: v for k, v in info["config"].items() if k not in RESUMABLE_SETTINGS})
+    if saved != expected:
+        changed = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
+        shown = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {expected.get(k)!r} in run.json" for k in changed[:2])
+        raise SynthmedError(f"{path} was trained with another configuration than {run / 'run.json'} ({shown}"
+                            f"{' ...' if len(changed) > 2 else ''}): it belongs to another run; copy run folders whole")
+    digest = record.get("plan_digest")
+    if digest and digest != plan_digest(plan):
+        raise SynthmedError(f"{path} was trained on another prepared data set than {run / 'plan.json'} describes "
+                            "(its plan differs): it belongs to another run; copy run folders whole")
+    size = expected.get("image_size")
+    if size is not None and size != plan["size"]:
+        raise SynthmedError(f"{run / 'run.json'} is a {size} px model, but {run / 'plan.json'} prepares "
+                            f"{plan['size']} px slices: the run folder mixes two runs")
 
 
 def check_sampling(model: SynthesisModel, sampling: Sampling) -> None:
@@ -257,7 +290,18 @@ def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Norma
         return Normalization.from_dict(loaded.plan["reference_normalization"][target])
     volume = read_volume(reference)
     kind = modality_kind(target)
-    return fit_normalization(volume.data, foreground_mask(volume.data), kind, name=str(reference))
+    low = mr_low(volume.data)
+    if kind == "mr" and low <= CT_AIR_LEVEL:
+        raise SynthmedError(f"--reference {reference} has intensities down to {low:g} (its 0.5th percentile), as a CT "
+                            f"in Hounsfield units has; the output {target} is an MR image: give a {target} scan as "
+                            "--reference")
+    if kind == "ct":
+        if low > CT_AIR_LEVEL:
+            log.warning("--reference %s does not look like a CT in Hounsfield units (0.5th percentile %g, no air "
+                        "near -1000); a CT output needs no reference (its HU window is fixed) and ignores it",
+                        reference, low)
+        return Normalization.from_dict(loaded.plan["reference_normalization"][target])
+    return fit_normalization(volume.data, foreground_mask(volume.data), kind, name=str(reference), low=low)
 
 
 def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: Path | None) -> list[tuple[Path, Path, Path | None]]:
@@ -355,11 +399,56 @@ def translate(
         jobs = [(in_file, (out_file, std_path(out_file)), ref) for in_file, out_file, ref in jobs]
     else:
         jobs = [(in_file, (out_file,), ref) for in_file, out_file, ref in jobs]
-    existing = [out for _, outs, _ in jobs for out in outs if out.exists()]
+    output = Path(output)
+    folder_mode = jobs[0][1][0] != output  # a folder of inputs: outputs go below OUTPUT
+    with output_lock(output):
+        _check_outputs(jobs, Path(input_path), output, Path(reference) if reference else None, overwrite, folder_mode)
+        for folder in sorted({outs[0].parent for _, outs, _ in jobs}):
+            ensure_writable_folder(folder)
+            remove_stale_temporaries(folder)  # partial outputs of a translation that was killed
+        written = _run_jobs(loaded, jobs, channel, batch_size, sampling, overwrite, progress,
+                            marker_folder=output if folder_mode else None)
+        if not folder_mode:
+            record_written(written, "translate")
+        return written
+
+
+def _check_outputs(jobs: list, input_path: Path, output: Path, reference: Path | None, overwrite: bool,
+                   folder_mode: bool) -> None:
+    """Refuse outputs that would destroy data: an output on (or around, or inside) an input or a reference, an
+    existing output without ``overwrite``, and in folder mode any existing file synthmed did not write (a
+    subject folder holding other scans means OUTPUT is somebody's data folder)."""
+    refuse_overlap(output, [input_path, reference], what="output")
+    sources = [path for in_file, _, ref in jobs for path in (in_file, ref) if path is not None]
+    for _, outs, _ in jobs:
+        for out in outs:
+            for source in sources:
+                if same_file(out, source):
+                    raise SynthmedError(f"output {out} is the input {source}; writing it would destroy the input: "
+                                        "choose another output")
+    existing = [out for _, outs, _ in jobs for out in outs if out.exists() or out.is_symlink()]
     if existing and not overwrite:
         raise SynthmedError(f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace")
-    for folder in sorted({outs[0].parent for _, outs, _ in jobs}):
-        ensure_writable_folder(folder)
+    if not folder_mode:
+        refuse_replacing_foreign(existing, "translate")  # e.g. the real T2 beside the T1 being translated
+        return
+    marker = read_marker(output)
+    ours = set(marker["written"]) if marker and marker["command"] == "translate" else set()
+    for out in existing:
+        if str(out.relative_to(output)) not in ours:
+            raise SynthmedError(f"{out} exists and was not written by synthmed translate; --overwrite replaces only "
+                                "synthmed's own outputs: move it away or translate into a new folder")
+    for folder in sorted({outs[0].parent for _, outs, _ in jobs} - {output}):
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            if volume_suffix(entry) and not entry.name.startswith(".") and str(entry.relative_to(output)) not in ours:
+                raise SynthmedError(f"{folder} holds {entry.name}, a scan synthmed translate did not write: {output} "
+                                    "looks like a data folder; translate into a new folder")
+
+
+def _run_jobs(loaded: LoadedRun, jobs: list, channel: int | None, batch_size: int, sampling: Sampling,
+              overwrite: bool, progress: bool, marker_folder: Path | None) -> list[Path]:
     # Each result goes to a hidden partial file beside its destination; all are renamed at the end,
     # so a failure on the fifth volume leaves no output of the first four behind.
     partials: list[tuple[Path, Path]] = []
@@ -373,8 +462,11 @@ def translate(
                 if volume_suffix(out_file) == ".mhd":  # header + .raw pair: its name is inside the header, write in place
                     written.append(write_volume(out_file, data, like=volume, overwrite=overwrite))
                     continue
-                partial = out_file.with_name(f".{out_file.name}.partial{volume_suffix(out_file)}")
+                partial = temporary_path(out_file, "partial")
                 partials.append((write_volume(partial, data, like=volume, overwrite=True), out_file))
+        if marker_folder is not None:  # before the renames: what it lists is synthmed's to replace, even after a crash
+            write_marker(marker_folder, "translate",
+                         [str(out.relative_to(marker_folder)) for _, outs, _ in jobs for out in outs])
         for partial, out_file in partials:
             if out_file.is_dir():
                 raise SynthmedError(f"{out_file} is a folder; cannot replace it with a volume")
