@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,75 @@ def test_default_size_is_a_power_of_two():
     assert default_size([50, 60, 70]) == 64
     assert default_size([200, 210]) == 256
     assert default_size([5]) == 32
+
+
+# ----------------------------------------------------------------------------- target scale without a reference
+
+
+def _pair(source_range: float, target_lo: float, target_hi: float) -> tuple:
+    from synthmed.data.normalize import Normalization
+
+    return Normalization("mr", 0.0, source_range), Normalization("mr", target_lo, target_hi)
+
+
+def test_scale_follows_the_inputs_gain_when_the_training_pairs_do():
+    """Each subject's scans carry one gain and offset (raw units at one site, rescaled at another): the affine
+    model predicts a held-out subject's target scale, the median cannot."""
+    from synthmed.data.normalize import Normalization, fit_target_scale
+
+    # one gain and offset per subject, applied to both of its scans (raw units, rescaled, z-scored-like)
+    subjects = [(0.01, 0.0), (1.0, 0.0), (3.0, 5.0), (50.0, -900.0), (0.005, -4.0)]
+    pairs = [(Normalization("mr", 20 * g + b, 720 * g + b), Normalization("mr", -5 * g + b, 2095 * g + b))
+             for g, b in subjects]
+    scale = fit_target_scale(pairs)
+    assert scale.model == "affine" and scale.loo_error["affine"] < 1e-6 < scale.loo_error["median"]
+    predicted = scale.predict(Normalization("mr", 20 * 7.0 - 3.0, 720 * 7.0 - 3.0))
+    assert predicted.lo == pytest.approx(-5 * 7.0 - 3.0) and predicted.hi == pytest.approx(2095 * 7.0 - 3.0)
+
+
+def test_scale_stays_the_training_median_when_the_input_range_says_nothing():
+    from synthmed.data.normalize import Normalization, fit_target_scale
+
+    rng = np.random.default_rng(0)
+    pairs = [_pair(float(r), 0.0, 2000.0 + float(n)) for r, n in zip(rng.uniform(300, 1500, 8), rng.normal(0, 50, 8))]
+    scale = fit_target_scale(pairs)
+    assert scale.model == "median" and scale.loo_error["median"] < scale.loo_error["affine"]
+    assert scale.predict(Normalization("mr", 0.0, 9999.0)).hi == pytest.approx(np.median([t.hi for _, t in pairs]))
+    few = fit_target_scale([_pair(100.0 * g, 0.0, 300.0 * g) for g in (1.0, 5.0)])
+    assert few.model == "median" and few.subjects == 2  # two pairs cannot tell the models apart
+
+
+def test_translate_without_a_reference_takes_the_inputs_scale(phantoms, tmp_path):
+    """Phantom subjects whose T1 and T2 share a per-subject gain: without --reference the output of a held-out
+    subject, scanned at another gain, lands on that subject's scale (the training median would not)."""
+    import shutil
+
+    import nibabel as nib
+
+    from synthmed.data.prepare import prepare
+    from synthmed.workflows.train import train
+    from synthmed.workflows.translate import translate
+
+    data = tmp_path / "data"
+    subjects = sorted(p for p in phantoms.iterdir() if p.is_dir())
+    for subject, gain in zip(subjects, (1.0, 3.0, 10.0, 0.5, 30.0, 2.0)):
+        (data / subject.name).mkdir(parents=True)
+        for name in ("T1.nii.gz", "T2.nii.gz"):
+            image = nib.load(subject / name)
+            nib.save(nib.Nifti1Image((image.get_fdata() * gain).astype(np.float32), image.affine), data / subject.name / name)
+    prep = prepare(data, source="T1", target="T2", out=tmp_path / "prep", size=32, split="0.67,0,0.33", progress=False)
+    plan = json.loads((prep / "plan.json").read_text())
+    assert plan["target_scale"]["model"] == "affine", plan["target_scale"]
+    run = tmp_path / "run"
+    train(prep, model="pix2pix", out=run, steps=2, batch_size=4, progress=False,
+          overrides={"generator_channels": 8, "discriminator_channels": 8})
+    held_out = plan["split"]["test"][0]
+    shutil.copytree(data / held_out, tmp_path / "new")
+    for name in ("T1.nii.gz", "T2.nii.gz"):  # the same subject from a scanner with 100 times the gain
+        image = nib.load(tmp_path / "new" / name)
+        nib.save(nib.Nifti1Image((image.get_fdata() * 100).astype(np.float32), image.affine), tmp_path / "new" / name)
+    out = translate(run, tmp_path / "new" / "T1.nii.gz", tmp_path / "pred.nii.gz", progress=False)[0]
+    true_hi = np.percentile(nib.load(tmp_path / "new" / "T2.nii.gz").get_fdata(), 99.5)
+    predicted_hi = np.percentile(nib.load(out).get_fdata(), 99.5)
+    assert 0.5 < predicted_hi / true_hi < 2.0, (predicted_hi, true_hi)
+    assert plan["reference_normalization"]["t2"]["hi"] / true_hi < 0.2  # the median scale: far off

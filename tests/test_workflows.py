@@ -70,6 +70,38 @@ def test_translate_keeps_geometry_and_evaluate_writes_metrics(trained_run, phant
     assert metrics.with_suffix(".csv").read_text().startswith("subject,psnr")
 
 
+def _outside(t1: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    from synthmed.metrics import foreground_mask
+    from synthmed.workflows.translate import BACKGROUND_MARGIN
+
+    grown = ndimage.binary_dilation(foreground_mask(t1), structure=np.ones((3, 3, 3), bool), iterations=BACKGROUND_MARGIN)
+    assert 0.05 < (~grown).mean() < 0.95  # the test has both a head and air to look at
+    return ~grown
+
+
+def test_outside_the_head_is_exactly_the_targets_background(trained_run, phantoms, tmp_path, capsys):
+    """No voxel outside the source's foreground (dilated by the margin) differs from one value, the target's
+    background level (the noise floor of these phantoms), with and without a reference; --no-mask keeps the network's raw
+    output there (a barely trained model paints the air)."""
+    plan = json.loads((trained_run / "plan.json").read_text())
+    subject = plan["split"]["test"][0]
+    source, reference = phantoms / subject / "T1.nii.gz", phantoms / subject / "T2.nii.gz"
+    outside = _outside(nib.load(source).get_fdata())
+    t2 = nib.load(reference).get_fdata()
+    for extra in ([], ["--reference", reference]):
+        out = tmp_path / f"masked{len(extra)}.nii.gz"
+        assert main(["translate", str(trained_run), str(source), str(out), "--quiet", *map(str, extra)]) == 0
+        pred = nib.load(out).get_fdata(dtype=np.float32)
+        assert np.all(pred[outside] == pred[outside][0])
+        assert abs(pred[outside][0] - np.median(t2[outside])) <= 0.05 * np.ptp(t2)  # the real T2's level there
+        assert np.ptp(pred[~outside]) > 0
+    raw = tmp_path / "raw.nii.gz"
+    assert main(["translate", str(trained_run), str(source), str(raw), "--quiet", "--no-mask"]) == 0
+    assert np.ptp(nib.load(raw).get_fdata()[outside]) > 0
+
+
 def test_models_lists_pix2pix(capsys):
     assert main(["models"]) == 0
     text = capsys.readouterr().out

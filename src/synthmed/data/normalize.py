@@ -111,3 +111,84 @@ def median_normalization(records: list[Normalization]) -> Normalization:
         float(np.median([r.lo for r in records])),
         float(np.median([r.hi for r in records])),
     )
+
+
+# ----------------------------------------------------------------------------- target scale without a reference
+
+# An MR output needs the target's intensity scale, which a user translating a T1 cannot give (no T2 exists).
+# Two predictions of the target's (lo, hi) from the training pairs:
+# - "median": the training targets' median (lo, hi), whatever the input;
+# - "affine": the input's own (lo, hi) shifted and stretched by the training pairs' median offset and range
+#   ratio: lo_t = lo_s + offset * range_s, hi_t = lo_t + ratio * range_s. A pipeline that maps a subject's
+#   scans by one gain and offset (raw units at one site, z-scores inside the brain at another) moves the
+#   prediction with it; the median cannot follow that.
+# Which predicts held-out training subjects better depends on the data (on the dev BraTS/MS T1 -> T2 pairs
+# the median did; across raw and z-scored FLAIR -> T1c sets only the affine one did), so prepare picks the
+# one with the smaller leave-one-out error over the training subjects and records both errors.
+SCALE_MODELS = ("median", "affine")
+
+
+@dataclass(frozen=True)
+class TargetScale:
+    """How ``translate`` sets an MR target's scale without ``--reference`` (see the comment above)."""
+
+    model: str
+    lo: float  # median model: the target's (lo, hi)
+    hi: float
+    offset_per_range: float  # affine model: (lo_t - lo_s) / range_s
+    range_ratio: float  # affine model: range_t / range_s
+    loo_error: dict  # model -> mean leave-one-out error (|log range ratio| + |lo offset| / range), None if n < 2
+    subjects: int
+
+    def predict(self, source: Normalization, kind: str = "mr") -> Normalization:
+        if self.model == "median":
+            return Normalization(kind, self.lo, self.hi)
+        span = source.hi - source.lo
+        lo = source.lo + self.offset_per_range * span
+        return Normalization(kind, lo, lo + self.range_ratio * span)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "TargetScale":
+        return cls(model=str(record["model"]), lo=float(record["lo"]), hi=float(record["hi"]),
+                   offset_per_range=float(record["offset_per_range"]), range_ratio=float(record["range_ratio"]),
+                   loo_error=dict(record["loo_error"]), subjects=int(record["subjects"]))
+
+
+def _scale_models(pairs: list[tuple[Normalization, Normalization]]) -> dict[str, TargetScale]:
+    lo = float(np.median([t.lo for _, t in pairs]))
+    hi = float(np.median([t.hi for _, t in pairs]))
+    offset = float(np.median([(t.lo - s.lo) / (s.hi - s.lo) for s, t in pairs]))
+    ratio = float(np.median([(t.hi - t.lo) / (s.hi - s.lo) for s, t in pairs]))
+    return {model: TargetScale(model, lo, hi, offset, ratio, {}, len(pairs)) for model in SCALE_MODELS}
+
+
+def scale_error(predicted: Normalization, true: Normalization) -> float:
+    """How far a predicted (lo, hi) is from the true one: |log| of the range ratio plus the offset of lo in
+    units of the true range (0 when both match)."""
+    predicted_span, true_span = predicted.hi - predicted.lo, true.hi - true.lo
+    if predicted_span <= 0:
+        return float("inf")
+    return abs(float(np.log(predicted_span / true_span))) + abs(predicted.lo - true.lo) / true_span
+
+
+def fit_target_scale(pairs: list[tuple[Normalization, Normalization]]) -> TargetScale:
+    """The scale model (source normalisation, target normalisation per training subject) with the smaller
+    leave-one-out error; the median model when there are too few pairs to tell (fewer than 3)."""
+    if not pairs:
+        raise SynthmedError("no training pairs to fit the target scale on")
+    errors: dict[str, float | None] = {model: None for model in SCALE_MODELS}
+    if len(pairs) >= 2:
+        for model in SCALE_MODELS:
+            held_out = [scale_error(_scale_models(pairs[:i] + pairs[i + 1 :])[model].predict(s), t)
+                        for i, (s, t) in enumerate(pairs)]
+            errors[model] = float(np.mean(held_out))
+    best = "median"
+    if len(pairs) >= 3 and errors["affine"] < errors["median"]:
+        best = "affine"
+    chosen = _scale_models(pairs)[best]
+    return TargetScale(chosen.model, chosen.lo, chosen.hi, chosen.offset_per_range, chosen.range_ratio,
+                       {k: (None if v is None or not np.isfinite(v) else round(v, 4)) for k, v in errors.items()},
+                       len(pairs))

@@ -38,7 +38,9 @@ from synthmed.data.geometry import (
     resample_onto, slice_axis,
 )
 from synthmed.data.io import Volume, ensure_writable_folder, read_volume
-from synthmed.data.normalize import Normalization, fit_normalization, median_normalization, modality_kind
+from synthmed.data.normalize import (
+    SCALE_MODELS, Normalization, fit_normalization, fit_target_scale, median_normalization, modality_kind,
+)
 from synthmed.data.splits import parse_ratios, split_subjects
 from synthmed.errors import SynthmedError
 from synthmed.files import (
@@ -79,7 +81,10 @@ PLAN_SCHEMA = Record(
         "n_slices": MapOf(Int(0)),
     },
     optional={"interpolation": Choice(*INTERPOLATIONS), "aliases": Maybe(MapOf(Str(100))), "inputs_hash": Str(),
-              "seed": Int(), "data": Maybe(Str()), "skipped": MapOf(Str())},
+              "seed": Int(), "data": Maybe(Str()), "skipped": MapOf(Str()),
+              "target_scale": Maybe(Record({"model": Choice(*SCALE_MODELS), "lo": Num(), "hi": Num(),
+                                            "offset_per_range": Num(), "range_ratio": Num(),
+                                            "loo_error": MapOf(Maybe(Num(0))), "subjects": Int(1)}))},
 )
 
 
@@ -335,6 +340,13 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
         ).to_dict()
         for role in roles
     }
+    target_scale = None
+    if target_mod and modality_kind(source_mod) == "mr" and modality_kind(target_mod) == "mr":
+        fitted_on = [s for s in split_ids["train"] if s in records] or list(records)
+        target_scale = fit_target_scale([
+            (Normalization.from_dict(records[s]["normalization"][source_mod]),
+             Normalization.from_dict(records[s]["normalization"][target_mod])) for s in fitted_on
+        ]).to_dict()
     plan = {
         "synthmed_plan": PLAN_VERSION,
         "inputs_hash": inputs_hash,
@@ -350,6 +362,7 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
         "interpolation": INTERPOLATION,
         "normalization_kind": {role: modality_kind(role) for role in roles},
         "reference_normalization": reference,
+        "target_scale": target_scale,
         "fingerprint": _fingerprint(fp_volumes, fp_percentiles),
         "coregistration": "resampled onto the source grid" if resample else "checked: same shape and affine",
         "seed": seed,

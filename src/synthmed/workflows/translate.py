@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 import torch
 from tqdm.auto import tqdm
 
@@ -42,7 +43,7 @@ from synthmed.data.geometry import (
     uncrop_slices,
 )
 from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
-from synthmed.data.normalize import Normalization, fit_normalization, modality_kind, mr_low
+from synthmed.data.normalize import Normalization, TargetScale, fit_normalization, modality_kind, mr_low
 from synthmed.data.prepare import plan_digest
 from synthmed.engine.checkpoint import load_checkpoint
 from synthmed.engine.trainer import pick_device, set_precision
@@ -206,12 +207,20 @@ def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int 
 def translate_volume(
     loaded: LoadedRun,
     volume: Volume,
-    target_normalization: Normalization,
+    target_normalization: Normalization | None,
     batch_size: int = 32,
     sampling: Sampling | None = None,
     progress: bool = False,
+    mask_background: bool = True,
 ) -> Translation:
-    """Translate one source volume into the source's grid and the target's units."""
+    """Translate one source volume into the source's grid and the target's units.
+
+    With ``mask_background`` (the default) every voxel outside the source's foreground, dilated by
+    :data:`BACKGROUND_MARGIN` voxels, is the target's background level and its uncertainty 0. That level is
+    the bottom of the target's range, what the model's -1 stands for: the 0.5th percentile of an MR volume
+    (its background, also for scans z-scored with a constant background, as BraTS 2013's are) and -1000 HU
+    for CT. Without it a network paints texture and a rim into the air around the head, which nobody
+    should have to mask by hand."""
     plan, model = loaded.plan, loaded.model
     data = volume.data
     if float(data.max()) == float(data.min()):
@@ -225,6 +234,9 @@ def translate_volume(
         raise SynthmedError(f"{volume.path}: empty foreground (nothing above the background level)")
     geometry = fit_geometry(foreground, slice_axis(volume.affine, plan["axis"], volume.is_2d), int(plan["size"]))
     normalization = fit_normalization(data, foreground, source_kind, name=str(volume.path), low=low)
+    if target_normalization is None:  # no reference: the plan's scale model, from this input's own range
+        target_normalization = TargetScale.from_dict(plan["target_scale"]).predict(normalization)
+    outside = ~_dilated(foreground, BACKGROUND_MARGIN) if mask_background else None
     del foreground
     interpolation = plan.get("interpolation", "bilinear")  # as the training slices were made
     # From here on the only whole volumes are the input and the output: slabs of slices are normalised and
@@ -234,12 +246,28 @@ def translate_volume(
     del slices
     image = _uncrop_in_slabs(mean, geometry, fill=-1.0, interpolation=interpolation,
                              finish=lambda part: target_normalization.invert(part, in_place=True))
+    if outside is not None:
+        image[outside] = np.float32(target_normalization.lo)
     if std is None:
         return Translation(image)
     # The normalisation is linear: a std in [-1, 1] units scales by half the intensity range.
     scale = 0.5 * (target_normalization.hi - target_normalization.lo)
-    return Translation(image, _uncrop_in_slabs(std, geometry, fill=0.0, interpolation=interpolation,
-                                               finish=lambda part: (part * scale).astype(np.float32)))
+    std_map = _uncrop_in_slabs(std, geometry, fill=0.0, interpolation=interpolation,
+                               finish=lambda part: (part * scale).astype(np.float32))
+    if outside is not None:
+        std_map[outside] = 0.0
+    return Translation(image, std_map)
+
+
+# Voxels the source's foreground mask is grown by before the background is set: the mask's edge follows an
+# intensity threshold, and the skin or a brain's outer CSF may lie a voxel or two outside it.
+BACKGROUND_MARGIN = 2
+
+
+def _dilated(mask: np.ndarray, voxels: int) -> np.ndarray:
+    """``mask`` grown by ``voxels`` (26-connected steps; in-plane only for a single slice)."""
+    structure = np.ones((3, 3, 3) if mask.shape[2] > 1 else (3, 3, 1), dtype=bool)
+    return ndimage.binary_dilation(mask, structure=structure, iterations=voxels)
 
 
 # Slices per slab in _crop_in_slabs / _uncrop_in_slabs: each slab costs a few slab-sized float32 arrays.
@@ -284,9 +312,13 @@ def _uncrop_in_slabs(stack: np.ndarray, geometry: SliceGeometry, fill: float, in
     return from_slices(out, geometry.axis)
 
 
-def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Normalization:
+def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Normalization | None:
+    """The output's scale: the reference's; without one the plan's target scale (None: it depends on the input,
+    :func:`translate_volume` predicts it) or, for plans made before it existed and CT, the training median."""
     target = loaded.plan["target"]
     if reference is None:
+        if loaded.plan.get("target_scale") is not None:
+            return None  # predicted from the input's own scale: see translate_volume
         return Normalization.from_dict(loaded.plan["reference_normalization"][target])
     volume = read_volume(reference)
     kind = modality_kind(target)
@@ -383,10 +415,11 @@ def translate(
     seed: int = 0,
     direction: str = "A2B",
     amp: str = "off",
+    mask_background: bool = True,
     progress: bool = True,
 ) -> list[Path]:
     """Translate a file or a folder; returns the written paths (with ``*_std`` maps when
-    ``samples > 1``). Refuses to overwrite unless asked."""
+    ``samples > 1``). Refuses to overwrite unless asked. ``mask_background``: see :func:`translate_volume`."""
     loaded = load_run(run, device=device, checkpoint=checkpoint, direction=direction, amp=amp)
     if batch_size < 1:
         raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
@@ -407,7 +440,7 @@ def translate(
             ensure_writable_folder(folder)
             remove_stale_temporaries(folder)  # partial outputs of a translation that was killed
         written = _run_jobs(loaded, jobs, channel, batch_size, sampling, overwrite, progress,
-                            marker_folder=output if folder_mode else None)
+                            marker_folder=output if folder_mode else None, mask_background=mask_background)
         if not folder_mode:
             record_written(written, "translate")
         return written
@@ -448,7 +481,7 @@ def _check_outputs(jobs: list, input_path: Path, output: Path, reference: Path |
 
 
 def _run_jobs(loaded: LoadedRun, jobs: list, channel: int | None, batch_size: int, sampling: Sampling,
-              overwrite: bool, progress: bool, marker_folder: Path | None) -> list[Path]:
+              overwrite: bool, progress: bool, marker_folder: Path | None, mask_background: bool = True) -> list[Path]:
     # Each result goes to a hidden partial file beside its destination; all are renamed at the end,
     # so a failure on the fifth volume leaves no output of the first four behind.
     partials: list[tuple[Path, Path]] = []
@@ -457,7 +490,7 @@ def _run_jobs(loaded: LoadedRun, jobs: list, channel: int | None, batch_size: in
         for in_file, outs, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
             volume = read_volume(in_file, channel=channel)
             result = translate_volume(loaded, volume, _reference_normalization(loaded, ref), batch_size=batch_size,
-                                      sampling=sampling, progress=progress)
+                                      sampling=sampling, progress=progress, mask_background=mask_background)
             for out_file, data in zip(outs, (result.image, result.std)):
                 if volume_suffix(out_file) == ".mhd":  # header + .raw pair: its name is inside the header, write in place
                     written.append(write_volume(out_file, data, like=volume, overwrite=overwrite))
