@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-mask", dest="mask_background", action="store_false",
                    help="keep the network's raw output outside the source's head (default: the target's background)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse an input unlike the training scans (default: a warning naming what differs)")
     p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"],
                    help="network precision: off (full, default), auto (bf16 on GPUs that have it), bf16 (also on "
                         "the CPU), fp16; faster, outputs differ by round-off")
@@ -288,7 +290,7 @@ def run_command(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint,
                             channel=args.channel, sampler=args.sampler, steps=args.steps, eta=args.eta,
                             samples=args.samples, seed=args.seed, direction=args.direction, amp=args.amp,
-                            mask_background=args.mask_background, progress=progress)
+                            mask_background=args.mask_background, strict=args.strict, progress=progress)
         print(f"wrote {len(written)} volume(s): {written[0]}{' ...' if len(written) > 1 else ''}")
     elif args.verb == "generate":
         from synthmed.workflows.generate import generate

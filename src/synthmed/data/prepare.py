@@ -37,6 +37,8 @@ from synthmed.data.geometry import (
     AFFINE_TOLERANCE_MM, INTERPOLATION, INTERPOLATIONS, SliceGeometry, crop_slices, default_size, fit_geometry,
     resample_onto, slice_axis,
 )
+from synthmed.data.input_profile import HISTOGRAM_BINS, training_profile
+from synthmed.data.input_profile import measure as measure_input
 from synthmed.data.io import Volume, ensure_writable_folder, read_volume
 from synthmed.data.normalize import (
     SCALE_MODELS, Normalization, fit_normalization, fit_target_scale, median_normalization, modality_kind,
@@ -82,6 +84,10 @@ PLAN_SCHEMA = Record(
     },
     optional={"interpolation": Choice(*INTERPOLATIONS), "aliases": Maybe(MapOf(Str(100))), "inputs_hash": Str(),
               "seed": Int(), "data": Maybe(Str()), "skipped": MapOf(Str()),
+              "input_profile": Maybe(Record({
+                  "version": Int(1), "subjects": Int(1), "padding": ListOf(Num(0, 1), length=2),
+                  "foreground_ml": ListOf(Num(0), length=2), "spacing": ListOf(Num(0), length=2),
+                  "histogram": ListOf(Num(0, 1), length=HISTOGRAM_BINS), "histogram_distance_max": Num(0)})),
               "target_scale": Maybe(Record({"model": Choice(*SCALE_MODELS), "lo": Num(), "hi": Num(),
                                             "offset_per_range": Num(), "range_ratio": Num(),
                                             "loo_error": MapOf(Maybe(Num(0))), "subjects": Int(1)}))},
@@ -278,6 +284,7 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
     fp_volumes: dict[str, list[dict]] = {m: [] for m in roles}
     fp_percentiles: dict[str, list[list[float]]] = {m: [] for m in roles}
     skipped: dict[str, str] = {}
+    source_measures: dict[str, dict] = {}  # what translate compares a new input with (input_profile.py)
     seen: dict[str, tuple[str, str, str]] = {}  # content digest -> (subject, role, path) of the first volume with it
     for subject in tqdm(subjects, desc="preparing", disable=not progress, unit="subject"):
         volumes = {role: read_ref(subject.files[role]) for role in roles}
@@ -308,6 +315,8 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
             subject_stacks[role] = crop_slices(norm.apply(arrays[role]), geometry, fill=-1.0)
             fp_volumes[role].append(_volume_summary(volumes[role]))
             fp_percentiles[role].append([float(v) for v in np.percentile(arrays[role][fg], [0.5, 50, 99.5])])
+            if role == source_mod:
+                source_measures[subject.id] = measure_input(src.data, src_fg, src.spacing, norm.apply(src.data[src_fg]))
         mask = crop_slices(src_fg.astype(np.float32), geometry, fill=0.0, nearest=True) > 0.5
         keep = np.flatnonzero(mask.reshape(len(mask), -1).mean(axis=1) >= MIN_FOREGROUND_FRACTION)
         subject_stacks = {role: stack[keep] for role, stack in subject_stacks.items()}
@@ -340,6 +349,7 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
         ).to_dict()
         for role in roles
     }
+    input_profile = training_profile([source_measures[s] for s in (split_ids["train"] or list(records))])
     target_scale = None
     if target_mod and modality_kind(source_mod) == "mr" and modality_kind(target_mod) == "mr":
         fitted_on = [s for s in split_ids["train"] if s in records] or list(records)
@@ -363,6 +373,7 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
         "normalization_kind": {role: modality_kind(role) for role in roles},
         "reference_normalization": reference,
         "target_scale": target_scale,
+        "input_profile": input_profile,
         "fingerprint": _fingerprint(fp_volumes, fp_percentiles),
         "coregistration": "resampled onto the source grid" if resample else "checked: same shape and affine",
         "seed": seed,

@@ -43,6 +43,8 @@ from synthmed.data.geometry import (
     uncrop_slices,
 )
 from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
+from synthmed.data.input_profile import differences as input_differences
+from synthmed.data.input_profile import measure as measure_input
 from synthmed.data.normalize import Normalization, TargetScale, fit_normalization, modality_kind, mr_low
 from synthmed.data.prepare import plan_digest
 from synthmed.engine.checkpoint import load_checkpoint
@@ -212,6 +214,7 @@ def translate_volume(
     sampling: Sampling | None = None,
     progress: bool = False,
     mask_background: bool = True,
+    strict: bool = False,
 ) -> Translation:
     """Translate one source volume into the source's grid and the target's units.
 
@@ -220,7 +223,11 @@ def translate_volume(
     the bottom of the target's range, what the model's -1 stands for: the 0.5th percentile of an MR volume
     (its background, also for scans z-scored with a constant background, as BraTS 2013's are) and -1000 HU
     for CT. Without it a network paints texture and a rim into the air around the head, which nobody
-    should have to mask by hand."""
+    should have to mask by hand.
+
+    An input unlike the training inputs (:mod:`synthmed.data.input_profile`: a whole head for a model of
+    skull-stripped brains, another spacing or contrast) gets a one-line warning naming what differs, or with
+    ``strict`` an error."""
     plan, model = loaded.plan, loaded.model
     data = volume.data
     if float(data.max()) == float(data.min()):
@@ -234,6 +241,7 @@ def translate_volume(
         raise SynthmedError(f"{volume.path}: empty foreground (nothing above the background level)")
     geometry = fit_geometry(foreground, slice_axis(volume.affine, plan["axis"], volume.is_2d), int(plan["size"]))
     normalization = fit_normalization(data, foreground, source_kind, name=str(volume.path), low=low)
+    _check_like_training(plan, volume, foreground, normalization, strict)
     if target_normalization is None:  # no reference: the plan's scale model, from this input's own range
         target_normalization = TargetScale.from_dict(plan["target_scale"]).predict(normalization)
     outside = ~_dilated(foreground, BACKGROUND_MARGIN) if mask_background else None
@@ -257,6 +265,20 @@ def translate_volume(
     if outside is not None:
         std_map[outside] = 0.0
     return Translation(image, std_map)
+
+
+def _check_like_training(plan: dict, volume: Volume, foreground: np.ndarray, normalization: Normalization,
+                         strict: bool) -> None:
+    if plan.get("input_profile") is None:  # plans made before the profile was recorded
+        return
+    found = measure_input(volume.data, foreground, volume.spacing, normalization.apply(volume.data[foreground]))
+    said = input_differences(plan["input_profile"], found)
+    if not said:
+        return
+    message = f"{volume.path} is unlike the scans the model was trained on: {'; '.join(said)}"
+    if strict:
+        raise SynthmedError(f"{message} (refused: --strict)")
+    log.warning("%s; the translation may be meaningless (--strict makes this an error)", message)
 
 
 # Voxels the source's foreground mask is grown by before the background is set: the mask's edge follows an
@@ -416,10 +438,12 @@ def translate(
     direction: str = "A2B",
     amp: str = "off",
     mask_background: bool = True,
+    strict: bool = False,
     progress: bool = True,
 ) -> list[Path]:
     """Translate a file or a folder; returns the written paths (with ``*_std`` maps when
-    ``samples > 1``). Refuses to overwrite unless asked. ``mask_background``: see :func:`translate_volume`."""
+    ``samples > 1``). Refuses to overwrite unless asked. ``mask_background``, ``strict``: see
+    :func:`translate_volume`."""
     loaded = load_run(run, device=device, checkpoint=checkpoint, direction=direction, amp=amp)
     if batch_size < 1:
         raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
@@ -440,7 +464,8 @@ def translate(
             ensure_writable_folder(folder)
             remove_stale_temporaries(folder)  # partial outputs of a translation that was killed
         written = _run_jobs(loaded, jobs, channel, batch_size, sampling, overwrite, progress,
-                            marker_folder=output if folder_mode else None, mask_background=mask_background)
+                            marker_folder=output if folder_mode else None, mask_background=mask_background,
+                            strict=strict)
         if not folder_mode:
             record_written(written, "translate")
         return written
@@ -481,7 +506,8 @@ def _check_outputs(jobs: list, input_path: Path, output: Path, reference: Path |
 
 
 def _run_jobs(loaded: LoadedRun, jobs: list, channel: int | None, batch_size: int, sampling: Sampling,
-              overwrite: bool, progress: bool, marker_folder: Path | None, mask_background: bool = True) -> list[Path]:
+              overwrite: bool, progress: bool, marker_folder: Path | None, mask_background: bool = True,
+              strict: bool = False) -> list[Path]:
     # Each result goes to a hidden partial file beside its destination; all are renamed at the end,
     # so a failure on the fifth volume leaves no output of the first four behind.
     partials: list[tuple[Path, Path]] = []
@@ -490,7 +516,8 @@ def _run_jobs(loaded: LoadedRun, jobs: list, channel: int | None, batch_size: in
         for in_file, outs, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
             volume = read_volume(in_file, channel=channel)
             result = translate_volume(loaded, volume, _reference_normalization(loaded, ref), batch_size=batch_size,
-                                      sampling=sampling, progress=progress, mask_background=mask_background)
+                                      sampling=sampling, progress=progress, mask_background=mask_background,
+                                      strict=strict)
             for out_file, data in zip(outs, (result.image, result.std)):
                 if volume_suffix(out_file) == ".mhd":  # header + .raw pair: its name is inside the header, write in place
                     written.append(write_volume(out_file, data, like=volume, overwrite=overwrite))
