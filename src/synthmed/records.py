@@ -12,6 +12,7 @@ fields; unknown extra fields are kept, since newer versions may add some).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import math
 import os
 from pathlib import Path
@@ -34,9 +35,10 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-class Spec:
-    def check(self, value: Any, where: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+class Spec(ABC):
+    @abstractmethod
+    def check(self, value: Any, where: str) -> None:
+        """Raise :class:`Invalid` when ``value`` (found at ``where``) does not fit."""
 
 
 class Str(Spec):
