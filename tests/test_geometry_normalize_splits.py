@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from synthmed.data.geometry import crop_slices, default_size, fit_geometry, slice_axis, uncrop_slices
+from synthmed.data.geometry import crop_slices, fit_geometry, slice_axis, uncrop_slices
 from synthmed.data.normalize import Normalization, fit_normalization, median_normalization, modality_kind
 from synthmed.data.splits import parse_ratios, split_subjects
 from synthmed.errors import SynthmedError
@@ -119,15 +119,6 @@ def test_split_is_by_patient_reproducible_and_respects_fixed():
     assert parse_ratios("7,1,2") == pytest.approx((0.7, 0.1, 0.2))
     with pytest.raises(SynthmedError):
         parse_ratios("0.5,0.5")
-
-
-def test_default_size_is_a_power_of_two():
-    assert default_size([50, 60, 70]) == 64
-    assert default_size([200, 210]) == 256
-    assert default_size([5]) == 32
-
-
-# ----------------------------------------------------------------------------- target scale without a reference
 
 
 def _pair(source_range: float, target_lo: float, target_hi: float) -> tuple:

@@ -80,6 +80,12 @@ def test_each_measure_is_named_when_it_leaves_the_training_range():
     noisy = head + rng.uniform(0.0, 0.01, head.shape)  # a native scan: noise in the background
     assert any("not skull-stripped" in d for d in differences(profile, measure(noisy, foreground, (1, 1, 1), normalized)))
     assert any("spacing" in d for d in differences(profile, measure(head, foreground, (2.5, 2.5, 1.0), normalized)))
+    # Native-resolution plans resample every input to their pixel size: only a much coarser input is named.
+    fine = measure(head, foreground, (0.4, 0.4, 1.0), normalized)
+    assert any("spacing" in d for d in differences(profile, fine))
+    assert not any("spacing" in d for d in differences(profile, fine, resampled_to=1.0))
+    coarse = differences(profile, measure(head, foreground, (2.5, 2.5, 1.0), normalized), resampled_to=1.0)
+    assert any("coarser" in d and "adds no detail" in d for d in coarse)
     big = np.ones_like(foreground)
     assert any("foreground" in d for d in differences(profile, measure(head, big, (1, 1, 1), normalized)))
     inverted = -normalized  # another contrast: the histogram reversed

@@ -89,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=None)
     p.add_argument("--label", default=None, help="label/mask modality to keep with the slices")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", type=positive_int, default=None, help="slice size N (default: from the foreground boxes)")
+    res = p.add_mutually_exclusive_group()
+    res.add_argument("--spacing", type=float, default=None, metavar="MM",
+                     help="in-plane pixel size of the slices (default: the data's median; native resolution)")
+    res.add_argument("--size", type=positive_int, default=None,
+                     help="resize each foreground box to N x N pixels instead of keeping native resolution")
     p.add_argument("--axis", default="axial", help="axial, coronal, sagittal or 0-2")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--pattern", help="e.g. '{subject}-{modality}.nii.gz' or '{subject}/{modality}_N4_*.nii.gz'")
@@ -110,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="also stop (with a checkpoint, as after the last step) when training has run this long")
     p.add_argument("--batch-size", type=positive_int, default=None)
+    p.add_argument("--patch", type=positive_int, default=None,
+                   help="train on random PATCH x PATCH windows of the slices (multiple of 16; default: the preset's "
+                        "image size on native-resolution data, the whole slice on resized data)")
+    p.add_argument("--context", type=positive_int, default=1, metavar="K",
+                   help="2.5D: give the networks K neighbouring slices (odd; the slice in the middle) as input "
+                        "(pix2pix, medgan, ddpm)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -258,12 +268,15 @@ def run_command(args: argparse.Namespace) -> int:
         from synthmed.data.prepare import load_plan, prepare
 
         out = prepare(args.data, source=args.source, target=args.target, label=args.label, out=args.out, size=args.size,
-                      axis=args.axis, pattern=args.pattern, manifest=args.manifest, split=args.split, seed=args.seed,
+                      spacing=args.spacing, axis=args.axis, pattern=args.pattern, manifest=args.manifest, split=args.split, seed=args.seed,
                       aliases=",".join(args.alias) if args.alias else None, resample=args.resample,
                       overwrite=args.overwrite, progress=progress)
         plan = load_plan(out)
         counts = ", ".join(f"{k} {len(v)} subjects/{plan['n_slices'][k]} slices" for k, v in plan["split"].items())
-        print(f"prepared {plan['source']} -> {plan.get('target') or '-'} at {plan['size']}px in {out}: {counts}")
+        resolution = plan.get("resolution") or {}
+        at = (f"{plan['size']}px slices at {resolution['spacing_mm']:g} mm per pixel" if resolution.get("mode") == "native"
+              else f"{plan['size']}px")
+        print(f"prepared {plan['source']} -> {plan.get('target') or '-'} at {at} in {out}: {counts}")
     elif args.verb == "train":
         from synthmed.workflows.train import train
 
@@ -271,7 +284,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.vgg19_weights:
             overrides["vgg19_weights"] = str(Path(args.vgg19_weights).resolve())
         summary = train(args.prep, model=args.model, preset=args.preset, out=args.out, steps=args.steps,
-                        batch_size=args.batch_size, resume=args.resume, seed=args.seed, device=args.device,
+                        batch_size=args.batch_size, patch=args.patch, context=args.context, resume=args.resume, seed=args.seed, device=args.device,
                         overrides=overrides, progress=progress, num_workers=args.workers,
                         val_every=args.val_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                         amp=args.amp, channels_last=args.channels_last, compile=args.compile,

@@ -47,10 +47,28 @@ class SliceDataset(Dataset):
     per epoch), otherwise each is drawn uniformly from the other subjects' slices. With a
     single subject the partner is another slice of it (a warning says that this is weak).
     The pairing is drawn from ``(seed, epoch)`` and reshuffled by :meth:`set_epoch`.
+
+    ``patch`` gives ``patch`` x ``patch`` windows instead of whole slices (training at native resolution): each
+    centred on a random foreground pixel of the source slice (so windows hold anatomy, also on the small top and
+    bottom slices) and moved inside the slice; the target, mask and label are cut at the same place (an unpaired
+    target at a place of its own slice). A patch larger than the slices pads them with the background.
+
+    ``context`` (odd, 2.5D) makes the source ``context`` channels: the slice and its ``context // 2`` neighbours on
+    each side in the same volume, in slice order (the slice itself in the middle channel). A neighbour that was not
+    kept (``prepare`` drops slices with almost no foreground) or lies beyond the volume is background (-1), as
+    translation sees beyond the volume's ends.
     """
 
-    def __init__(self, data: PreparedData, split: str, unpaired: bool = False, seed: int = 0, lesion_only: bool = False):
+    def __init__(self, data: PreparedData, split: str, unpaired: bool = False, seed: int = 0, lesion_only: bool = False,
+                 patch: int | None = None, context: int = 1):
         self.data = data
+        self.patch = patch
+        if context < 1 or context % 2 == 0:
+            raise SynthmedError(f"--context {context}: give an odd number of slices (1, 3, 5, ...)")
+        self.context = context
+        index = np.asarray(data.arrays["index"])
+        self._row_of = {(int(subject), int(number)): row for row, (subject, number) in enumerate(index)} \
+            if context > 1 else {}
         self.rows = data.rows(split)
         if lesion_only:  # only slices whose label map holds a lesion (label > 0)
             if "label" not in data.arrays:
@@ -82,14 +100,56 @@ class SliceDataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         row = self.rows[item]
         arrays = self.data.arrays
-        sample = {"source": torch.from_numpy(np.array(arrays["source"][row], dtype=np.float32))[None]}
+        window = self._window(row)
+        sample = {"source": _cut(arrays["source"][row], window, -1.0)}
+        if self.context > 1:
+            sample["source"] = torch.cat([_cut(arrays["source"][r], window, -1.0) if r is not None
+                                          else torch.full_like(sample["source"], -1.0) for r in self._neighbours(row)])
         if "target" in arrays:
             target_row = self.partner[item]
-            sample["target"] = torch.from_numpy(np.array(arrays["target"][target_row], dtype=np.float32))[None]
-        sample["mask"] = torch.from_numpy(np.array(arrays["mask"][row], dtype=np.float32))[None]
+            target_window = window if target_row == row or not self.unpaired else self._window(target_row)
+            sample["target"] = _cut(arrays["target"][target_row], target_window, -1.0)
+        sample["mask"] = _cut(arrays["mask"][row], window, 0.0)
         if "label" in arrays:
-            sample["label"] = torch.from_numpy(np.array(arrays["label"][row], dtype=np.float32))[None]
+            sample["label"] = _cut(arrays["label"][row], window, 0.0)
         return sample
+
+    def _neighbours(self, row: int) -> list[int | None]:
+        """Rows of the ``context`` slices centred on ``row`` (None where a slice was not kept)."""
+        subject, number = (int(v) for v in self.data.arrays["index"][row])
+        half = self.context // 2
+        return [self._row_of.get((subject, number + offset)) for offset in range(-half, half + 1)]
+
+    def _window(self, row: int) -> tuple[int, int, int] | None:
+        """(top, left, side) of the patch cut from slice ``row``; None for the whole slice."""
+        if self.patch is None:
+            return None
+        side = self.data.arrays["source"].shape[-1]
+        if self.patch >= side:
+            offset = (side - self.patch) // 2  # negative: the slice sits centred in a padded patch
+            return offset, offset, self.patch
+        foreground = np.flatnonzero(np.asarray(self.data.arrays["mask"][row]))
+        if len(foreground):
+            centre = int(foreground[int(torch.randint(len(foreground), ()))])
+            row_centre, col_centre = divmod(centre, side)
+        else:
+            row_centre, col_centre = (int(v) for v in torch.randint(side, (2,)))
+        top = min(max(row_centre - self.patch // 2, 0), side - self.patch)
+        left = min(max(col_centre - self.patch // 2, 0), side - self.patch)
+        return top, left, self.patch
+
+
+def _cut(image: np.ndarray, window: tuple[int, int, int] | None, fill: float) -> torch.Tensor:
+    """(1, side, side) float32 tensor of ``image`` inside ``window`` (``fill`` where it leaves the image)."""
+    if window is None:
+        return torch.from_numpy(np.array(image, dtype=np.float32))[None]
+    top, left, side = window
+    height, width = image.shape
+    out = np.full((side, side), fill, dtype=np.float32)
+    rows = slice(max(top, 0), min(top + side, height))
+    cols = slice(max(left, 0), min(left + side, width))
+    out[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left] = image[rows, cols]
+    return torch.from_numpy(out)[None]
 
 
 def _cross_group_partners(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:

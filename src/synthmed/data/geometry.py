@@ -192,8 +192,38 @@ def uncrop_slices(stack: np.ndarray, geometry: SliceGeometry, fill: float, inter
     return from_slices(full, geometry.axis)
 
 
-def default_size(sides: list[int]) -> int:
-    """Power of two nearest to the median box side, between 32 and 512."""
-    median = float(np.median(sides)) if sides else 256.0
-    exponent = int(np.clip(np.round(np.log2(max(median, 1.0))), 5, 9))
-    return 2**exponent
+# --- native resolution ---------------------------------------------------------------------------------------------
+# Slices kept at (or resampled to) one physical pixel size instead of squeezing every crop box into the same number
+# of pixels: a model then sees anatomy at one scale and at full detail, trains on random patches and translates whole
+# slices of any size (its networks are fully convolutional). A canvas side is a multiple of this.
+NATIVE_MULTIPLE = 16
+
+
+def in_plane_spacing(spacing, axis: int) -> float:
+    """One pixel size (mm) for the slices along ``axis``: the geometric mean of the two in-plane voxel sizes (square
+    boxes cannot hold anisotropic pixels; for the usual isotropic in-plane MR and CT grids it is exact)."""
+    sizes = [float(s) for i, s in enumerate(spacing) if i != axis]
+    if len(sizes) != 2 or not all(np.isfinite(s) and s > 0 for s in sizes):
+        raise SynthmedError(f"voxel spacing {tuple(spacing)} has no usable in-plane pixel size")
+    return float(np.sqrt(sizes[0] * sizes[1]))
+
+
+def foreground_side_mm(foreground: np.ndarray, axis: int, spacing_mm: float) -> float:
+    """Side (mm) of the square box around the foreground of all slices (with :data:`BOX_MARGIN`)."""
+    return fit_geometry(foreground, axis, 1).side * spacing_mm
+
+
+def native_size(side_mm: float, target_spacing_mm: float) -> int:
+    """Pixels (a multiple of :data:`NATIVE_MULTIPLE`) a square of ``side_mm`` needs at the target spacing."""
+    return max(NATIVE_MULTIPLE, int(np.ceil(side_mm / target_spacing_mm / NATIVE_MULTIPLE - 1e-9)) * NATIVE_MULTIPLE)
+
+
+def fit_native_geometry(foreground: np.ndarray, axis: int, size: int, spacing_mm: float,
+                        target_spacing_mm: float) -> SliceGeometry:
+    """A ``size`` x ``size`` slice at ``target_spacing_mm`` per pixel, centred on the foreground: the box side in voxels
+    is ``size * target / spacing`` (equal to ``size`` when the spacing is the target, so slices are the voxels
+    themselves, not resampled)."""
+    box = fit_geometry(foreground, axis, size)
+    side = max(2, int(round(size * target_spacing_mm / spacing_mm)))
+    row_centre, col_centre = box.row0 + box.side // 2, box.col0 + box.side // 2
+    return SliceGeometry(axis, box.shape, row_centre - side // 2, col_centre - side // 2, side, int(size))

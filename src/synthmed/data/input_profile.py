@@ -75,9 +75,10 @@ def training_profile(measures: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
-def differences(profile: dict[str, Any], found: dict[str, Any]) -> list[str]:
+def differences(profile: dict[str, Any], found: dict[str, Any], resampled_to: float | None = None) -> list[str]:
     """What about an input (``found``, from :func:`measure`) lies outside the training ``profile``, each as a
-    phrase naming the measure, the input's value and the training range."""
+    phrase naming the measure, the input's value and the training range. ``resampled_to``: the pixel size (mm)
+    the input's slices are resampled to (native-resolution plans), where only a much coarser input is named."""
     said = []
     low, high = profile["padding"]
     if low > PADDED_FRACTION and found["padding"] < UNPADDED_FRACTION:
@@ -91,10 +92,15 @@ def differences(profile: dict[str, Any], found: dict[str, Any]) -> list[str]:
         said.append(f"its foreground is {found['foreground_ml'] / 1000:.2f} L, the training scans' "
                     f"{low / 1000:.2f}-{high / 1000:.2f} L (a whole head versus brains, or another field of view?)")
     low, high = profile["spacing"]
-    outside = [s for s in found["spacing"] if not low / SPACING_FACTOR <= s <= high * SPACING_FACTOR]
-    if outside:
-        said.append(f"its in-plane spacing is {' x '.join(f'{s:g}' for s in found['spacing'])} mm, the training "
-                    f"scans' {low:g}-{high:g} mm")
+    if resampled_to is None:
+        outside = [s for s in found["spacing"] if not low / SPACING_FACTOR <= s <= high * SPACING_FACTOR]
+        if outside:
+            said.append(f"its in-plane spacing is {' x '.join(f'{s:g}' for s in found['spacing'])} mm, the training "
+                        f"scans' {low:g}-{high:g} mm")
+    elif any(s > high * SPACING_FACTOR for s in found["spacing"]):
+        # Slices are resampled to the model's pixel size, so only a much coarser input matters: it is blurred.
+        said.append(f"its in-plane spacing is {' x '.join(f'{s:g}' for s in found['spacing'])} mm, coarser than the "
+                    f"training scans' {low:g}-{high:g} mm (resampling it to {resampled_to:g} mm adds no detail)")
     distance = _distance(found["histogram"], profile["histogram"])
     allowed = profile["histogram_distance_max"] * HISTOGRAM_FACTOR + HISTOGRAM_SLACK
     if distance > allowed:

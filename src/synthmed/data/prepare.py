@@ -9,6 +9,11 @@ memory-mapped ``.npy`` array per role under ``slices/``:
 - ``label.npy``: uint8 label map, when ``--label`` is given;
 - ``index.npy``: int32 (n, 2) = (subject number in ``plan['subjects']``, slice number).
 
+Slices are kept at native resolution by default: every pixel is one in-plane voxel at the data's median
+spacing (``--spacing`` another), and ``size`` is the smallest multiple of 16 that holds the largest head, so
+most volumes are not resampled at all; models train on random patches of them. ``--size N`` instead squeezes
+each volume's foreground box into N x N pixels (the toolkit's earlier, resolution-losing layout).
+
 The folder is written under a temporary name and renamed at the end, so it is either
 complete or absent. Re-running with the same inputs and options does nothing. The command holds a lock
 on the output for its whole run; ``--overwrite`` replaces only a folder that ``prepare`` itself made (its
@@ -34,8 +39,8 @@ from synthmed.data.discovery import (
     FileRef, Subject, canonical_modality, discover, parse_aliases, patient_key, require_modalities,
 )
 from synthmed.data.geometry import (
-    AFFINE_TOLERANCE_MM, INTERPOLATION, INTERPOLATIONS, SliceGeometry, crop_slices, default_size, fit_geometry,
-    resample_onto, slice_axis,
+    AFFINE_TOLERANCE_MM, INTERPOLATION, INTERPOLATIONS, SliceGeometry, crop_slices, fit_geometry, fit_native_geometry,
+    foreground_side_mm, in_plane_spacing, native_size, resample_onto, slice_axis,
 )
 from synthmed.data.input_profile import HISTOGRAM_BINS, training_profile
 from synthmed.data.input_profile import measure as measure_input
@@ -54,7 +59,8 @@ from synthmed.records import Choice, Int, ListOf, MapOf, Maybe, Num, Record, Str
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 2  # 2: bicubic slice resampling (plan key "interpolation")
+PLAN_VERSION = 3  # 2: bicubic slice resampling (plan key "interpolation"); 3: native resolution ("resolution")
+MAX_SIZE = 1024
 MIN_FOREGROUND_FRACTION = 0.01
 
 
@@ -82,7 +88,8 @@ PLAN_SCHEMA = Record(
         "volumes": MapOf(_VOLUME),
         "n_slices": MapOf(Int(0)),
     },
-    optional={"interpolation": Choice(*INTERPOLATIONS), "aliases": Maybe(MapOf(Str(100))), "inputs_hash": Str(),
+    optional={"interpolation": Choice(*INTERPOLATIONS),
+              "resolution": Record({"mode": Choice("native", "resized"), "spacing_mm": Maybe(Num(1e-6))}), "aliases": Maybe(MapOf(Str(100))), "inputs_hash": Str(),
               "seed": Int(), "data": Maybe(Str()), "skipped": MapOf(Str()),
               "input_profile": Maybe(Record({
                   "version": Int(1), "subjects": Int(1), "padding": ListOf(Num(0, 1), length=2),
@@ -211,6 +218,7 @@ def prepare(
     target: str | None = None,
     label: str | None = None,
     size: int | None = None,
+    spacing: float | None = None,
     axis: str | int = "axial",
     pattern: str | None = None,
     manifest: str | Path | None = None,
@@ -224,12 +232,12 @@ def prepare(
     """Prepare a dataset for training; returns the output folder. See the module docstring."""
     out = Path(out)
     with output_lock(out):
-        return _prepare(data, source=source, out=out, target=target, label=label, size=size, axis=axis,
+        return _prepare(data, source=source, out=out, target=target, label=label, size=size, spacing=spacing, axis=axis,
                         pattern=pattern, manifest=manifest, split=split, seed=seed, aliases=aliases,
                         resample=resample, overwrite=overwrite, progress=progress)
 
 
-def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, manifest, split, seed, aliases,
+def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pattern, manifest, split, seed, aliases,
              resample, overwrite, progress) -> Path:
     ratios = parse_ratios(split)
     alias_map = parse_aliases(aliases)
@@ -238,6 +246,14 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
     label_mod = canonical_modality(label, alias_map) if label else None
     if target_mod == source_mod:
         raise SynthmedError(f"--source and --target are both {source_mod}; choose two modalities")
+    if size is not None and spacing is not None:
+        raise SynthmedError("--size and --spacing exclude each other: --spacing keeps native resolution (at that pixel "
+                            "size), --size resizes every foreground box to N x N pixels")
+    if spacing is not None and not (np.isfinite(spacing) and 0.01 <= spacing <= 100):
+        raise SynthmedError(f"--spacing {spacing}: give the in-plane pixel size in mm, e.g. 1.0")
+    if size is not None and (size < 16 or size > MAX_SIZE or size % 16):
+        raise SynthmedError(f"--size {size}: use a multiple of 16 between 16 and {MAX_SIZE} (e.g. 64, 128, 256)")
+    native = size is None
 
     subjects = discover(data, pattern=pattern, manifest=manifest, aliases=aliases)
     if not subjects:
@@ -251,6 +267,7 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
 
     options = {
         "version": PLAN_VERSION, "source": source_mod, "target": target_mod, "label": label_mod, "size": size,
+        "spacing": spacing,
         "axis": str(axis), "pattern": pattern, "manifest": str(manifest) if manifest else None,
         "split": ratios, "seed": seed, "resample": resample,
     }
@@ -269,15 +286,23 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
     ensure_writable_folder(out.parent)
     remove_stale_temporaries(out.parent, names=lambda name: name == out.name)
 
-    if size is None:
-        # A cheap pre-pass over the sources alone picks the slice size from the foreground boxes.
-        sides = []
+    target_spacing = None
+    if native:
+        # A pre-pass over the sources alone: each one's pixel size and the square its foreground needs, which give
+        # the target spacing (their median, unless --spacing) and the slice size that holds the largest of them.
+        pixel_mm, side_mm = {}, {}
         for subject in tqdm(subjects, desc="sizing", disable=not progress, unit="subject"):
             src = read_ref(subject.files[source_mod])
-            sides.append(fit_geometry(foreground_mask(src.data), slice_axis(src.affine, axis, src.is_2d), 1).side)
-        size = default_size(sides)
-    if size < 16 or size > 1024 or size % 16:
-        raise SynthmedError(f"--size {size}: use a multiple of 16 between 16 and 1024 (e.g. 64, 128, 256)")
+            volume_axis = slice_axis(src.affine, axis, src.is_2d)
+            pixel_mm[subject.id] = in_plane_spacing(src.spacing, volume_axis)
+            side_mm[subject.id] = foreground_side_mm(foreground_mask(src.data), volume_axis, pixel_mm[subject.id])
+            del src
+        target_spacing = float(spacing if spacing is not None else np.median(list(pixel_mm.values())))
+        widest = max(side_mm, key=side_mm.get)
+        size = native_size(side_mm[widest], target_spacing)
+        if size > MAX_SIZE:
+            raise SynthmedError(f"subject {widest}: its foreground needs {size} px at {target_spacing:g} mm per pixel, "
+                                f"more than {MAX_SIZE}; pass a coarser --spacing (e.g. {2 * target_spacing:g}) or --size")
 
     records: dict[str, dict] = {}
     stacks: dict[str, dict[str, np.ndarray]] = {}
@@ -304,7 +329,12 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
         if label_ref is not None:
             arrays["label"] = _coregister(subject.id, src, read_ref(label_ref), "label", resample, is_label=True)
 
-        geometry = fit_geometry(src_fg, slice_axis(src.affine, axis, src.is_2d), size)
+        volume_axis = slice_axis(src.affine, axis, src.is_2d)
+        if native:
+            geometry = fit_native_geometry(src_fg, volume_axis, size, in_plane_spacing(src.spacing, volume_axis),
+                                           target_spacing)
+        else:
+            geometry = fit_geometry(src_fg, volume_axis, size)
         normalizations: dict[str, Normalization] = {}
         subject_stacks: dict[str, np.ndarray] = {}
         for role in roles:
@@ -369,6 +399,7 @@ def _prepare(data, *, source, out: Path, target, label, size, axis, pattern, man
         "aliases": alias_map,
         "axis": str(axis),
         "size": int(size),
+        "resolution": {"mode": "native" if native else "resized", "spacing_mm": target_spacing},
         "interpolation": INTERPOLATION,
         "normalization_kind": {role: modality_kind(role) for role in roles},
         "reference_normalization": reference,

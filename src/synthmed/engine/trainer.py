@@ -39,6 +39,7 @@ from synthmed.engine.ema import EMA
 from synthmed.errors import SynthmedError
 from synthmed.metrics import psnr, ssim
 from synthmed.models.base import SynthesisModel
+from synthmed.nn.patches import padded_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -417,11 +418,14 @@ class Trainer:
             yield {k: torch.stack([item[k] for item in items]).to(self.device) for k in items[0]}
 
     def predict(self, source: torch.Tensor) -> torch.Tensor:
+        """Validation translation of whole slices, padded to the sizes the networks take (a model trained on
+        patches of native-resolution slices sees whole slices here, as in ``translate``)."""
         self.model.eval()
+        run = lambda images: padded_to_multiple(self.model.validation_translate, images, self.model.size_multiple)
         if self.ema:
             with self.ema.applied():
-                return self.model.validation_translate(source)
-        return self.model.validation_translate(source)
+                return run(source)
+        return run(source)
 
     def validate(self) -> dict[str, float]:
         """Mean PSNR/SSIM over validation slices, in the normalised [-1, 1] range, inside the mask."""
@@ -445,7 +449,7 @@ class Trainer:
         items = [self.val_set[int(j)] for j in picks]
         source = torch.stack([item["source"] for item in items]).to(self.device)
         prediction = self.predict(source).float().cpu()
-        rows = [source.cpu(), prediction] + ([torch.stack([item["target"] for item in items])] if "target" in items[0] else [])
+        rows = [self.model.centre_slice(source).cpu(), prediction] + ([torch.stack([item["target"] for item in items])] if "target" in items[0] else [])
         return self._save_grid(rows)
 
     def write_generated_samples(self, count: int = 4) -> Path:

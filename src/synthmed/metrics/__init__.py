@@ -4,22 +4,26 @@ from synthmed.metrics.image import (
     PSNR_CAP_DB,
     foreground_mask,
     image_metrics,
+    linear_fit,
     mae,
     max_normalised,
     nmse,
     psnr,
     ssim,
     summarize,
+    through_plane_psnr,
 )
 
 __all__ = [
     "PSNR_CAP_DB",
     "foreground_mask",
     "image_metrics",
+    "linear_fit",
     "mae",
     "max_normalised",
     "nmse",
     "psnr",
     "ssim",
     "summarize",
+    "through_plane_psnr",
 ]

@@ -298,8 +298,15 @@ def ssim(pred, ref, mask=None, data_range=None, mode="2d", win_size=None, sigma=
 
 
 def image_metrics(pred, ref, mask=None, data_range=None, *, axis: int = -1) -> dict[str, float]:
-    """``{'psnr', 'ssim' (slice-wise along axis), 'ssim3d', 'mae', 'nmse'}`` inside the mask.
+    """``{'psnr', 'ssim' (slice-wise along axis), 'ssim3d', 'mae', 'nmse', 'psnr_fit', 'ssim_fit'[, 'psnr_dz']}``
+    inside the mask.
 
+    ``psnr_fit``/``ssim_fit`` score the prediction after the least-squares line ``a * pred + b`` onto the reference
+    inside the mask (:func:`linear_fit`): scale-free scores, which rank methods apart from how well the output's
+    intensity scale was guessed (a translation without a reference has to guess it). ``psnr_dz``
+    (:func:`through_plane_psnr`) compares the differences between neighbouring slices along ``axis``: slice-by-slice
+    translation that flickers from slice to slice (stripes in sagittal and coronal views) scores low on it even when
+    every slice scores well on its own; it is left out for a single slice.
     The same as calling each function, with the inputs checked and converted once.
     """
     p, r, m = _prepare(pred, ref, mask)
@@ -308,13 +315,52 @@ def image_metrics(pred, ref, mask=None, data_range=None, *, axis: int = -1) -> d
     error = _f64(p[m]) - ref_values
     squared = float(np.sum(error**2))
     radius = _ssim_radius(1.5, None)
-    return {
+    fitted = _linear_fit(p, r, m)
+    fitted_error = _f64(fitted[m]) - ref_values
+    result = {
         "psnr": _psnr_from_mse(squared / error.size, peak),
         "ssim": _ssim_map_mean(p, r, m, peak, _ssim_sigmas(p.ndim, "2d", 1.5, axis), radius),
         "ssim3d": _ssim_map_mean(p, r, m, peak, _ssim_sigmas(p.ndim, "3d", 1.5, axis), radius),
         "mae": float(np.mean(np.abs(error))),
         "nmse": _nmse(squared, ref_values),
+        "psnr_fit": _psnr_from_mse(float(np.mean(fitted_error**2)), peak),
+        "ssim_fit": _ssim_map_mean(fitted, r, m, peak, _ssim_sigmas(p.ndim, "2d", 1.5, axis), radius),
     }
+    through = _through_plane_psnr(p, r, m, peak, axis)
+    if through is not None:
+        result["psnr_dz"] = through
+    return result
+
+
+def linear_fit(pred, ref, mask=None) -> np.ndarray:
+    """``a * pred + b`` with the least-squares ``a``, ``b`` that bring ``pred`` closest to ``ref`` inside the mask
+    (a constant prediction gets ``a = 0``, ``b`` = the reference's mean); float32, the whole image."""
+    return _linear_fit(*_prepare(pred, ref, mask))
+
+
+def _linear_fit(p: np.ndarray, r: np.ndarray, m: np.ndarray) -> np.ndarray:
+    x, y = _f64(p[m]), _f64(r[m])
+    x_mean, y_mean = float(x.mean()), float(y.mean())
+    variance = float(np.mean((x - x_mean) ** 2))
+    slope = float(np.mean((x - x_mean) * (y - y_mean))) / variance if variance > 0 else 0.0
+    return (slope * (_f64(p) - x_mean) + y_mean).astype(np.float32)
+
+
+def through_plane_psnr(pred, ref, mask=None, data_range=None, *, axis: int = -1) -> float | None:
+    """PSNR of the slice-to-slice differences along ``axis`` (where both neighbours lie in the mask), with the
+    reference's range as peak, as :func:`psnr`; None for fewer than two slices."""
+    p, r, m = _prepare(pred, ref, mask)
+    return _through_plane_psnr(p, r, m, _range(r, m, data_range), axis)
+
+
+def _through_plane_psnr(p: np.ndarray, r: np.ndarray, m: np.ndarray, peak: float, axis: int) -> float | None:
+    if p.ndim < 3 or p.shape[axis] < 2:
+        return None
+    both = np.logical_and(np.delete(m, -1, axis=axis), np.delete(m, 0, axis=axis))
+    if not both.any():
+        return None
+    difference = np.diff(_f64(p), axis=axis)[both] - np.diff(_f64(r), axis=axis)[both]
+    return _psnr_from_mse(float(np.mean(difference**2)), peak)
 
 
 def summarize(per_subject: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

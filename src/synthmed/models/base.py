@@ -47,6 +47,9 @@ class SynthesisModel(nn.Module):
     sampling_options: ClassVar[tuple[str, ...]] = ()  # keyword options of translate() users may set
     directions: ClassVar[tuple[str, ...]] = ("A2B",)  # ("A2B", "B2A"): also translate_reverse(target -> source)
     makes_masks: ClassVar[bool] = False  # generators: sample() also returns a lesion "mask"
+    # Translators that take 2.5D input (``train --context K``): their config has ``context``, the number of
+    # neighbouring slices (odd, the slice itself in the middle) given to the networks as source channels.
+    takes_context: ClassVar[bool] = False
     # Networks left out of ``--compile``: torch.compile cannot differentiate twice, which gradient penalties (R1) need.
     uncompiled_modules: ClassVar[tuple[str, ...]] = ()
 
@@ -115,6 +118,14 @@ class SynthesisModel(nn.Module):
             optimizer.step()
 
     @property
+    def size_multiple(self) -> int:
+        """Slice sides this model's networks take are multiples of it (translation pads to it): the largest power of
+        two dividing the training image size, which covers every network here (U-Nets halving a 64 px patch down to
+        1 px need 64, the others less)."""
+        size = int(getattr(self.config, "image_size", 1))
+        return size & -size
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -124,9 +135,20 @@ class SynthesisModel(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def centre_slice(self, source: torch.Tensor) -> torch.Tensor:
+        """The translated slice itself out of a 2.5D source (B, context, H, W): its middle channel."""
+        middle = source.shape[1] // 2
+        return source[:, middle : middle + 1]
+
     def config_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self.config, f.name)) for f in fields(self.config)}
 
 
 def _plain(value):
     return list(value) if isinstance(value, tuple) else value
+
+
+def check_context(config) -> None:
+    """Refuse a 2.5D context that is not an odd number of slices."""
+    if config.context < 1 or config.context % 2 == 0:
+        raise ValueError(f"context {config.context}: give an odd number of slices (1, 3, 5, ...)")

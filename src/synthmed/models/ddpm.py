@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from synthmed.diffusion.samplers import DEFAULT_SNR, PREDICTORS, SAMPLERS, sample
 from synthmed.diffusion.schedule import PREDICTIONS, SCHEDULES, NoiseSchedule
-from synthmed.models.base import SynthesisModel
+from synthmed.models.base import SynthesisModel, check_context
 from synthmed.models.registry import register
 from synthmed.nn.diffusion_unet import check_unet_config, diffusion_unet
 
@@ -73,6 +73,7 @@ class DDPMConfig:
     # Validation during training uses a cheap deterministic sampler.
     validation_sampler: str = "ddim"
     validation_steps: int = 10
+    context: int = 1  # 2.5D: source slices the denoiser is conditioned on (ours)
 
 
 @register
@@ -94,6 +95,7 @@ class ConditionalDDPM(SynthesisModel):
     ema_modules = ("network",)
     stochastic = True
     sampling_options = ("sampler", "steps", "eta")
+    takes_context = True
 
     def __init__(self, config: DDPMConfig):
         super().__init__(config)
@@ -105,7 +107,8 @@ class ConditionalDDPM(SynthesisModel):
         if config.lr <= 0 or config.batch_size < 1 or config.sampling_steps < 1 or config.validation_steps < 1:
             raise ValueError("lr, batch_size, sampling_steps and validation_steps must be positive")
         self.schedule = NoiseSchedule(config.timesteps, config.schedule, config.beta_start, config.beta_end)
-        self.network = diffusion_unet(config, in_channels=2)  # noisy target + source
+        check_context(config)
+        self.network = diffusion_unet(config, in_channels=1 + config.context)  # noisy target + source slice(s)
         self._optimizers = {"network": torch.optim.Adam(self.network.parameters(), lr=config.lr)}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -152,7 +155,7 @@ class ConditionalDDPM(SynthesisModel):
         if steps is None:
             steps = config.timesteps if sampler == "ddpm" else config.sampling_steps
         return sample(
-            self.denoiser(source), self.schedule, tuple(source.shape), sampler=sampler, steps=steps,
+            self.denoiser(source), self.schedule, (source.shape[0], 1, *source.shape[2:]), sampler=sampler, steps=steps,
             eta=config.eta if eta is None else eta, snr=config.corrector_snr if snr is None else snr,
             predictor=predictor or config.predictor, generator=generator, device=source.device,
         )

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from synthmed.models.base import SynthesisModel
+from synthmed.models.base import SynthesisModel, check_context
 from synthmed.models.registry import register
 from synthmed.nn.casnet import CasNet
 from synthmed.nn.discriminators import PatchDiscriminator, patch_receptive_field
@@ -78,6 +78,7 @@ class MedGANConfig:
     batch_size: int = 1
     steps: int = 387_000  # 200 epochs of the paper's 1,935 PET/CT training pairs at batch 1
     ema_decay: float = 0.0
+    context: int = 1  # 2.5D: source slices given to the networks (ours; the paper is 2D)
 
 
 @register
@@ -93,6 +94,7 @@ class MedGAN(SynthesisModel):
         "small": {"image_size": 64, "n_ublocks": 3, "generator_channels": 32, "discriminator_channels": 32,
                   "batch_size": 16, "steps": 1000},
     }
+    takes_context = True
 
     def __init__(self, config: MedGANConfig):
         super().__init__(config)
@@ -110,8 +112,9 @@ class MedGAN(SynthesisModel):
             raise ValueError("lr must be positive and the loss weights non-negative")
         # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
         layers = min(PATCH_SIZES[config.patch_size], max(1, int(math.log2(config.image_size)) - 2))
-        self.generator = CasNet(config.n_ublocks, 1, 1, config.generator_channels, depth, config.norm, config.dropout)
-        self.discriminator = PatchDiscriminator(2, config.discriminator_channels, layers, norm=config.norm)
+        check_context(config)
+        self.generator = CasNet(config.n_ublocks, config.context, 1, config.generator_channels, depth, config.norm, config.dropout)
+        self.discriminator = PatchDiscriminator(config.context + 1, config.discriminator_channels, layers, norm=config.norm)
         if config.perceptual_weights and len(config.perceptual_weights) != layers + 1:
             raise ValueError(f"perceptual_weights needs {layers + 1} values (the image and {layers} discriminator layers)")
         for key in ("style_weights", "content_weights"):
@@ -193,7 +196,7 @@ class MedGAN(SynthesisModel):
     def generate(self, source: torch.Tensor) -> torch.Tensor:
         """CasNet(source), or with ``residual`` source + CasNet(source) clipped to [-1, 1]."""
         output = self.generator(source)
-        return (source + output).clamp(-1, 1) if self.config.residual else output
+        return (self.centre_slice(source) + output).clamp(-1, 1) if self.config.residual else output
 
     @torch.inference_mode()
     def translate(self, source: torch.Tensor) -> torch.Tensor:

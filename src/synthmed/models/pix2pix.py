@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from synthmed.models.base import SynthesisModel
+from synthmed.models.base import SynthesisModel, check_context
 from synthmed.models.registry import register
 from synthmed.nn.discriminators import PatchDiscriminator
 from synthmed.nn.layers import init_gan_weights
@@ -38,6 +38,7 @@ class Pix2PixConfig:
     batch_size: int = 1
     steps: int = 200_000
     ema_decay: float = 0.0
+    context: int = 1  # 2.5D: source slices given to the networks (ours; the paper is 2D)
 
 
 @register
@@ -55,6 +56,7 @@ class Pix2Pix(SynthesisModel):
         },
     }
     ema_modules = ("generator",)
+    takes_context = True
 
     def __init__(self, config: Pix2PixConfig):
         super().__init__(config)
@@ -69,10 +71,11 @@ class Pix2Pix(SynthesisModel):
                 raise ValueError(f"{key} must be at least 1")
         if config.lr <= 0 or config.lambda_l1 < 0:
             raise ValueError("lr must be positive and lambda_l1 non-negative")
-        self.generator = UNetGenerator(1, 1, config.generator_channels, depth, norm=config.norm, dropout=config.dropout)
+        check_context(config)
+        self.generator = UNetGenerator(config.context, 1, config.generator_channels, depth, norm=config.norm, dropout=config.dropout)
         # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
         layers = min(config.discriminator_layers, max(1, int(math.log2(config.image_size)) - 2))
-        self.discriminator = PatchDiscriminator(2, config.discriminator_channels, layers, norm=config.norm)
+        self.discriminator = PatchDiscriminator(config.context + 1, config.discriminator_channels, layers, norm=config.norm)
         init_gan_weights(self)
         self._optimizers = {
             "generator": torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=config.betas),

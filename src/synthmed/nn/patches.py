@@ -69,3 +69,17 @@ def sliding_window(function: Callable[[torch.Tensor], torch.Tensor], images: tor
             output[:, :, r : r + patch_h, c : c + patch_w] += results[k * n : (k + 1) * n] * weight
             total[:, :, r : r + patch_h, c : c + patch_w] += weight
     return output / total
+
+
+def padded_to_multiple(function: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, multiple: int,
+                       fill: float = -1.0) -> torch.Tensor:
+    """``function(images)`` for networks that take only sides divisible by ``multiple`` (a U-Net halving the image
+    ``log2(multiple)`` times): the images are padded on all sides with ``fill`` (the background, -1 in the model's
+    range) to the next multiple, and the result is cut back to the input's size."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not pad_h and not pad_w:
+        return function(images)
+    top, left = pad_h // 2, pad_w // 2
+    padded = torch.nn.functional.pad(images, (left, pad_w - left, top, pad_h - top), value=fill)
+    return function(padded)[..., top : top + height, left : left + width]

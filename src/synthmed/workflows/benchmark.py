@@ -80,7 +80,7 @@ SUITES = {
     "full": Suite(subjects=10, size=64, steps=3000, batch_size=8, split="0.6,0.2,0.2"),
     "real": Suite(subjects=4, size=64, steps=1000, batch_size=8, split="manifest"),
 }
-METRICS = ("psnr", "ssim", "ssim3d", "mae", "nmse")
+METRICS = ("psnr", "ssim", "ssim3d", "mae", "nmse", "psnr_fit", "ssim_fit", "psnr_dz")
 MAX_NORMALISED_METRICS = ("psnr", "ssim")
 REAL_TASKS = (("t1", "t2"), ("t2", "t1"), ("t1", "t1c"), ("t2", "flair"))
 # The real suite's scans (relative to --data), as in ../shared/data/real: subject -> (folder, files by modality,

@@ -32,7 +32,7 @@ from synthmed.metrics import foreground_mask, image_metrics, summarize
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("psnr", "ssim", "ssim3d", "mae", "nmse")
+METRIC_KEYS = ("psnr", "ssim", "ssim3d", "mae", "nmse", "psnr_fit", "ssim_fit", "psnr_dz")
 GEOMETRIC_FORMATS = ("nifti", "itk", "dicom")  # formats whose affine places the voxels in the world
 
 
@@ -240,13 +240,16 @@ def write_metrics(result: dict[str, Any], out: Path, overwrite: bool = True) -> 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
     """Plain-text table of ``{name: result}`` (mean +/- sd for each metric)."""
-    digits = {"psnr": 2, "ssim": 4, "mae": 3, "nmse": 4}
+    digits = {"psnr": 2, "ssim": 4, "mae": 3, "nmse": 4, "psnr_fit": 2, "psnr_dz": 2}
     width = 22
     header = f"{'method':<20}" + "".join(f"{k.upper() + ' (mean +/- sd)':>{width}}" for k in digits)
     lines = [header, "-" * len(header)]
     for name, result in rows.items():
         cells = ""
         for key, d in digits.items():
+            if key not in result["mean"]:
+                cells += "-".rjust(width)
+                continue
             mean, sd = result["mean"][key], result["sd"][key]
             cells += f"{mean:.{d}f} +/- {sd:.{d}f}".rjust(width)
         lines.append(f"{name:<20}{cells}")

@@ -39,6 +39,8 @@ SCORE_COLUMNS = {
         ("overall", "ssim", "SSIM", "high", "{:.3f}"),
         ("overall", "ssim3d", "SSIM 3D", "high", "{:.3f}"),
         ("overall", "mae", "MAE", "low", "{:.2f}"),
+        ("overall", "psnr_fit", "PSNR (dB), scale-free", "high", "{:.2f}"),
+        ("overall", "psnr_dz", "through-plane PSNR (dB)", "high", "{:.2f}"),
         ("lesion", "psnr", "lesion PSNR (dB)", "high", "{:.2f}"),
         ("lesion", "ssim", "lesion SSIM", "high", "{:.3f}"),
         ("lesion", "mae", "lesion MAE", "low", "{:.2f}"),

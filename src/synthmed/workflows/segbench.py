@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from synthmed.errors import SynthmedError
+from synthmed.workflows.train import GENERATOR_MULTIPLE
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +332,13 @@ def _load_generated(generated: dict[str, str | Path] | None, counts: list[int], 
         if not name or "+" in name:
             raise SynthmedError(f"generated set name {name!r}: give a non-empty name without '+'")
         images, masks, info = read_generated(folder)
+        side = images.shape[1]
+        if images.shape[2] == side and size < side < size + GENERATOR_MULTIPLE:
+            # A generator of native-resolution slices made them padded to a multiple its U-Net halves evenly: the
+            # prepared slice is their middle.
+            middle = slice((side - size) // 2, (side - size) // 2 + size)
+            images = images[:, middle, middle]
+            masks = masks[:, middle, middle] if masks is not None else None
         if images.shape[1:] != (size, size):
             raise SynthmedError(
                 f"generated set {name!r} ({folder}) has {images.shape[1]}x{images.shape[2]} slices but the prepared "

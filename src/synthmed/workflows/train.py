@@ -29,7 +29,7 @@ from synthmed.files import (
     MARKER_NAME, json_text, marked_by, output_lock, read_json_record, remove_stale_temporaries, write_marker,
     write_text_atomic,
 )
-from synthmed.models.registry import build_model, model_class
+from synthmed.models.registry import available_models, build_model, make_config, model_class
 from synthmed.records import Bool, Choice, Int, Maybe, Record, Str, validate
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ RUN_SCHEMA = Record(
     {"model": Str(100), "preset": Str(100), "task": Choice("translate", "generate"), "config": Record({}),
      "source": Str(100), "target": Maybe(Str(100)), "label": Maybe(Str(100))},
     optional={"paired": Bool(), "settings": Record({}), "prepared": Str(), "processes": Int(1),
-              "plan_digest": Str(100), "training_slice_count": Int(0)},
+              "plan_digest": Str(100), "training_slice_count": Int(0), "patch": Maybe(Int(16, 1024))},
 )
+GENERATOR_MULTIPLE = 32  # the paper PIG U-Net halves the image 5 times
 RUN_FILES = ("run.json", "plan.json", "checkpoints", "samples", "log.csv", "train_summary.json", "tensorboard")
 
 
@@ -84,6 +85,8 @@ def train(
     preset: str = "small",
     steps: int | None = None,
     batch_size: int | None = None,
+    patch: int | None = None,
+    context: int = 1,
     resume: bool = False,
     seed: int = 0,
     device: str = "auto",
@@ -99,8 +102,8 @@ def train(
         # first one's. Rank 0 holds the lock for the whole job (the other ranks write nothing).
         with output_lock(out) if ctx.is_main else contextlib.nullcontext():
             summary = _train(prep, model=model, out=out, preset=preset, steps=steps, batch_size=batch_size,
-                             resume=resume, seed=seed, device=device, overrides=overrides, progress=progress, ctx=ctx,
-                             **settings)
+                             patch=patch, context=context, resume=resume, seed=seed, device=device,
+                             overrides=overrides, progress=progress, ctx=ctx, **settings)
         finished = True
         return summary
     finally:
@@ -118,6 +121,8 @@ def _train(
     preset: str,
     steps: int | None,
     batch_size: int | None,
+    patch: int | None,
+    context: int,
     resume: bool,
     seed: int,
     device: str,
@@ -137,7 +142,14 @@ def _train(
                             f"them: prepare with --label NAME (e.g. --source FLAIR --label lesion)")
 
     config_values = dict(overrides or {})
-    config_values["image_size"] = int(plan["size"])
+    image_size = _training_size(cls, model, preset, plan, patch, config_values)
+    config_values["image_size"] = image_size
+    windows = image_size if image_size != int(plan["size"]) else None  # train on patches of the slices
+    if context != 1:
+        if not cls.takes_context:
+            takers = ", ".join(name for name, c in available_models().items() if c.takes_context)
+            raise SynthmedError(f"{model} translates single slices; --context (2.5D input) is for {takers}")
+        config_values["context"] = int(context)
     if steps is not None:  # schedules that follow the run length (e.g. CycleGAN's linear decay) see it too
         config_values["steps"] = int(steps)
     seed_everything(seed)  # the initial weights depend on the seed only
@@ -172,11 +184,13 @@ def _train(
     if lesion_only and not plan.get("label"):
         raise SynthmedError(f"{prep} was prepared without --label, so {model} cannot keep the lesion slices "
                             "(training_slices=lesion); prepare with --label NAME or --set training_slices=all")
-    train_set = SliceDataset(data, "train", unpaired=not cls.paired, seed=seed, lesion_only=lesion_only)
+    context = int(getattr(net.config, "context", 1))
+    train_set = SliceDataset(data, "train", unpaired=not cls.paired, seed=seed, lesion_only=lesion_only, patch=windows,
+                             context=context)
     if cls.task == "generate":
         val_set = None  # generators are not validated against references; samples/ shows their output
     else:
-        val_set = SliceDataset(data, "val") if plan["split"]["val"] else None
+        val_set = SliceDataset(data, "val", context=context) if plan["split"]["val"] else None
         if val_set is None and ctx.is_main:
             log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
     if resume and (out / "run.json").is_file():
@@ -197,6 +211,7 @@ def _train(
         "target": plan.get("target"),
         "label": plan.get("label"),
         "training_slice_count": len(train_set),
+        "patch": windows,
         "plan_digest": plan_digest(plan),
         "versions": versions(),
     }
@@ -217,3 +232,24 @@ def _train(
     if ctx.is_main:
         write_text_atomic(out / "train_summary.json", json_text(summary))
     return summary
+
+
+def _training_size(cls, model: str, preset: str, plan: dict, patch: int | None, config_values: dict) -> int:
+    """The image size a model is built for and trained at: ``--patch``; else, on native-resolution data, the preset's
+    image size (``paper`` 256 px, ``small`` a CPU-sized patch), on resized data the prepared slice size. Generators
+    make whole slices, so they train on whole slices: native ones padded to a multiple of
+    :data:`GENERATOR_MULTIPLE`, which every generator's U-Net halves down evenly."""
+    slice_size = int(plan["size"])
+    if cls.task == "generate":
+        if patch is not None:
+            raise SynthmedError(f"{model} generates whole slices; --patch applies to translation methods")
+        if (plan.get("resolution") or {}).get("mode") == "native":
+            return -(-slice_size // GENERATOR_MULTIPLE) * GENERATOR_MULTIPLE
+        return slice_size
+    if patch is not None:
+        if patch < 16 or patch > 1024 or patch % 16:
+            raise SynthmedError(f"--patch {patch}: use a multiple of 16 between 16 and 1024 (e.g. 64, 128, 256)")
+        return int(patch)
+    if (plan.get("resolution") or {}).get("mode") == "native":
+        return int(make_config(model, preset, {k: v for k, v in config_values.items() if k != "image_size"}).image_size)
+    return slice_size

@@ -37,7 +37,11 @@ from synthmed.data.geometry import (
     box_overlap,
     crop_slices,
     fit_geometry,
+    fit_native_geometry,
+    foreground_side_mm,
     from_slices,
+    in_plane_spacing,
+    native_size,
     slice_axis,
     to_slices,
     uncrop_slices,
@@ -57,6 +61,7 @@ from synthmed.files import (
 from synthmed.metrics import foreground_mask
 from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import config_from_dict, instantiate
+from synthmed.nn.patches import padded_to_multiple
 from synthmed.workflows.train import load_run_record
 
 log = logging.getLogger(__name__)
@@ -155,7 +160,7 @@ def check_checkpoint_fits(record: dict, info: dict, plan: dict, path: Path, run:
         raise SynthmedError(f"{path} was trained on another prepared data set than {run / 'plan.json'} describes "
                             "(its plan differs): it belongs to another run; copy run folders whole")
     size = expected.get("image_size")
-    if size is not None and size != plan["size"]:
+    if size is not None and size != plan["size"] and info.get("patch") != size:  # patch-trained runs differ
         raise SynthmedError(f"{run / 'run.json'} is a {size} px model, but {run / 'plan.json'} prepares "
                             f"{plan['size']} px slices: the run folder mixes two runs")
 
@@ -185,15 +190,17 @@ def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int 
                      progress: bool = False, direction: str = "A2B") -> tuple[np.ndarray, np.ndarray | None]:
     """Model outputs for normalised slices (N, H, W): the mean over samples and, for K > 1, their std."""
     sampling = sampling or Sampling()
-    forward = model.translate if direction == "A2B" else model.translate_reverse
+    translate = model.translate if direction == "A2B" else model.translate_reverse
+    forward = lambda images, **kw: padded_to_multiple(lambda x: translate(x, **kw), images, model.size_multiple)
     device = model.device
     options = {k: v for k, v in sampling.options.items() if v is not None}
+    context = int(getattr(model.config, "context", 1))
     mean = np.empty_like(slices)
     std = np.empty_like(slices) if sampling.samples > 1 else None
     starts = range(0, len(slices), batch_size)
     with torch.inference_mode():
         for start in tqdm(starts, desc="slices", unit="chunk", leave=False, disable=not progress or len(starts) < 2):
-            chunk = torch.from_numpy(slices[start : start + batch_size])[:, None].to(device)
+            chunk = torch.from_numpy(stacked_context(slices, start, start + batch_size, context)).to(device)
             if not model.stochastic:
                 mean[start : start + batch_size] = forward(chunk)[:, 0].float().cpu().numpy()
                 continue
@@ -204,6 +211,21 @@ def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int 
             if std is not None:
                 std[start : start + batch_size] = draws.std(0, correction=0).cpu().numpy()
     return mean, std
+
+
+def stacked_context(slices: np.ndarray, start: int, stop: int, context: int) -> np.ndarray:
+    """Model inputs (B, context, H, W) for slices ``start:stop`` of a volume's stack (N, H, W): each slice with its
+    ``context // 2`` neighbours on each side in slice order, background (-1) beyond the volume's ends."""
+    stop = min(stop, len(slices))
+    if context == 1:
+        return np.ascontiguousarray(slices[start:stop, None])
+    half = context // 2
+    out = np.full((stop - start, context, *slices.shape[1:]), -1.0, dtype=np.float32)
+    for channel, offset in enumerate(range(-half, half + 1)):
+        lo, hi = max(start + offset, 0), min(stop + offset, len(slices))
+        if hi > lo:
+            out[lo - start - offset : hi - start - offset, channel] = slices[lo:hi]
+    return out
 
 
 def translate_volume(
@@ -239,7 +261,7 @@ def translate_volume(
     foreground = foreground_mask(data)
     if not foreground.any():
         raise SynthmedError(f"{volume.path}: empty foreground (nothing above the background level)")
-    geometry = fit_geometry(foreground, slice_axis(volume.affine, plan["axis"], volume.is_2d), int(plan["size"]))
+    geometry = input_geometry(plan, volume, foreground)
     normalization = fit_normalization(data, foreground, source_kind, name=str(volume.path), low=low)
     _check_like_training(plan, volume, foreground, normalization, strict)
     if target_normalization is None:  # no reference: the plan's scale model, from this input's own range
@@ -267,12 +289,27 @@ def translate_volume(
     return Translation(image, std_map)
 
 
+def input_geometry(plan: dict, volume: Volume, foreground: np.ndarray) -> SliceGeometry:
+    """How an input volume becomes model slices, as the plan made the training slices: at native resolution a
+    square at the plan's pixel size just large enough for this input's foreground (the model takes whole slices of
+    any size), else the foreground box resized to the plan's size."""
+    axis = slice_axis(volume.affine, plan["axis"], volume.is_2d)
+    resolution = plan.get("resolution") or {"mode": "resized"}
+    if resolution["mode"] != "native":
+        return fit_geometry(foreground, axis, int(plan["size"]))
+    pixel_mm, target_mm = in_plane_spacing(volume.spacing, axis), float(resolution["spacing_mm"])
+    size = native_size(foreground_side_mm(foreground, axis, pixel_mm), target_mm)
+    return fit_native_geometry(foreground, axis, size, pixel_mm, target_mm)
+
+
 def _check_like_training(plan: dict, volume: Volume, foreground: np.ndarray, normalization: Normalization,
                          strict: bool) -> None:
     if plan.get("input_profile") is None:  # plans made before the profile was recorded
         return
     found = measure_input(volume.data, foreground, volume.spacing, normalization.apply(volume.data[foreground]))
-    said = input_differences(plan["input_profile"], found)
+    resolution = plan.get("resolution") or {}
+    said = input_differences(plan["input_profile"], found,
+                             resampled_to=resolution.get("spacing_mm") if resolution.get("mode") == "native" else None)
     if not said:
         return
     message = f"{volume.path} is unlike the scans the model was trained on: {'; '.join(said)}"

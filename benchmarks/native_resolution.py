@@ -1,0 +1,184 @@
+"""Native resolution against resize-to-64, at an equal CPU training budget, on the dev real scans.
+
+Both layouts come from the same subjects and split; each model is trained on each for the same wall-clock budget
+(``--minutes`` for the native run, small preset, batch 16; the resized run then trains for as many
+steps, so both see the same number of 64 x 64 training images) and translates the held-out subjects without ``--reference`` (the plan's
+scale model), with a clean background (the default):
+
+- ``resized``: ``prepare --size 64``: every foreground box squeezed into 64 x 64 pixels, the toolkit's earlier
+  layout; the model trains on whole 64 px slices and its outputs are resized back;
+- ``native``: ``prepare`` (default): slices at the data's 1 mm pixel size, the model trains on random 64 px patches
+  (``--patch 64``, the small preset's) and translates whole slices.
+
+Scores (``synthmed evaluate``'s, in the target's units, inside the reference's foreground): PSNR, SSIM, the
+scale-free PSNR/SSIM after a linear fit (``psnr_fit``/``ssim_fit``), the through-plane consistency
+(``psnr_dz``, PSNR of slice-to-slice differences: stripes from slice-by-slice translation lower it) and the
+identity baseline with matched intensity. ``background_voxels_off`` counts voxels outside the source's dilated
+foreground that differ from the output's background value (0 for a clean background). PNGs of a middle axial and
+sagittal slice (source | resized | native [| native with context] | reference) are written under ``--work``, never into the repository.
+
+With ``--context K`` the native model is also trained with K neighbouring slices as input (2.5D), for as many
+steps, to measure what it does to slice-to-slice consistency (``psnr_dz``).
+
+Task ``t1t2``: T1 -> T2 of ``brats/*`` (3) and ``ms/patient07`` (4 subjects; split 0.75/0/0.25: 3 train, 1 test).
+
+    cd benchmarks && ../.venv/bin/python native_resolution.py [--models pix2pix,ddpm] [--minutes 10]
+        [--work DIR] [--out results/native-resolution-cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench_common import REPO, inside, source_state, write_json
+from scale_without_reference import _t1t2
+
+sys.path.insert(0, str(REPO / "src"))
+from synthmed.data.io import read_volume, write_volume  # noqa: E402
+from synthmed.data.prepare import prepare  # noqa: E402
+from synthmed.metrics import foreground_mask  # noqa: E402
+from synthmed.workflows.evaluate import evaluate_pairs  # noqa: E402
+from synthmed.workflows.train import train  # noqa: E402
+from synthmed.workflows.translate import BACKGROUND_MARGIN, _dilated, load_run, translate_volume  # noqa: E402
+
+REAL = REPO.parent / "shared" / "data" / "real"
+SPLIT = "0.75,0,0.25"
+KEYS = ("psnr", "ssim", "psnr_fit", "ssim_fit", "psnr_dz")
+
+
+def link_data(work: Path) -> Path:
+    data = work / "data"
+    for subject, (source, target) in _t1t2().items():
+        (data / subject).mkdir(parents=True, exist_ok=True)
+        for link, path in (("T1.nii.gz", source), ("T2.nii.gz", target)):
+            if not (data / subject / link).exists():
+                (data / subject / link).symlink_to(path)
+    return data
+
+
+def _means(result: dict) -> dict:
+    return {k: round(result["mean"][k], 4) for k in KEYS if k in result["mean"]}
+
+
+def _png(path: Path, rows: list[list[np.ndarray]]) -> None:
+    """Rows of 2D images side by side, each scaled by its own 0.5-99.5th percentiles (grey, 8 bit)."""
+    def grey(image: np.ndarray) -> np.ndarray:
+        lo, hi = np.percentile(image, [0.5, 99.5])
+        return (np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+    lines = [np.concatenate([grey(np.rot90(image)) for image in row], axis=1) for row in rows]
+    width = max(line.shape[1] for line in lines)
+    lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]))) for line in lines]
+    Image.fromarray(np.concatenate(lines, axis=0)).save(path)
+
+
+def run(models: list[str], minutes: float, work: Path, context: int) -> dict:
+    data = link_data(work)
+    preps = {
+        "resized": prepare(data, source="T1", target="T2", out=work / "prep-resized", size=64, split=SPLIT, seed=0,
+                           progress=False),
+        "native": prepare(data, source="T1", target="T2", out=work / "prep-native", split=SPLIT, seed=0,
+                          progress=False),
+    }
+    plans = {layout: json.loads((prep / "plan.json").read_text()) for layout, prep in preps.items()}
+    test = plans["native"]["split"]["test"]
+    report: dict = {"subjects": plans["native"]["split"], "native_slice_size": plans["native"]["size"],
+                    "native_spacing_mm": plans["native"]["resolution"]["spacing_mm"], "models": {}}
+    identity = evaluate_pairs([(s, data / s / "T1.nii.gz", data / s / "T2.nii.gz") for s in test], match=True)
+    report["identity_matched"] = _means(identity)
+    for model in models:
+        entry: dict = {}
+        outputs: dict[str, dict[str, np.ndarray]] = {}
+        steps = None
+        layouts = ["native", "resized"] + ([f"native-context{context}"] if context > 1 else [])
+        for layout in layouts:  # native first: the others get as many steps as it made
+            prep = preps["resized" if layout == "resized" else "native"]
+            run_dir = work / f"run-{model}-{layout}"
+            summary_file = run_dir / "train_summary.json"
+            if not summary_file.exists():
+                torch.manual_seed(0)
+                train(prep, model=model, preset="small", out=run_dir, steps=steps or 100_000, batch_size=16,
+                      context=context if "context" in layout else 1,
+                      max_minutes=minutes if steps is None else None, val_every=100_000, checkpoint_every=500,
+                      progress=False)
+            summary = json.loads(summary_file.read_text())
+            steps = steps or summary["steps"]
+            train_seconds = summary["seconds"]
+            loaded = load_run(run_dir, checkpoint="last")
+            pairs, off, translate_seconds = [], 0, 0.0
+            for subject in test:
+                volume = read_volume(data / subject / "T1.nii.gz")
+                started = time.monotonic()
+                image = translate_volume(loaded, volume, None).image
+                translate_seconds += time.monotonic() - started
+                outside = ~_dilated(foreground_mask(volume.data), BACKGROUND_MARGIN)
+                off += int(np.count_nonzero(image[outside] != image[outside].flat[0])) if outside.any() else 0
+                out = work / "outputs" / model / layout / subject / "T2.nii.gz"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                write_volume(out, image, like=volume, overwrite=True)
+                pairs.append((subject, out, data / subject / "T2.nii.gz"))
+                outputs.setdefault(subject, {})[layout] = image
+            scores = evaluate_pairs(pairs)
+            entry[layout] = {
+                "train_seconds": train_seconds,
+                "train_steps": summary["steps"],
+                "translate_seconds_per_volume": round(translate_seconds / len(test), 1),
+                "background_voxels_off": off,
+                "scores": _means(scores),
+                "per_subject": {s: {k: round(v, 4) for k, v in m.items() if k in KEYS}
+                                for s, m in scores["per_subject"].items()},
+            }
+            print(model, layout, entry[layout]["train_steps"], "steps", entry[layout]["scores"], flush=True)
+        entry["native_minus_resized"] = {k: round(entry["native"]["scores"][k] - entry["resized"]["scores"][k], 4)
+                                         for k in KEYS if k in entry["native"]["scores"]}
+        if context > 1:
+            entry["context_minus_native"] = {
+                k: round(entry[layouts[-1]]["scores"][k] - entry["native"]["scores"][k], 4)
+                for k in KEYS if k in entry["native"]["scores"]}
+        entry["native_minus_identity"] = {k: round(entry["native"]["scores"][k] - report["identity_matched"][k], 4)
+                                          for k in ("psnr", "ssim")}
+        report["models"][model] = entry
+        for subject in test:
+            source = read_volume(data / subject / "T1.nii.gz").data
+            reference = read_volume(data / subject / "T2.nii.gz").data
+            images = [source, *(outputs[subject][layout] for layout in ["resized", "native", *layouts[2:]]), reference]
+            axial, sagittal = source.shape[2] // 2 + 10, source.shape[0] // 2 + 10
+            _png(work / f"{model}-{subject}.png", [[im[:, :, axial] for im in images],
+                                                  [im[sagittal, :, :] for im in images]])
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="pix2pix,ddpm")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model and layout")
+    parser.add_argument("--context", type=int, default=1, help="also train the native model with this 2.5D context")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "synthmed" / "bench-native")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "native-resolution-cpu.json")
+    args = parser.parse_args()
+    if not REAL.is_dir():
+        raise SystemExit(f"{REAL} is absent: this benchmark needs the dev real scans")
+    if inside(args.work, REPO):
+        raise SystemExit(f"--work {args.work} lies inside the repository; real data must stay outside it")
+    torch.set_num_threads(2)
+    report = {"benchmark": "native_resolution", "date": datetime.date.today().isoformat(),
+              "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+              "command": " ".join(["python", "native_resolution.py", *sys.argv[1:]]), **source_state(),
+              "minutes_per_training": args.minutes,
+              **run([m.strip() for m in args.models.split(",")], args.minutes, args.work, args.context)}
+    write_json(args.out, report)
+    print(json.dumps({m: {k: v for k, v in e.items() if k.endswith(("_resized", "_identity", "_native"))}
+                      for m, e in report["models"].items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
