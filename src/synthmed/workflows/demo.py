@@ -71,7 +71,7 @@ def _demo(out: Path, *, subjects: int, size: int, steps: int | None, model: str,
     print(f"[1/5] {subjects} phantoms of {size}^3 voxels -> {phantoms}")
     write_phantoms(phantoms, subjects=subjects, size=size, seed=seed, overwrite=overwrite)
     print(f"[2/5] prepare {source} -> {target} -> {prep}")
-    prepare(phantoms, source=source, target=target, out=prep, split=(0.6, 0.2, 0.2), seed=seed,
+    prepare(phantoms, source=source, target=target, out=prep, size=size, split=(0.6, 0.2, 0.2), seed=seed,
             overwrite=overwrite, progress=progress)
     plan = load_plan(prep)
     print(f"      split by subject: train {plan['split']['train']}, val {plan['split']['val']}, test {plan['split']['test']}")
