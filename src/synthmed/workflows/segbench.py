@@ -333,7 +333,8 @@ def _load_generated(generated: dict[str, str | Path] | None, counts: list[int], 
             raise SynthmedError(f"generated set name {name!r}: give a non-empty name without '+'")
         images, masks, info = read_generated(folder)
         side = images.shape[1]
-        if images.shape[2] == side and size < side < size + GENERATOR_MULTIPLE:
+        padded_side = -(-size // GENERATOR_MULTIPLE) * GENERATOR_MULTIPLE
+        if images.shape[2] == side == padded_side != size:
             # A generator of native-resolution slices made them padded to a multiple its U-Net halves evenly: the
             # prepared slice is their middle.
             middle = slice((side - size) // 2, (side - size) // 2 + size)
