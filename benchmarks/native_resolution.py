@@ -1,7 +1,7 @@
 """Native resolution against resize-to-64, at an equal CPU training budget, on the dev real scans.
 
 Both layouts come from the same subjects and split; each model is trained on each for the same wall-clock budget
-(``--minutes`` for the native run, small preset, batch 16; the resized run then trains for as many
+(``--minutes`` for the native run, small preset, ``--batch-size`` 16; the resized run then trains for as many
 steps, so both see the same number of 64 x 64 training images) and translates the held-out subjects without ``--reference`` (the plan's
 scale model), with a clean background (the default):
 
@@ -20,10 +20,16 @@ sagittal slice (source | resized | native [| native with context] | reference) a
 With ``--context K`` the native model is also trained with K neighbouring slices as input (2.5D), for as many
 steps, to measure what it does to slice-to-slice consistency (``psnr_dz``).
 
-Task ``t1t2``: T1 -> T2 of ``brats/*`` (3) and ``ms/patient07`` (4 subjects; split 0.75/0/0.25: 3 train, 1 test).
+Tasks (``--task``; split 0.75/0/0.25, seed 0):
 
-    cd benchmarks && ../.venv/bin/python native_resolution.py [--models pix2pix,ddpm] [--minutes 10]
-        [--work DIR] [--out results/native-resolution-cpu.json]
+- ``t1t2``: T1 -> T2 of ``brats/*`` (3) and ``ms/patient07`` (4 subjects: 3 train, 1 test);
+- ``flair-t1c``: FLAIR -> T1c of ``brats/*`` (3), ``brats2013/*`` (6, z-scored inside the brain) and
+  ``ms/patient07`` (T1POST): 10 subjects, 7 train, 3 test, raw scanner and z-scored scales mixed.
+
+``--layouts native`` skips the resized run (for a task where only the native figures are wanted).
+
+    cd benchmarks && ../.venv/bin/python native_resolution.py [--task t1t2] [--models pix2pix,ddpm] [--minutes 10]
+        [--layouts native,resized] [--context 3] [--work DIR] [--out results/native-resolution-cpu.json]
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import torch
 from PIL import Image
 
 from bench_common import REPO, inside, source_state, write_json
-from scale_without_reference import _t1t2
+from scale_without_reference import _flair_t1c, _t1t2
 
 sys.path.insert(0, str(REPO / "src"))
 from synthmed.data.io import read_volume, write_volume  # noqa: E402
@@ -53,14 +59,16 @@ from synthmed.workflows.translate import BACKGROUND_MARGIN, _dilated, load_run, 
 
 REAL = REPO.parent / "shared" / "data" / "real"
 SPLIT = "0.75,0,0.25"
+TASKS = {"t1t2": (_t1t2, ("T1", "T2")), "flair-t1c": (_flair_t1c, ("FLAIR", "T1c"))}
 KEYS = ("psnr", "ssim", "psnr_fit", "ssim_fit", "psnr_dz")
 
 
-def link_data(work: Path) -> Path:
+def link_data(work: Path, task: str) -> Path:
+    subjects_of, names = TASKS[task]
     data = work / "data"
-    for subject, (source, target) in _t1t2().items():
+    for subject, (source, target) in subjects_of().items():
         (data / subject).mkdir(parents=True, exist_ok=True)
-        for link, path in (("T1.nii.gz", source), ("T2.nii.gz", target)):
+        for link, path in zip((f"{name}.nii.gz" for name in names), (source, target)):
             if not (data / subject / link).exists():
                 (data / subject / link).symlink_to(path)
     return data
@@ -81,32 +89,36 @@ def _png(path: Path, rows: list[list[np.ndarray]]) -> None:
     Image.fromarray(np.concatenate(lines, axis=0)).save(path)
 
 
-def run(models: list[str], minutes: float, work: Path, context: int) -> dict:
-    data = link_data(work)
-    preps = {
-        "resized": prepare(data, source="T1", target="T2", out=work / "prep-resized", size=64, split=SPLIT, seed=0,
-                           progress=False),
-        "native": prepare(data, source="T1", target="T2", out=work / "prep-native", split=SPLIT, seed=0,
-                          progress=False),
-    }
+def run(task: str, models: list[str], minutes: float, work: Path, context: int, layouts: list[str],
+        batch_size: int) -> dict:
+    source_name, target_name = TASKS[task][1]
+    data = link_data(work, task)
+    preps = {"native": prepare(data, source=source_name, target=target_name, out=work / "prep-native", split=SPLIT,
+                               seed=0, progress=False)}
+    if "resized" in layouts:
+        preps["resized"] = prepare(data, source=source_name, target=target_name, out=work / "prep-resized", size=64,
+                                   split=SPLIT, seed=0, progress=False)
     plans = {layout: json.loads((prep / "plan.json").read_text()) for layout, prep in preps.items()}
     test = plans["native"]["split"]["test"]
     report: dict = {"subjects": plans["native"]["split"], "native_slice_size": plans["native"]["size"],
                     "native_spacing_mm": plans["native"]["resolution"]["spacing_mm"], "models": {}}
-    identity = evaluate_pairs([(s, data / s / "T1.nii.gz", data / s / "T2.nii.gz") for s in test], match=True)
+    source_file = lambda subject: data / subject / f"{source_name}.nii.gz"  # noqa: E731
+    target_file = lambda subject: data / subject / f"{target_name}.nii.gz"  # noqa: E731
+    identity = evaluate_pairs([(s, source_file(s), target_file(s)) for s in test], match=True)
     report["identity_matched"] = _means(identity)
     for model in models:
         entry: dict = {}
         outputs: dict[str, dict[str, np.ndarray]] = {}
         steps = None
-        layouts = ["native", "resized"] + ([f"native-context{context}"] if context > 1 else [])
-        for layout in layouts:  # native first: the others get as many steps as it made
+        runs = [layout for layout in ("native", "resized") if layout in layouts]
+        runs += [f"native-context{context}"] if context > 1 else []
+        for layout in runs:  # native first: the others get as many steps as it made
             prep = preps["resized" if layout == "resized" else "native"]
             run_dir = work / f"run-{model}-{layout}"
             summary_file = run_dir / "train_summary.json"
             if not summary_file.exists():
                 torch.manual_seed(0)
-                train(prep, model=model, preset="small", out=run_dir, steps=steps or 100_000, batch_size=16,
+                train(prep, model=model, preset="small", out=run_dir, steps=steps or 100_000, batch_size=batch_size,
                       context=context if "context" in layout else 1,
                       max_minutes=minutes if steps is None else None, val_every=100_000, checkpoint_every=500,
                       progress=False)
@@ -116,16 +128,16 @@ def run(models: list[str], minutes: float, work: Path, context: int) -> dict:
             loaded = load_run(run_dir, checkpoint="last")
             pairs, off, translate_seconds = [], 0, 0.0
             for subject in test:
-                volume = read_volume(data / subject / "T1.nii.gz")
+                volume = read_volume(source_file(subject))
                 started = time.monotonic()
                 image = translate_volume(loaded, volume, None).image
                 translate_seconds += time.monotonic() - started
                 outside = ~_dilated(foreground_mask(volume.data), BACKGROUND_MARGIN)
                 off += int(np.count_nonzero(image[outside] != image[outside].flat[0])) if outside.any() else 0
-                out = work / "outputs" / model / layout / subject / "T2.nii.gz"
+                out = work / "outputs" / model / layout / subject / f"{target_name}.nii.gz"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 write_volume(out, image, like=volume, overwrite=True)
-                pairs.append((subject, out, data / subject / "T2.nii.gz"))
+                pairs.append((subject, out, target_file(subject)))
                 outputs.setdefault(subject, {})[layout] = image
             scores = evaluate_pairs(pairs)
             entry[layout] = {
@@ -138,19 +150,21 @@ def run(models: list[str], minutes: float, work: Path, context: int) -> dict:
                                 for s, m in scores["per_subject"].items()},
             }
             print(model, layout, entry[layout]["train_steps"], "steps", entry[layout]["scores"], flush=True)
-        entry["native_minus_resized"] = {k: round(entry["native"]["scores"][k] - entry["resized"]["scores"][k], 4)
-                                         for k in KEYS if k in entry["native"]["scores"]}
+        if "resized" in entry:
+            entry["native_minus_resized"] = {k: round(entry["native"]["scores"][k] - entry["resized"]["scores"][k], 4)
+                                             for k in KEYS if k in entry["native"]["scores"]}
         if context > 1:
             entry["context_minus_native"] = {
-                k: round(entry[layouts[-1]]["scores"][k] - entry["native"]["scores"][k], 4)
+                k: round(entry[runs[-1]]["scores"][k] - entry["native"]["scores"][k], 4)
                 for k in KEYS if k in entry["native"]["scores"]}
         entry["native_minus_identity"] = {k: round(entry["native"]["scores"][k] - report["identity_matched"][k], 4)
                                           for k in ("psnr", "ssim")}
         report["models"][model] = entry
         for subject in test:
-            source = read_volume(data / subject / "T1.nii.gz").data
-            reference = read_volume(data / subject / "T2.nii.gz").data
-            images = [source, *(outputs[subject][layout] for layout in ["resized", "native", *layouts[2:]]), reference]
+            source = read_volume(source_file(subject)).data
+            reference = read_volume(target_file(subject)).data
+            order = sorted(runs, key=lambda layout: layout != "resized")  # source | resized | native ... | reference
+            images = [source, *(outputs[subject][layout] for layout in order), reference]
             axial, sagittal = source.shape[2] // 2 + 10, source.shape[0] // 2 + 10
             _png(work / f"{model}-{subject}.png", [[im[:, :, axial] for im in images],
                                                   [im[sagittal, :, :] for im in images]])
@@ -159,7 +173,10 @@ def run(models: list[str], minutes: float, work: Path, context: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="t1t2")
     parser.add_argument("--models", default="pix2pix,ddpm")
+    parser.add_argument("--layouts", default="native,resized", help="native, resized or both (comma-separated)")
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model and layout")
     parser.add_argument("--context", type=int, default=1, help="also train the native model with this 2.5D context")
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "synthmed" / "bench-native")
@@ -169,12 +186,17 @@ def main() -> None:
         raise SystemExit(f"{REAL} is absent: this benchmark needs the dev real scans")
     if inside(args.work, REPO):
         raise SystemExit(f"--work {args.work} lies inside the repository; real data must stay outside it")
+    layouts = [layout.strip() for layout in args.layouts.split(",")]
+    if "native" not in layouts or not set(layouts) <= {"native", "resized"}:
+        raise SystemExit(f"--layouts {args.layouts}: give native or native,resized")
     torch.set_num_threads(2)
     report = {"benchmark": "native_resolution", "date": datetime.date.today().isoformat(),
               "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
               "command": " ".join(["python", "native_resolution.py", *sys.argv[1:]]), **source_state(),
               "minutes_per_training": args.minutes,
-              **run([m.strip() for m in args.models.split(",")], args.minutes, args.work, args.context)}
+              "task": args.task,
+              **run(args.task, [m.strip() for m in args.models.split(",")], args.minutes, args.work, args.context,
+                    layouts, args.batch_size)}
     write_json(args.out, report)
     print(json.dumps({m: {k: v for k, v in e.items() if k.endswith(("_resized", "_identity", "_native"))}
                       for m, e in report["models"].items()}, indent=1))

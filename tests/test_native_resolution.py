@@ -213,7 +213,36 @@ def test_context_gives_neighbouring_slices_in_training_and_translation(phantoms,
     image = translate_volume(loaded, volume, Normalization("mr", 0.0, 1.0)).image
     assert image.shape == volume.data.shape and np.isfinite(image).all()
     with pytest.raises(SynthmedError, match="--context"):
-        train(prep, model="cyclegan", out=tmp_path / "run2", steps=1, context=3, progress=False)
+        train(prep, model="ddpm-gen", out=tmp_path / "run2", steps=1, context=3, progress=False)
+
+
+def test_unpaired_context_stacks_the_targets_neighbours_and_translates_both_ways(phantoms, tmp_path):
+    """Unpaired, the target comes as a stack around its partner slice (another subject's); a UNIT trained with
+    context translates A -> B from neighbouring slices and B -> A from single slices."""
+    prep = prepare(phantoms, source="T1", target="T2", out=tmp_path / "prep", split="0.5,0.25,0.25", progress=False)
+    data = PreparedData(prep)
+    dataset = SliceDataset(data, "train", unpaired=True, context=3)
+    index = np.asarray(data.arrays["index"])
+    for item in (0, len(dataset) // 2, len(dataset) - 1):
+        partner = dataset.partner[item]
+        target = dataset[item]["target"].numpy()
+        assert target.shape[0] == 3 and np.array_equal(target[1], data.arrays["target"][partner])
+        subject, number = index[partner]
+        assert subject != index[dataset.rows[item]][0]
+        for channel, offset in ((0, -1), (2, 1)):
+            match = np.flatnonzero((index[:, 0] == subject) & (index[:, 1] == number + offset))
+            expected = data.arrays["target"][match[0]] if len(match) else np.full(target.shape[1:], -1.0)
+            assert np.array_equal(target[channel], expected)
+    assert SliceDataset(data, "train", context=3)[0]["target"].shape[0] == 1  # paired: the slice itself
+
+    run = tmp_path / "run"
+    train(prep, model="unit", out=run, steps=2, batch_size=2, context=3, progress=False, val_every=2,
+          overrides={"base_channels": 4, "n_res": 0, "discriminator_channels": 4})
+    volume = read_volume(phantoms / data.plan["split"]["test"][0] / "T1.nii.gz")
+    for direction in ("A2B", "B2A"):
+        loaded = load_run(run, checkpoint="last", direction=direction)
+        image = translate_volume(loaded, volume, Normalization("mr", 0.0, 1.0)).image
+        assert image.shape == volume.data.shape and np.isfinite(image).all()
 
 
 @pytest.mark.parametrize("name, overrides", [
@@ -222,24 +251,39 @@ def test_context_gives_neighbouring_slices_in_training_and_translation(phantoms,
     ("medgan", {"image_size": 16, "n_ublocks": 2, "generator_channels": 8, "discriminator_channels": 8,
                 "residual": True}),
     ("pix2pix", {"image_size": 16, "generator_channels": 8, "discriminator_channels": 8}),
+    ("cyclegan", {"image_size": 16, "generator_channels": 8, "resnet_blocks": 1, "discriminator_channels": 8}),
+    ("unit", {"image_size": 16, "base_channels": 4, "n_res": 0, "discriminator_channels": 4}),
+    ("gmm-unit", {"image_size": 16, "patch_size": 16, "base_channels": 4, "n_res": 0, "discriminator_channels": 4}),
+    ("syndiff", {"image_size": 16, "generator_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1, "nz": 8,
+                 "z_embedding": 16, "n_mlp": 1, "discriminator_channels": 8, "t_embedding": 16,
+                 "cycle_generator_channels": 8, "resnet_blocks": 1, "cycle_discriminator_channels": 8}),
 ])
 def test_context_models_take_neighbours_and_make_one_slice(name, overrides):
     from synthmed.models.registry import build_model
 
     torch.manual_seed(0)
     model = build_model(name, "small", {**overrides, "context": 3})
-    source, target = torch.rand(2, 3, 16, 16) * 2 - 1, torch.rand(2, 1, 16, 16) * 2 - 1
+    # Unpaired models get the target as a stack of neighbouring slices too (see SliceDataset).
+    source = torch.rand(2, 3, 16, 16) * 2 - 1
+    target = torch.rand(2, 1 if model.paired else 3, 16, 16) * 2 - 1
     losses = model.training_step({"source": source, "target": target, "mask": torch.ones(2, 1, 16, 16)}, 0)
     assert all(torch.isfinite(torch.as_tensor(v)) for v in losses.values())
     model.eval()
-    out = model.translate(source, steps=2) if name == "ddpm" else model.translate(source)
+
+    def translated(images):
+        if name == "ddpm":
+            return model.translate(images, steps=2, generator=torch.Generator().manual_seed(0))
+        if model.stochastic:
+            return model.translate(images, generator=torch.Generator().manual_seed(0))
+        return model.translate(images)
+
+    out = translated(source)
     assert out.shape == (2, 1, 16, 16)
     # The neighbours reach the output: changing one of them changes it.
     changed = source.clone()
     changed[:, 0] = -changed[:, 0]
-    generator = torch.Generator().manual_seed(0)
-    again = model.translate(changed, steps=2, generator=generator) if name == "ddpm" else model.translate(changed)
-    first = model.translate(source, steps=2, generator=torch.Generator().manual_seed(0)) if name == "ddpm" else out
-    assert not torch.allclose(first, again)
+    assert not torch.allclose(out, translated(changed))
+    if "B2A" in model.directions:  # the reverse direction stays single-slice
+        assert model.translate_reverse(target[:, :1]).shape == (2, 1, 16, 16)
     with pytest.raises(SynthmedError, match="odd"):
         build_model(name, "small", {**overrides, "context": 2})

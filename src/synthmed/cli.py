@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "image size on native-resolution data, the whole slice on resized data)")
     p.add_argument("--context", type=positive_int, default=1, metavar="K",
                    help="2.5D: give the networks K neighbouring slices (odd; the slice in the middle) as input "
-                        "(pix2pix, medgan, ddpm)")
+                        "(every translator; an unpaired model's reverse direction B2A stays single-slice)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

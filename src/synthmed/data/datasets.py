@@ -56,7 +56,8 @@ class SliceDataset(Dataset):
     ``context`` (odd, 2.5D) makes the source ``context`` channels: the slice and its ``context // 2`` neighbours on
     each side in the same volume, in slice order (the slice itself in the middle channel). A neighbour that was not
     kept (``prepare`` drops slices with almost no foreground) or lies beyond the volume is background (-1), as
-    translation sees beyond the volume's ends.
+    translation sees beyond the volume's ends. Unpaired, the target is such a stack too (centred on its partner
+    slice); paired, it is the slice itself.
     """
 
     def __init__(self, data: PreparedData, split: str, unpaired: bool = False, seed: int = 0, lesion_only: bool = False,
@@ -101,18 +102,28 @@ class SliceDataset(Dataset):
         row = self.rows[item]
         arrays = self.data.arrays
         window = self._window(row)
-        sample = {"source": _cut(arrays["source"][row], window, -1.0)}
-        if self.context > 1:
-            sample["source"] = torch.cat([_cut(arrays["source"][r], window, -1.0) if r is not None
-                                          else torch.full_like(sample["source"], -1.0) for r in self._neighbours(row)])
+        sample = {"source": self._stack("source", row, window)}
         if "target" in arrays:
             target_row = self.partner[item]
-            target_window = window if target_row == row or not self.unpaired else self._window(target_row)
-            sample["target"] = _cut(arrays["target"][target_row], target_window, -1.0)
+            if self.unpaired:
+                # Unpaired translators with 2.5D input need the target's neighbours too: their reverse networks,
+                # applied slice by slice, make the estimated source stack the forward network takes.
+                target_window = window if target_row == row else self._window(target_row)
+                sample["target"] = self._stack("target", target_row, target_window)
+            else:
+                sample["target"] = _cut(arrays["target"][target_row], window, -1.0)
         sample["mask"] = _cut(arrays["mask"][row], window, 0.0)
         if "label" in arrays:
             sample["label"] = _cut(arrays["label"][row], window, 0.0)
         return sample
+
+    def _stack(self, key: str, row: int, window: tuple[int, int, int] | None) -> torch.Tensor:
+        """(context, side, side): slice ``row`` of ``key`` with its neighbours (background where there is none)."""
+        centre = _cut(self.data.arrays[key][row], window, -1.0)
+        if self.context == 1:
+            return centre
+        return torch.cat([_cut(self.data.arrays[key][r], window, -1.0) if r is not None
+                          else torch.full_like(centre, -1.0) for r in self._neighbours(row)])
 
     def _neighbours(self, row: int) -> list[int | None]:
         """Rows of the ``context`` slices centred on ``row`` (None where a slice was not kept)."""

@@ -48,7 +48,8 @@ class SynthesisModel(nn.Module):
     directions: ClassVar[tuple[str, ...]] = ("A2B",)  # ("A2B", "B2A"): also translate_reverse(target -> source)
     makes_masks: ClassVar[bool] = False  # generators: sample() also returns a lesion "mask"
     # Translators that take 2.5D input (``train --context K``): their config has ``context``, the number of
-    # neighbouring slices (odd, the slice itself in the middle) given to the networks as source channels.
+    # neighbouring slices (odd, the slice itself in the middle) given to the networks as source channels. Only the
+    # A -> B direction takes them: a reverse translation (B -> A) of an unpaired model stays single-slice.
     takes_context: ClassVar[bool] = False
     # Networks left out of ``--compile``: torch.compile cannot differentiate twice, which gradient penalties (R1) need.
     uncompiled_modules: ClassVar[tuple[str, ...]] = ()
@@ -139,6 +140,16 @@ class SynthesisModel(nn.Module):
         """The translated slice itself out of a 2.5D source (B, context, H, W): its middle channel."""
         middle = source.shape[1] // 2
         return source[:, middle : middle + 1]
+
+    def slice_by_slice(self, network, stack: torch.Tensor) -> torch.Tensor:
+        """A single-slice network (B, 1, H, W) -> (B, 1, H', W') applied to each channel of a 2.5D stack
+        (B, K, H, W) -> (B, K, H', W'). Unpaired translators use it to run their reverse networks over a target's
+        neighbours, making the estimated source stack their 2.5D forward network takes."""
+        n, k = stack.shape[:2]
+        if k == 1:
+            return network(stack)
+        out = network(stack.reshape(n * k, 1, *stack.shape[2:]))
+        return out.reshape(n, k, *out.shape[2:])
 
     def config_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self.config, f.name)) for f in fields(self.config)}

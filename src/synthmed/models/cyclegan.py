@@ -21,6 +21,9 @@ another subject (:class:`synthmed.data.datasets.SliceDataset` with ``unpaired=Tr
 ``translate`` maps A -> B with G_AB; ``translate_reverse`` maps B -> A with G_BA.
 Translation is deterministic (no dropout; instance norm has no running statistics).
 
+With ``context`` K > 1 (2.5D, ours) G_AB takes K neighbouring source slices; G_BA stays single-slice and is run
+over the K neighbours of a target slice where the B -> A -> B cycle and the identity loss need a stack for G_AB.
+
 The ``paper`` preset's 200,000 steps are 200 epochs of 1,000 unpaired slices at batch 1;
 for the paper's 200 epochs on another data set set ``steps`` to 200 x its number of
 training slices (``--set steps=...``: the learning-rate decay follows the config's
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from synthmed.models.base import SynthesisModel
+from synthmed.models.base import SynthesisModel, check_context
 from synthmed.models.registry import register
 from synthmed.nn.discriminators import PatchDiscriminator
 from synthmed.nn.image_pool import ImagePool
@@ -58,6 +61,7 @@ class CycleGANConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     batch_size: int = 1
     steps: int = 200_000
+    context: int = 1  # 2.5D: source slices given to G_AB (ours; the paper is 2D)
 
 
 def linear_decay(steps: int):
@@ -79,6 +83,7 @@ class CycleGAN(SynthesisModel):
     paired = False
     task = "translate"
     directions = ("A2B", "B2A")
+    takes_context = True
     Config = CycleGANConfig
     PRESETS = {
         "paper": {},
@@ -105,7 +110,8 @@ class CycleGAN(SynthesisModel):
             raise ValueError(f"betas must lie in [0, 1), got {list(config.betas)}")
         if config.norm not in ("instance", "batch", "none"):
             raise ValueError(f"unknown norm {config.norm!r}; use instance (the paper's), batch or none")
-        self.generator_ab = ResnetGenerator(1, 1, config.generator_channels, config.resnet_blocks, norm=config.norm)
+        check_context(config)
+        self.generator_ab = ResnetGenerator(config.context, 1, config.generator_channels, config.resnet_blocks, norm=config.norm)
         self.generator_ba = ResnetGenerator(1, 1, config.generator_channels, config.resnet_blocks, norm=config.norm)
         # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
         layers = min(config.discriminator_layers, max(1, int(math.log2(config.image_size)) - 2))
@@ -132,7 +138,10 @@ class CycleGAN(SynthesisModel):
         return self._schedulers
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
-        real_a, real_b = batch["source"], batch["target"]  # unpaired: b is another subject's slice
+        # Unpaired: b is another subject's slice. With 2.5D context both come as stacks of neighbouring slices; G_AB
+        # takes a stack, G_BA single slices (run over b's stack to close the B -> A -> B cycle).
+        stack_a, stack_b = batch["source"], batch["target"]
+        real_a, real_b = self.centre_slice(stack_a), self.centre_slice(stack_b)
         cfg = self.config
         opt_g, opt_d = self._optimizers["generator"], self._optimizers["discriminator"]
         discriminators = (self.discriminator_a, self.discriminator_b)
@@ -141,11 +150,13 @@ class CycleGAN(SynthesisModel):
         for d in discriminators:
             d.requires_grad_(False)
         with self.autocast():
-            fake_b = self.generator_ab(real_a)
-            fake_a = self.generator_ba(real_b)
-            cycle = F.l1_loss(self.generator_ba(fake_b).float(), real_a) + F.l1_loss(self.generator_ab(fake_a).float(), real_b)
+            fake_b = self.generator_ab(stack_a)
+            fake_a_stack = self.slice_by_slice(self.generator_ba, stack_b)
+            fake_a = self.centre_slice(fake_a_stack)
+            cycle = (F.l1_loss(self.generator_ba(fake_b).float(), real_a)
+                     + F.l1_loss(self.generator_ab(fake_a_stack).float(), real_b))
             if cfg.lambda_identity > 0:
-                identity = (F.l1_loss(self.generator_ab(real_b).float(), real_b)
+                identity = (F.l1_loss(self.generator_ab(stack_b).float(), real_b)
                             + F.l1_loss(self.generator_ba(real_a).float(), real_a))
             else:
                 identity = torch.zeros((), device=real_a.device)

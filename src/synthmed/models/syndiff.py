@@ -28,6 +28,9 @@ One training step on an unpaired batch (``source`` = real A slices a, ``target``
    discriminators (lambda_2 = 1), the diffusive reconstruction 0.5 (|a0 - a|_1 + |b0 - b|_1) and the
    non-diffusive cycle 0.5 (|G_ba(b_hat) - a|_1 + |G_ab(a_hat) - b|_1) (the seed's equations 1-3).
 
+With ``context`` K > 1 (2.5D, ours) G_diff_B is guided by K neighbouring source slices; in training that guide is
+G_ba run over the K neighbours of the target slice. The other networks, and translation B -> A, stay single-slice.
+
 Translation A -> B: x_T ~ N(0, I); for t = T-1 .. 0: x0 = G_diff_B([x_{t+1}, source], t, z ~ N(0, I)),
 x_t ~ q(x_t | x_{t+1}, x0) (no noise at t = 0); the result is the last x0. B -> A likewise with G_diff_A
 (``translate_reverse``). The noise and the latents come from ``generator`` when given.
@@ -75,7 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from synthmed.diffusion.few_step import FewStepSchedule
-from synthmed.models.base import SynthesisModel
+from synthmed.models.base import SynthesisModel, check_context
 from synthmed.models.registry import register
 from synthmed.nn.discriminators import PatchDiscriminator
 from synthmed.nn.layers import evaluating, init_gan_weights
@@ -123,6 +126,7 @@ class SynDiffConfig:
     batch_size: int = 1
     steps: int = 500_000
     ema_decay: float = 0.999
+    context: int = 1  # 2.5D: source slices guiding G_diff_B (ours; the paper is 2D)
 
 
 @register
@@ -134,6 +138,7 @@ class SynDiff(SynthesisModel):
     directions = ("A2B", "B2A")
     stochastic = True
     sampling_options = ()
+    takes_context = True
     Config = SynDiffConfig
     PRESETS = {
         "paper": {},
@@ -171,11 +176,12 @@ class SynDiff(SynthesisModel):
             raise ValueError(f"betas must lie in [0, 1), got {list(config.betas)}")
         if not 0 <= config.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {config.ema_decay}")
+        check_context(config)
         self.schedule = FewStepSchedule(config.timesteps, config.beta_min, config.beta_max)
 
-        def diffusive():
+        def diffusive(guide_channels: int):
             return NCSNppGenerator(
-                2, 1, config.generator_channels, tuple(config.channel_mult), config.num_res_blocks,
+                1 + guide_channels, 1, config.generator_channels, tuple(config.channel_mult), config.num_res_blocks,
                 tuple(config.attention_resolutions), size, config.nz, config.z_embedding, config.n_mlp, config.dropout)
 
         def time_discriminator():
@@ -185,7 +191,7 @@ class SynDiff(SynthesisModel):
             layers = min(config.cycle_discriminator_layers, max(1, int(math.log2(size)) - 2))
             return PatchDiscriminator(1, config.cycle_discriminator_channels, layers, norm="instance")
 
-        self.diffusive_a, self.diffusive_b = diffusive(), diffusive()
+        self.diffusive_a, self.diffusive_b = diffusive(1), diffusive(config.context)
         self.discriminator_diff_a, self.discriminator_diff_b = time_discriminator(), time_discriminator()
         self.generator_ab = ResnetGenerator(1, 1, config.cycle_generator_channels, config.resnet_blocks)
         self.generator_ba = ResnetGenerator(1, 1, config.cycle_generator_channels, config.resnet_blocks)
@@ -235,17 +241,21 @@ class SynDiff(SynthesisModel):
         the generator step back-propagates the diffusive losses into a detached copy of each source estimate and
         hands the gradient collected there on to the non-diffusive generator that made it.
         """
-        a, b = batch["source"], batch["target"]  # unpaired: b is a slice of another subject
+        # Unpaired: b is a slice of another subject. With 2.5D context both come as stacks of neighbouring slices;
+        # G_diff_B is guided by a stack, so G_ba (single-slice) estimates the source of each of b's neighbours.
+        stack_a, stack_b = batch["source"], batch["target"]
+        a, b = self.centre_slice(stack_a), self.centre_slice(stack_b)
         cfg = self.config
         opt_g, opt_d = self._optimizers["generator"], self._optimizers["discriminator"]
         d_a, d_b = self.discriminator_a, self.discriminator_b
 
         # --- discriminators: real vs fake, fakes made without a graph ---------------------------
         with torch.no_grad(), self.autocast():
-            a_hat, b_hat = self.generator_ba(b), self.generator_ab(a)
+            a_hat_stack, b_hat = self.slice_by_slice(self.generator_ba, stack_b), self.generator_ab(a)
+            a_hat = self.centre_slice(a_hat_stack)
             draw = self._draw_diffusion(a, b)
             _, a_fake = self._reverse_step(self.diffusive_a, draw["a_next"], b_hat, draw["t_a"], draw["z_a"])
-            _, b_fake = self._reverse_step(self.diffusive_b, draw["b_next"], a_hat, draw["t_b"], draw["z_b"])
+            _, b_fake = self._reverse_step(self.diffusive_b, draw["b_next"], a_hat_stack, draw["t_b"], draw["z_b"])
         regularise = cfg.r1_gamma > 0 and step % cfg.lazy_reg == 0
         r1_weight = cfg.r1_gamma / 2 * (cfg.lazy_reg if cfg.r1_lazy_scale else 1)
         opt_d.zero_grad(set_to_none=True)
@@ -278,14 +288,15 @@ class SynDiff(SynthesisModel):
         try:
             opt_g.zero_grad(set_to_none=True)
             with self.autocast():
-                a_hat, b_hat = self.generator_ba(b), self.generator_ab(a)
+                a_hat_stack, b_hat = self.slice_by_slice(self.generator_ba, stack_b), self.generator_ab(a)
+                a_hat = self.centre_slice(a_hat_stack)
             draw = self._draw_diffusion(a, b)
             # Diffusive paths, one at a time; guide = detached source estimate collecting its gradient.
             adv_diff = l1 = torch.zeros((), device=a.device)
             guides = {}
             for name, network, d, real, estimate, t, x_next, z in (
                     ("b_hat", self.diffusive_a, self.discriminator_diff_a, a, b_hat, draw["t_a"], draw["a_next"], draw["z_a"]),
-                    ("a_hat", self.diffusive_b, self.discriminator_diff_b, b, a_hat, draw["t_b"], draw["b_next"], draw["z_b"])):
+                    ("a_hat", self.diffusive_b, self.discriminator_diff_b, b, a_hat_stack, draw["t_b"], draw["b_next"], draw["z_b"])):
                 guide = guides[name] = estimate.detach().requires_grad_(True)
                 with self.autocast():
                     x0, x_fake = self._reverse_step(network, x_next, guide, t, z)
@@ -299,7 +310,8 @@ class SynDiff(SynthesisModel):
                 adv_cycle = F.softplus(-d_a(a_hat).float()).mean() + F.softplus(-d_b(b_hat).float()).mean()
                 a_cycle, b_cycle = self.generator_ba(b_hat), self.generator_ab(a_hat)
                 cycle = F.l1_loss(a_cycle.float(), a) + F.l1_loss(b_cycle.float(), b)
-            handed_on = sum((estimate * self.unscaled(guides[name].grad)).sum() for name, estimate in (("a_hat", a_hat), ("b_hat", b_hat)))
+            handed_on = sum((estimate * self.unscaled(guides[name].grad)).sum()
+                            for name, estimate in (("a_hat", a_hat_stack), ("b_hat", b_hat)))
             self.backward(cfg.lambda_adv * adv_cycle + cfg.lambda_cycle * cycle + handed_on)
             self.step_optimizer(opt_g)
         finally:
@@ -317,14 +329,15 @@ class SynDiff(SynthesisModel):
     # --- translation ------------------------------------------------------------------------
     def _sample(self, network: NCSNppGenerator, source: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         n, device = source.shape[0], source.device
-        x = torch.randn(source.shape, generator=generator, device=device, dtype=torch.float32)
+        shape = (n, 1, *source.shape[2:])  # one slice out, whatever the number of guiding slices
+        x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
         x0 = x
         for step in reversed(range(self.config.timesteps)):
             t = torch.full((n,), step, device=device, dtype=torch.long)
             z = torch.randn(n, self.config.nz, generator=generator, device=device, dtype=torch.float32)
             with self.autocast():
                 x0 = network(torch.cat([x, source.to(x.dtype)], 1), t, z).float()
-            noise = torch.randn(source.shape, generator=generator, device=device, dtype=torch.float32)
+            noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
             x = self.schedule.posterior_sample(x0, x, t, noise=noise)
         return x0
 

@@ -17,6 +17,9 @@ Losses (the seed's equations; lambda_0 = 10, lambda_1 = lambda_3 = 0.1, lambda_2
   (:mod:`synthmed.nn.latent_prior`), against N(0, I) here, against a learned Gaussian mixture in ``gmm-unit``.
 
 Discriminators update first on translations made without a graph, then encoders and generators together.
+
+With ``context`` K > 1 (2.5D, ours) E_A takes K neighbouring source slices; the other networks stay single-slice,
+and the B -> A -> B cycle feeds E_A the translations of the K neighbours of the B slice.
 Adam lr 1e-4, betas (0.5, 0.999), weight decay 1e-4. Presets: ``paper`` (256 px, 64 channels, two
 down-samplings, 3 private + 1 shared residual blocks per network, batch 1) and ``small`` (64 px, 16 channels,
 2 + 1 blocks, batch 1, 1500 steps). The PatchGAN discriminators (70x70, instance norm) and the step count
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from synthmed.models.base import SynthesisModel
+from synthmed.models.base import SynthesisModel, check_context
 from synthmed.models.registry import register
 from synthmed.nn.discriminators import PatchDiscriminator
 from synthmed.nn.latent_prior import kl_to_standard_normal
@@ -59,6 +62,7 @@ class UNITConfig:
     batch_size: int = 1
     steps: int = 200_000
     ema_decay: float = 0.0
+    context: int = 1  # 2.5D: source slices given to E_A (ours; the paper is 2D)
 
 
 @register
@@ -68,6 +72,7 @@ class UNIT(SynthesisModel):
     paired = False
     task = "translate"
     directions = ("A2B", "B2A")
+    takes_context = True
     Config = UNITConfig
     PRESETS = {
         "paper": {},
@@ -80,7 +85,7 @@ class UNIT(SynthesisModel):
         self._check(config)
         shared_encoder = shared_blocks(config.base_channels * 2**config.n_down, config.n_shared)
         shared_generator = shared_blocks(config.base_channels * 2**config.n_down, config.n_shared)
-        self.encoder_a = UnitEncoder(shared_encoder, 1, config.base_channels, config.n_down, config.n_res)
+        self.encoder_a = UnitEncoder(shared_encoder, config.context, config.base_channels, config.n_down, config.n_res)
         self.encoder_b = UnitEncoder(shared_encoder, 1, config.base_channels, config.n_down, config.n_res)
         self.generator_a = UnitGenerator(shared_generator, 1, config.base_channels, config.n_down, config.n_res)
         self.generator_b = UnitGenerator(shared_generator, 1, config.base_channels, config.n_down, config.n_res)
@@ -110,6 +115,7 @@ class UNIT(SynthesisModel):
         weights = (config.lambda_gan, config.lambda_kl, config.lambda_recon, config.lambda_cycle_kl, config.lambda_cycle_recon)
         if not config.lr > 0 or min(weights) < 0 or config.weight_decay < 0:
             raise ValueError("lr must be positive, the loss weights and weight decay non-negative")
+        check_context(config)
 
     def build_latent(self, channels: int) -> None:
         """Learnable parts of the latent model (none in UNIT: q = N(mu, I), p = N(0, I)); built before the optimisers."""
@@ -137,16 +143,29 @@ class UNIT(SynthesisModel):
     def training_images(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return batch["source"], batch["target"]  # unpaired: the target is another subject's slice
 
+    def encode_target_stack(self, stack_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, z) of the middle B slice and the B -> A translations of every slice of the stack (B, K, H, W).
+
+        E_A takes K neighbouring slices (2.5D), so the B -> A -> B cycle needs a translated stack: E_B and G_A run
+        over each neighbour of the B slice (one slice each, as they were trained)."""
+        n, k, height, width = stack_b.shape
+        mu, z = self.encode(stack_b.reshape(n * k, 1, height, width), "b")
+        fake_a = self.generator_a(z)
+        middle = k // 2
+        pick = lambda t: t.reshape(n, k, *t.shape[1:])[:, middle]  # noqa: E731
+        return pick(mu), pick(z), fake_a.reshape(n, k, *fake_a.shape[2:])
+
     # --- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         cfg = self.config
-        a, b = self.training_images(batch)
+        stack_a, stack_b = self.training_images(batch)  # (B, K, H, W) with 2.5D context, else K = 1
+        a, b = self.centre_slice(stack_a), self.centre_slice(stack_b)
         opt_g, opt_d = self._optimizers["generator"], self._optimizers["discriminator"]
         d_a, d_b = self.discriminator_a, self.discriminator_b
 
         # Discriminators: real vs translations made without a graph.
         with torch.no_grad(), self.autocast():
-            fake_b = self.generator_b(self.encode(a, "a")[1])
+            fake_b = self.generator_b(self.encode(stack_a, "a")[1])
             fake_a = self.generator_a(self.encode(b, "b")[1])
         with self.autocast():
             loss_d = cfg.lambda_gan * (_bce(d_a(a), True) + _bce(d_a(fake_a), False) + _bce(d_b(b), True) + _bce(d_b(fake_b), False))
@@ -159,14 +178,14 @@ class UNIT(SynthesisModel):
             d.requires_grad_(False)
         try:
             with self.autocast():
-                mu_a, z_a = self.encode(a, "a")
-                mu_b, z_b = self.encode(b, "b")
+                mu_a, z_a = self.encode(stack_a, "a")
+                mu_b, z_b, fake_a_stack = self.encode_target_stack(stack_b)
                 kl_a, kl_b = self.kl(mu_a, z_a, "a"), self.kl(mu_b, z_b, "b")
                 recon = F.l1_loss(self.generator_a(z_a).float(), a) + F.l1_loss(self.generator_b(z_b).float(), b)
-                fake_b, fake_a = self.generator_b(z_a), self.generator_a(z_b)
+                fake_b, fake_a = self.generator_b(z_a), self.centre_slice(fake_a_stack)
                 gan = _bce(d_a(fake_a), True) + _bce(d_b(fake_b), True)
                 mu_ab, z_ab = self.encode(fake_b, "b")
-                mu_ba, z_ba = self.encode(fake_a, "a")
+                mu_ba, z_ba = self.encode(fake_a_stack, "a")
                 cycle_kl = kl_a + kl_b + self.kl(mu_ab, z_ab, "b") + self.kl(mu_ba, z_ba, "a")
                 cycle = F.l1_loss(self.generator_a(z_ab).float(), a) + F.l1_loss(self.generator_b(z_ba).float(), b)
                 loss_g = (cfg.lambda_gan * gan + cfg.lambda_kl * (kl_a + kl_b) + cfg.lambda_recon * recon

@@ -148,7 +148,8 @@ def _train(
     if context != 1:
         if not cls.takes_context:
             takers = ", ".join(name for name, c in available_models().items() if c.takes_context)
-            raise SynthmedError(f"{model} translates single slices; --context (2.5D input) is for {takers}")
+            raise SynthmedError(f"{model} generates slices from noise and takes no source; --context (2.5D input) is "
+                                f"for the translators: {takers}")
         config_values["context"] = int(context)
     if steps is not None:  # schedules that follow the run length (e.g. CycleGAN's linear decay) see it too
         config_values["steps"] = int(steps)

@@ -194,7 +194,7 @@ def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int 
     forward = lambda images, **kw: padded_to_multiple(lambda x: translate(x, **kw), images, model.size_multiple)
     device = model.device
     options = {k: v for k, v in sampling.options.items() if v is not None}
-    context = int(getattr(model.config, "context", 1))
+    context = int(getattr(model.config, "context", 1)) if direction == "A2B" else 1  # reverse networks: 1 slice
     mean = np.empty_like(slices)
     std = np.empty_like(slices) if sampling.samples > 1 else None
     starts = range(0, len(slices), batch_size)
