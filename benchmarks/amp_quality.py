@@ -46,8 +46,9 @@ def main() -> None:
     from synthmed.data.io import read_volume
     from synthmed.data.phantom import write_phantoms
     from synthmed.data.prepare import prepare
-    from synthmed.engine.trainer import pick_device
-    from synthmed.metrics.image import foreground_mask, psnr
+    from synthmed.runtime.devices import pick_device
+    from synthmed.data.foreground import foreground_mask
+    from synthmed.metrics.image import psnr
     from synthmed.workflows.evaluate import evaluate_pairs
     from synthmed.workflows.train import train
     from synthmed.workflows.translate import translate

@@ -269,7 +269,7 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from synthmed.workflows.train import versions
+    from synthmed.runtime.versions import versions
 
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -267,9 +267,9 @@ def main() -> None:
 
     from synthmed.data.datasets import PreparedData
     from synthmed.diffusion.samplers import evaluations
-    from synthmed.engine.trainer import pick_device
+    from synthmed.runtime.devices import pick_device
     from synthmed.errors import SynthmedError
-    from synthmed.workflows.train import versions
+    from synthmed.runtime.versions import versions
     from synthmed.workflows.translate import Sampling, load_run, translate_slices
 
     if args.threads is not None:

@@ -24,7 +24,7 @@ Tasks (``--task``; split 0.75/0/0.25, seed 0):
 
 - ``t1t2``: T1 -> T2 of ``brats/*`` (3) and ``ms/patient07`` (4 subjects: 3 train, 1 test);
 - ``flair-t1c``: FLAIR -> T1c of ``brats/*`` (3), ``brats2013/*`` (6, z-scored inside the brain) and
-  ``ms/patient07`` (T1POST): 10 subjects, 7 train, 3 test, raw scanner and z-scored scales mixed.
+  ``ms/patient07`` (T1POST): 10 subjects, 8 train, 2 test (the split rounds), raw scanner and z-scored scales mixed.
 
 ``--layouts native`` skips the resized run (for a task where only the native figures are wanted).
 
@@ -52,7 +52,7 @@ from scale_without_reference import _flair_t1c, _t1t2
 sys.path.insert(0, str(REPO / "src"))
 from synthmed.data.io import read_volume, write_volume  # noqa: E402
 from synthmed.data.prepare import prepare  # noqa: E402
-from synthmed.metrics import foreground_mask  # noqa: E402
+from synthmed.data.foreground import foreground_mask  # noqa: E402
 from synthmed.workflows.evaluate import evaluate_pairs  # noqa: E402
 from synthmed.workflows.train import train  # noqa: E402
 from synthmed.workflows.translate import BACKGROUND_MARGIN, _dilated, load_run, translate_volume  # noqa: E402

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import shutil
@@ -290,7 +289,7 @@ def speed(args: argparse.Namespace) -> None:
     import torch
 
     from synthmed.models.registry import build_model
-    from synthmed.workflows.train import versions
+    from synthmed.runtime.versions import versions
 
     torch.set_num_threads(args.threads)
     out = args.out or RESULTS / f"medgan-speed-{args.device}.json"
@@ -389,7 +388,7 @@ def main() -> None:
 
     import torch
 
-    from synthmed.workflows.train import versions
+    from synthmed.runtime.versions import versions
 
     torch.set_num_threads(args.threads)
     out = args.out or RESULTS / f"paired-quality-{args.task}-{args.data}-{args.device}.json"

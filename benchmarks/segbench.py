@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from synthmed.errors import SynthmedError
     from synthmed.workflows.segbench import LESION_FRACTION, segbench
-    from synthmed.workflows.train import versions
+    from synthmed.runtime.versions import versions
 
     torch.set_num_threads(args.threads)
     generated = dict(args.generated)

@@ -28,7 +28,7 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     import torch
 
     from synthmed.data.io import Volume
-    from synthmed.engine.trainer import pick_device, set_precision
+    from synthmed.runtime.devices import pick_device, set_precision
     from synthmed.models.registry import build_model
     from synthmed.workflows.translate import LoadedRun, translate_volume
     from synthmed.data.normalize import Normalization
@@ -112,7 +112,7 @@ def main() -> None:
         return
 
     from synthmed.models.registry import available_models
-    from synthmed.workflows.train import versions
+    from synthmed.runtime.versions import versions
 
     names = args.models.split(",") if args.models else list(available_models())
     results = []

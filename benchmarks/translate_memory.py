@@ -281,7 +281,7 @@ def main() -> None:
     args = parse_args()
     import numpy  # noqa: F401  (fail early, in the parent, if the environment is broken)
 
-    from synthmed.workflows.train import versions
+    from synthmed.runtime.versions import versions
 
     started = time.perf_counter()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -539,7 +539,7 @@ def main() -> None:
 
     import torch
 
-    from synthmed.workflows.train import versions
+    from synthmed.runtime.versions import versions
 
     torch.set_num_threads(args.threads)
     name_parts = [args.data]

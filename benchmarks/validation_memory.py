@@ -46,7 +46,8 @@ def main() -> None:
     from synthmed.data.datasets import PreparedData, SliceDataset
     from synthmed.data.phantom import write_phantoms
     from synthmed.data.prepare import prepare
-    from synthmed.engine.trainer import Trainer, TrainSettings, seed_everything
+    from synthmed.engine.trainer import Trainer, TrainSettings
+    from synthmed.runtime.devices import seed_everything
     from synthmed.models.registry import build_model, model_class
 
     torch.set_num_threads(args.threads)

@@ -14,12 +14,11 @@ from synthmed.models.registry import available_models, build_model
 from synthmed.nn.image_pool import ImagePool
 from synthmed.nn.resnet import ResnetGenerator
 
-TINY = {"image_size": 32, "generator_channels": 16, "discriminator_channels": 16, "resnet_blocks": 2, "batch_size": 2}
 
 
 def tiny_model(**extra):
     torch.manual_seed(0)
-    return build_model("cyclegan", "small", {**TINY, **extra})
+    return build_model("cyclegan", "tiny", extra)
 
 
 def unpaired_batch(n=2, size=32, seed=1):
@@ -123,7 +122,7 @@ def test_registered_as_an_unpaired_two_way_translator():
 ])
 def test_invalid_settings_are_refused(overrides, message):
     with pytest.raises(SynthmedError, match=message):
-        build_model("cyclegan", "small", {**TINY, **overrides})
+        build_model("cyclegan", "tiny", overrides)
 
 
 def test_training_step_updates_both_generators_and_both_discriminators():

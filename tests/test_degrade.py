@@ -21,7 +21,8 @@ from synthmed.data.normalize import Normalization
 from synthmed.data.phantom import write_phantoms
 from synthmed.data.prepare import load_plan, prepare
 from synthmed.errors import SynthmedError
-from synthmed.metrics import foreground_mask, psnr
+from synthmed.data.foreground import foreground_mask
+from synthmed.metrics import psnr
 
 SEVERITIES = (0.5, 1.0, 2.0, 3.0)
 

@@ -16,14 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-from synthmed.diffusion.samplers import SAMPLERS, continuous_grid, evaluations, integer_grid, sample
+from synthmed.diffusion.joint import JOINT_SAMPLERS
+from synthmed.diffusion.samplers import SAMPLERS, check_options, continuous_grid, evaluations, get_sampler, integer_grid, sample
 from synthmed.diffusion.schedule import PREDICTIONS, NoiseSchedule, posterior_between
 from synthmed.engine.ema import EMA
 from synthmed.errors import SynthmedError
 
 SCHEDULE_CASES = [("linear", 1000), ("linear", 10), ("cosine", 1000), ("cosine", 10)]
-TINY_DDPM = {"image_size": 16, "channels": [16, 16], "attention_levels": [False, False], "num_head_channels": 16,
-             "norm_num_groups": 8}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -595,12 +594,58 @@ def test_invalid_sampler_arguments():
         evaluations("ddim", 0, 1000)
 
 
+def test_sampler_registry_knows_each_samplers_budget_and_options(caplog):
+    """The registry is the one place that knows a sampler's default budget, NFE, eta and chain."""
+    assert list(SAMPLERS) == ["ddpm", "ddim", "em", "pc", "ode"]
+    assert all(SAMPLERS[name].name == name for name in SAMPLERS)
+    # with no budget given the ancestral sampler runs the whole chain, the others the model's configured budget
+    assert [SAMPLERS[n].default_steps(1000, 10) for n in SAMPLERS] == [1000, 10, 10, 10, 10]
+    assert [SAMPLERS[n].evaluations(9, 5) for n in SAMPLERS] == [5, 5, 9, 9, 9]
+    assert [n for n in SAMPLERS if SAMPLERS[n].uses_eta] == ["ddim"]
+    assert JOINT_SAMPLERS == ("ddpm", "ddim")  # PIG's joint sampler steps along the integer chain
+    with pytest.raises(ValueError, match="unknown sampler 'pc'; use one of ddpm, ddim"):
+        get_sampler("pc", JOINT_SAMPLERS)
+    check_options("ddim", 5, 0.5, default="ddpm")
+    with pytest.raises(ValueError, match="whole number"):
+        check_options(None, 2.5, None, default="ddim")
+    with pytest.raises(ValueError, match="whole number"):
+        check_options(None, True, None, default="ddim")
+    with pytest.raises(ValueError, match="eta -1"):
+        check_options(None, None, -1.0, default="ddim")
+    with caplog.at_level("WARNING"):
+        check_options(None, None, 0.5, default="ode")
+    assert "eta applies to the ddim sampler only; ignored for ode" in caplog.text
+
+
+def test_models_noise_their_training_targets_with_the_schedules_forward_process(monkeypatch):
+    """ddpm, ddpm-gen and pig draw x_t through NoiseSchedule.q_sample (one formula, tested above)."""
+    from synthmed.models.registry import build_model
+
+    calls = []
+    original = NoiseSchedule.q_sample
+
+    def counting(self, x0, t, noise):
+        calls.append(tuple(x0.shape))
+        return original(self, x0, t, noise)
+
+    monkeypatch.setattr(NoiseSchedule, "q_sample", counting)
+    tiny = {"image_size": 16, "channels": (8, 8), "attention_levels": (False, False), "num_res_blocks": 1,
+            "norm_num_groups": 8, "num_head_channels": 8, "timesteps": 20, "batch_size": 2}
+    batch = {"source": torch.rand(2, 1, 16, 16) * 2 - 1, "target": torch.rand(2, 1, 16, 16) * 2 - 1,
+             "label": (torch.rand(2, 1, 16, 16) > 0.8).float()}
+    for name, expected in (("ddpm", 1), ("ddpm-gen", 1), ("pig", 2)):
+        calls.clear()
+        model = build_model(name, "small", tiny)
+        model.training_step(batch, 0)
+        assert calls == [(2, 1, 16, 16)] * expected, name
+
+
 # --- 3. the model --------------------------------------------------------------------------------
 
 def build_tiny(**overrides):
     from synthmed.models.registry import build_model
 
-    return build_model("ddpm", "small", {**TINY_DDPM, **overrides})
+    return build_model("ddpm", "tiny", overrides)
 
 
 @pytest.fixture(scope="module")

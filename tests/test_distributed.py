@@ -66,7 +66,7 @@ def test_each_rank_takes_its_share_of_the_same_global_batches():
 def test_two_processes_match_one_process_at_twice_the_batch(prepared, tmp_path):
     """A deterministic method (pix2pix with instance norm, no dropout): 2 x batch 2 must give the loss curve and
     weights of 1 x batch 4, since each rank takes half of the same global batch and gradients are averaged."""
-    one = train(prepared, tmp_path / "one", "pix2pix", 6, 4, PIX2PIX_DETERMINISTIC)
+    train(prepared, tmp_path / "one", "pix2pix", 6, 4, PIX2PIX_DETERMINISTIC)
     two = train(prepared, tmp_path / "two", "pix2pix", 6, 2, PIX2PIX_DETERMINISTIC, processes=2)
     assert "x 2 processes" in two.stdout and two.stdout.count("trained 6 steps") == 1  # rank 0 reports
     rows_one, rows_two = loss_rows(tmp_path / "one"), loss_rows(tmp_path / "two")

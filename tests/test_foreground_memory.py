@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import synthmed.metrics.image as image
+import synthmed.data.foreground as foreground
 import synthmed.workflows.translate as translate
 from synthmed.data.geometry import SliceGeometry, crop_slices, uncrop_slices
 from synthmed.data.normalize import Normalization
@@ -39,7 +39,7 @@ def reference_largest(mask: np.ndarray) -> np.ndarray:
 
 def reference_drop_small(mask: np.ndarray) -> np.ndarray:
     labels, count, sizes = reference_components(mask)
-    return mask if count <= 1 else (sizes >= image._MIN_COMPONENT_FRACTION * sizes.max())[labels]
+    return mask if count <= 1 else (sizes >= foreground._MIN_COMPONENT_FRACTION * sizes.max())[labels]
 
 
 def reference_fill_planes(mask: np.ndarray, axis: int) -> np.ndarray:
@@ -61,16 +61,16 @@ def reference_fill_planes(mask: np.ndarray, axis: int) -> np.ndarray:
 def reference_foreground(volume: np.ndarray, monkeypatch, **kwargs) -> np.ndarray:
     """``foreground_mask`` with every slab-wise labelling replaced by the whole-volume reference."""
     with monkeypatch.context() as patch:
-        patch.setattr(image, "_largest_component", reference_largest)
-        patch.setattr(image, "_drop_small", reference_drop_small)
-        patch.setattr(image, "_fill_planes", reference_fill_planes)
-        return image.foreground_mask(volume, **kwargs)
+        patch.setattr(foreground, "_largest_component", reference_largest)
+        patch.setattr(foreground, "_drop_small", reference_drop_small)
+        patch.setattr(foreground, "_fill_planes", reference_fill_planes)
+        return foreground.foreground_mask(volume, **kwargs)
 
 
 @pytest.fixture
 def small_slabs(monkeypatch):
     """Slabs of a few hundred voxels: a plane or a few per slab, so components cross many boundaries."""
-    monkeypatch.setattr(image, "_SLAB_VOXELS", 300)
+    monkeypatch.setattr(foreground, "_SLAB_VOXELS", 300)
 
 
 def blobs(shape, seed: int, sigma: float = 2.0, level: float = 0.05) -> np.ndarray:
@@ -86,12 +86,12 @@ def blobs(shape, seed: int, sigma: float = 2.0, level: float = 0.05) -> np.ndarr
 def test_components_match_whole_volume_labels(small_slabs, seed):
     mask = blobs((37, 23, 19), seed)
     labels, count = ndimage.label(mask)
-    component, sizes = image._components(mask)
+    component, sizes = foreground._components(mask)
     assert sizes.size == count + 1  # same number of components (+ the background)
     # same sizes, in the same order (ndimage numbers components by their first voxel in C order)
-    assert np.array_equal(sizes, image._component_sizes(labels, count))
-    assert np.array_equal(image._largest_component(mask), reference_largest(mask))
-    assert np.array_equal(image._drop_small(mask), reference_drop_small(mask))
+    assert np.array_equal(sizes, foreground._component_sizes(labels, count))
+    assert np.array_equal(foreground._largest_component(mask), reference_largest(mask))
+    assert np.array_equal(foreground._drop_small(mask), reference_drop_small(mask))
 
 
 def test_component_joined_in_a_later_slab(small_slabs):
@@ -102,8 +102,8 @@ def test_component_joined_in_a_later_slab(small_slabs):
     mask[27:30, 2:10, 2:10] = True  # the bar joining them in the last planes
     mask[0:3, 5:7, 11:12] = True  # a small block on its own
     assert ndimage.label(mask)[1] == 2
-    assert np.array_equal(image._largest_component(mask), reference_largest(mask))
-    assert np.array_equal(image._drop_small(mask), reference_drop_small(mask))
+    assert np.array_equal(foreground._largest_component(mask), reference_largest(mask))
+    assert np.array_equal(foreground._drop_small(mask), reference_drop_small(mask))
 
 
 def test_equal_components_keep_the_first(small_slabs):
@@ -112,7 +112,7 @@ def test_equal_components_keep_the_first(small_slabs):
     mask[25:35, 2:8, 2:8] = True  # same size, later along the slab axis
     mask[5:15, 12:18, 12:18] = True
     mask[5:15, 2:8, 12:18] = True  # same size, first in C order
-    largest = image._largest_component(mask)
+    largest = foreground._largest_component(mask)
     assert np.array_equal(largest, reference_largest(mask))
     assert largest[5, 2, 12] and not largest[5, 12, 12] and not largest[25, 2, 2]
 
@@ -120,7 +120,7 @@ def test_equal_components_keep_the_first(small_slabs):
 @pytest.mark.parametrize("axis", range(3))
 def test_fill_planes_in_slabs(small_slabs, axis):
     mask = blobs((21, 17, 15), 7, sigma=1.5, level=-0.05)
-    assert np.array_equal(image._fill_planes(mask, axis), reference_fill_planes(mask, axis))
+    assert np.array_equal(foreground._fill_planes(mask, axis), reference_fill_planes(mask, axis))
 
 
 # --------------------------------------------------------------------------- foreground_mask
@@ -155,8 +155,8 @@ def cases():
 def test_foreground_mask_matches_whole_volume_reference(small_slabs, monkeypatch, name, volume):
     expected = reference_foreground(volume, monkeypatch)
     assert expected.any()
-    assert np.array_equal(image.foreground_mask(volume), expected)
-    assert np.array_equal(image.foreground_mask(volume, threshold=float(np.median(volume))),
+    assert np.array_equal(foreground.foreground_mask(volume), expected)
+    assert np.array_equal(foreground.foreground_mask(volume, threshold=float(np.median(volume))),
                           reference_foreground(volume, monkeypatch, threshold=float(np.median(volume))))
 
 
@@ -172,13 +172,13 @@ def traced_peak(function, *args) -> int:
 def test_labelling_memory_is_bounded(monkeypatch):
     """Peak traced bytes per voxel of a mask: the whole-volume labelling needs 4 for its int32 label volume
     alone (and 12 with the int64 index copy of a lookup); the slab-wise one needs its bool output and a little."""
-    monkeypatch.setattr(image, "_SLAB_VOXELS", 1 << 14)
+    monkeypatch.setattr(foreground, "_SLAB_VOXELS", 1 << 14)
     volume = head_with_noise((96, 96, 64))
     padded, head = volume != 0, volume > 150  # many components (noise) / a few
     assert traced_peak(reference_largest, padded) > 4 * volume.size
-    assert traced_peak(image._largest_component, padded) < 2.5 * volume.size
-    assert traced_peak(image._drop_small, head) < 2 * volume.size
-    assert traced_peak(image._clean, head) < 4 * volume.size
+    assert traced_peak(foreground._largest_component, padded) < 2.5 * volume.size
+    assert traced_peak(foreground._drop_small, head) < 2 * volume.size
+    assert traced_peak(foreground._clean, head) < 4 * volume.size
 
 
 # --------------------------------------------------------------------------- translate in slabs

@@ -12,9 +12,8 @@ from synthmed.nn.casnet import CasNet
 from synthmed.nn.discriminators import patch_receptive_field
 from synthmed.nn.feature_losses import content_loss, gram_matrix, perceptual_loss, style_loss
 from synthmed.nn.unet import UNetGenerator
-from synthmed.nn.vgg import STYLE_LAYERS, VGG19Features, load_vgg19
+from synthmed.nn.vgg import VGG19Features, load_vgg19
 
-TINY = {"image_size": 32, "n_ublocks": 2, "generator_channels": 8, "discriminator_channels": 8, "batch_size": 2}
 
 
 def paired_batch(n=2, size=32, seed=1):
@@ -80,7 +79,7 @@ def test_paper_presets_build_the_published_generator():
                                                ({"n_ublocks": 0}, "n_ublocks"), ({"style_weights": (1.0, 2.0)}, "style_weights")])
 def test_invalid_settings_are_refused(overrides, message):
     with pytest.raises(SynthmedError, match=message):
-        build_model("medgan", "small", {**TINY, **overrides})
+        build_model("medgan", "tiny", overrides)
 
 
 # --- losses against hand-computed values --------------------------------------------------------
@@ -143,7 +142,7 @@ def test_vgg19_file_that_does_not_match_fails_clearly(tmp_path):
 
 def test_generator_every_step_discriminator_every_third(caplog):
     torch.manual_seed(0)
-    model = build_model("medgan", "small", TINY)
+    model = build_model("medgan", "tiny")
     model.train()
     counts = {"generator": 0, "discriminator": 0}
     for role, optimizer in model.optimizers().items():
@@ -153,7 +152,7 @@ def test_generator_every_step_discriminator_every_third(caplog):
         losses = [model.training_step(paired_batch(seed=s), s) for s in range(6)]
     assert counts == {"generator": 6, "discriminator": 2}  # steps 0 and 3
     assert any(not torch.equal(a, b) for a, b in zip(before, model.generator.parameters()))
-    assert all(l["style"] == 0 and l["content"] == 0 and l["perceptual"] > 0 for l in losses)
+    assert all(step["style"] == 0 and step["content"] == 0 and step["perceptual"] > 0 for step in losses)
     assert sum("style and content losses are off" in r.message for r in caplog.records) == 1  # said once
     assert all(p.requires_grad for p in model.parameters())
 
@@ -161,13 +160,13 @@ def test_generator_every_step_discriminator_every_third(caplog):
 def test_style_and_content_losses_with_vgg_weights(tmp_path):
     path, _ = vgg_file(tmp_path)
     torch.manual_seed(0)
-    model = build_model("medgan", "small", {**TINY, "vgg19_weights": str(path)})
+    model = build_model("medgan", "tiny", {"vgg19_weights": str(path)})
     model.train()
     losses = model.training_step(paired_batch(), 0)
     assert losses["style"] > 0 and losses["content"] > 0
     assert not any("features." in k for k in model.state_dict())  # the frozen VGG is not checkpointed
     assert model.config_dict()["vgg19_weights"] == str(path)
-    broken = build_model("medgan", "small", {**TINY, "vgg19_weights": str(tmp_path / "gone.pth")})
+    broken = build_model("medgan", "tiny", {"vgg19_weights": str(tmp_path / "gone.pth")})
     with pytest.raises(SynthmedError, match="no such file"):
         broken.training_step(paired_batch(), 0)
     broken.eval()
@@ -244,7 +243,7 @@ def test_restoration_beats_the_noisy_input_on_real_scans(real_data, tmp_path):
 
 def test_residual_generator_starts_from_the_input():
     torch.manual_seed(0)
-    model = build_model("medgan", "small", {**TINY, "residual": True})
+    model = build_model("medgan", "tiny", {"residual": True})
     with torch.no_grad():
         for p in model.generator.parameters():
             p.zero_()

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
+from synthmed.data.foreground import foreground_mask
 from synthmed.errors import SynthmedError
 from synthmed.metrics import (
     PSNR_CAP_DB,
-    foreground_mask,
     image_metrics,
     mae,
     max_normalised,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,8 @@ from synthmed.data.io import read_volume
 from synthmed.data.normalize import Normalization
 from synthmed.data.prepare import prepare
 from synthmed.errors import SynthmedError
-from synthmed.metrics import foreground_mask, image_metrics, linear_fit, through_plane_psnr
+from synthmed.data.foreground import foreground_mask
+from synthmed.metrics import image_metrics, linear_fit, through_plane_psnr
 from synthmed.nn.patches import padded_to_multiple
 from synthmed.workflows.train import train
 from synthmed.workflows.translate import load_run, translate_volume

@@ -15,9 +15,6 @@ from synthmed.diffusion.schedule import NoiseSchedule
 from synthmed.errors import SynthmedError
 from synthmed.models.registry import available_models, build_model
 
-TINY = {"image_size": 16, "channels": (8, 16), "attention_levels": (False, True), "norm_num_groups": 8,
-        "num_head_channels": 8, "timesteps": 64, "sampling_steps": 4, "preview_steps": 2}
-
 
 def write_blob_subjects(root, subjects=6, size=32, slices=24, seed=0):
     """Synthetic FLAIR-like volumes: a grey disc per slice, and in three slices of four one bright ellipse (the
@@ -89,7 +86,7 @@ def test_joint_sampler_updates_the_mask_first_and_guides_the_image_with_the_mask
         assert torch.equal(y_entry[3], x_entry[4])  # model_y's guide is model_x's clean estimate of this step
         assert torch.equal(y_entry[2], x_entry[3])  # model_y denoises the y state that guided model_x
         if k + 1 < 5:  # the next step's x is the DDIM update of this one's (eta 0)
-            ab, ab_prev = schedule.alpha_bar_at(grid[k]), schedule.alpha_bar_at(grid[k + 1])
+            ab_prev = schedule.alpha_bar_at(grid[k + 1])
             eps = 0.3 * x_entry[2]
             expected = ab_prev**0.5 * x_entry[4] + (1 - ab_prev) ** 0.5 * eps
             torch.testing.assert_close(log[2 * k + 2][2], expected)
@@ -132,7 +129,7 @@ def pair_batch(n=2, size=16, seed=0):
 @pytest.mark.parametrize("guide", ["clean", "estimate"])
 def test_pig_training_step_updates_both_networks(guide):
     torch.manual_seed(0)
-    model = build_model("pig", "small", {**TINY, "image_guide": guide})
+    model = build_model("pig", "tiny", {"image_guide": guide})
     model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     losses = model.training_step(pair_batch(), 0)
@@ -145,7 +142,7 @@ def test_pig_training_step_updates_both_networks(guide):
 
 def test_pig_samples_pairs_deterministically_under_a_seed():
     torch.manual_seed(0)
-    model = build_model("pig", "small", TINY).eval()
+    model = build_model("pig", "tiny").eval()
     first = model.sample(3, generator=torch.Generator().manual_seed(7))
     again = model.sample(3, generator=torch.Generator().manual_seed(7))
     other = model.sample(3, generator=torch.Generator().manual_seed(8))
@@ -161,7 +158,7 @@ def test_pig_samples_pairs_deterministically_under_a_seed():
 
 def test_ddpm_gen_trains_and_samples_images_only():
     torch.manual_seed(0)
-    model = build_model("ddpm-gen", "small", TINY)
+    model = build_model("ddpm-gen", "tiny")
     before = [p.detach().clone() for p in model.parameters()]
     losses = model.training_step(pair_batch(), 0)
     assert torch.isfinite(losses["loss"]) and any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
@@ -182,7 +179,7 @@ def test_ddpm_gen_trains_and_samples_images_only():
 ])
 def test_invalid_generator_settings_are_refused(name, overrides, message):
     with pytest.raises(SynthmedError, match=message):
-        build_model(name, "small", {**TINY, **overrides})
+        build_model(name, "tiny", overrides)
 
 
 # --- prepare -> train -> generate -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ DISCRIMINATORS = ("discriminator_diff_a", "discriminator_diff_b", "discriminator
 
 def tiny_model(**extra):
     torch.manual_seed(0)
-    return build_model("syndiff", "small", {**TINY, **extra})
+    return build_model("syndiff", "tiny", extra)
 
 
 def unpaired_batch(n=2, size=32, seed=1):
@@ -216,7 +216,7 @@ def test_paper_preset_network_sizes():
 ])
 def test_invalid_settings_are_refused(overrides, message):
     with pytest.raises(SynthmedError, match=message):
-        build_model("syndiff", "small", {**TINY, **overrides})
+        build_model("syndiff", "tiny", overrides)
 
 
 @pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
@@ -404,8 +404,7 @@ def test_translation_starts_from_noise_and_conditions_on_the_source():
 def test_resume_continues_exactly_with_ema_and_schedules(tmp_path, unpaired_noise):
     def trainer(run, steps):
         torch.manual_seed(0)
-        model = build_model("syndiff", "small", {**TINY, "image_size": 16, "channel_mult": (1, 2), "steps": 4,
-                                                 "lazy_reg": 2})
+        model = build_model("syndiff", "tiny", {"image_size": 16, "channel_mult": (1, 2), "steps": 4, "lazy_reg": 2})
         settings = TrainSettings(steps=steps, batch_size=2, seed=5, progress=False, log_every=1, val_every=2,
                                  checkpoint_every=2, sample_every=2)
         return Trainer(model, unpaired_noise(6), unpaired_noise(2), run, settings, {"model": "syndiff", "preset": "small"})

@@ -12,8 +12,6 @@ from synthmed.models.registry import available_models, build_model
 from synthmed.nn.latent_prior import GaussianMixturePrior, kl_to_standard_normal
 from synthmed.nn.patches import aligned_patches, sliding_window, window_starts
 
-TINY = {"image_size": 32, "base_channels": 8, "n_res": 1, "discriminator_channels": 8, "batch_size": 2}
-TINY_GMM = {**TINY, "patch_size": 16, "components": 3}
 
 
 def unpaired_batch(n=2, size=32, seed=1):
@@ -131,29 +129,29 @@ def test_registered_as_unpaired_two_way_translators_with_paper_weights():
                                                ({"components": 0}, "components"), ({"image_size": 30}, "multiple of 4")])
 def test_invalid_gmm_unit_settings_are_refused(overrides, message):
     with pytest.raises(SynthmedError, match=message):
-        build_model("gmm-unit", "small", {**TINY_GMM, **overrides})
+        build_model("gmm-unit", "tiny", overrides)
 
 
 def test_last_encoder_and_first_generator_blocks_are_shared():
     torch.manual_seed(0)
-    model = build_model("unit", "small", TINY)
+    model = build_model("unit", "tiny")
     assert model.encoder_a.shared is model.encoder_b.shared
     assert model.generator_a.shared is model.generator_b.shared
     assert model.encoder_a.private is not model.encoder_b.private
     shared = {id(p) for p in model.encoder_a.shared.parameters()}
     assert shared and shared <= {id(p) for p in model.optimizers()["generator"].param_groups[0]["params"]}
     # A checkpoint round trip keeps them one module.
-    clone = build_model("unit", "small", TINY)
+    clone = build_model("unit", "tiny")
     clone.load_state_dict(model.state_dict())
     assert clone.encoder_a.shared is clone.encoder_b.shared
     for p, q in zip(clone.parameters(), model.parameters()):
         torch.testing.assert_close(p, q)
 
 
-@pytest.mark.parametrize("name,overrides", [("unit", TINY), ("gmm-unit", TINY_GMM)])
-def test_one_training_step_updates_every_network(name, overrides):
+@pytest.mark.parametrize("name", ["unit", "gmm-unit"])
+def test_one_training_step_updates_every_network(name):
     torch.manual_seed(0)
-    model = build_model(name, "small", overrides)
+    model = build_model(name, "tiny")
     model.train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     losses = model.training_step(unpaired_batch(), 0)
@@ -164,7 +162,7 @@ def test_one_training_step_updates_every_network(name, overrides):
     if name == "gmm-unit":
         expected |= {"prior", "log_var_a", "log_var_b"}
         assert {"prior_weight_max", "prior_log_var", "posterior_log_var_a", "posterior_log_var_b"} <= set(losses)
-        assert 1 / overrides["components"] <= float(losses["prior_weight_max"]) <= 1
+        assert 1 / model.config.components <= float(losses["prior_weight_max"]) <= 1
     assert expected <= changed, expected - changed
     model.eval()
     source = unpaired_batch()["source"]
@@ -175,7 +173,7 @@ def test_one_training_step_updates_every_network(name, overrides):
 
 def test_gmm_unit_translates_whole_slices_by_patches():
     torch.manual_seed(0)
-    model = build_model("gmm-unit", "small", TINY_GMM)
+    model = build_model("gmm-unit", "tiny")
     model.eval()
     source = unpaired_batch()["source"]
     expected = sliding_window(lambda x: model.map_images(x, "a"), source, 16)

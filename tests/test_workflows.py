@@ -73,7 +73,7 @@ def test_translate_keeps_geometry_and_evaluate_writes_metrics(trained_run, phant
 def _outside(t1: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
-    from synthmed.metrics import foreground_mask
+    from synthmed.data.foreground import foreground_mask
     from synthmed.workflows.translate import BACKGROUND_MARGIN
 
     grown = ndimage.binary_dilation(foreground_mask(t1), structure=np.ones((3, 3, 3), bool), iterations=BACKGROUND_MARGIN)

@@ -82,7 +82,7 @@ from synthmed.files import (
     json_text, output_lock, record_written, refuse_replacing_foreign, remove_stale_temporaries, temporary_path,
     write_text_atomic, written_by_synthmed,
 )
-from synthmed.metrics import foreground_mask
+from synthmed.data.foreground import foreground_mask
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def _file_mode() -> int:
-    from synthmed.data.io import default_file_mode
+    from synthmed.files import default_file_mode
 
     return default_file_mode()
 

@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.errors import SynthmedError
-from synthmed.files import default_file_mode, write_atomic, write_text_atomic  # noqa: F401  (re-exported)
+from synthmed.files import default_file_mode
 
 log = logging.getLogger(__name__)
 

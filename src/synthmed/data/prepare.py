@@ -39,7 +39,7 @@ from synthmed.data.discovery import (
     FileRef, Subject, canonical_modality, discover, parse_aliases, patient_key, require_modalities,
 )
 from synthmed.data.geometry import (
-    AFFINE_TOLERANCE_MM, INTERPOLATION, INTERPOLATIONS, SliceGeometry, crop_slices, fit_geometry, fit_native_geometry,
+    AFFINE_TOLERANCE_MM, INTERPOLATION, INTERPOLATIONS, crop_slices, fit_geometry, fit_native_geometry,
     foreground_side_mm, in_plane_spacing, native_size, resample_onto, slice_axis,
 )
 from synthmed.data.input_profile import HISTOGRAM_BINS, training_profile
@@ -54,7 +54,7 @@ from synthmed.files import (
     finite_json, json_text, output_lock, ownership_problem, read_json_record, refuse_overlap,
     remove_stale_temporaries, require_free_space, temporary_path, write_marker,
 )
-from synthmed.metrics import foreground_mask
+from synthmed.data.foreground import foreground_mask
 from synthmed.records import Choice, Int, ListOf, MapOf, Maybe, Num, Record, Str, invalid, validate
 
 log = logging.getLogger(__name__)

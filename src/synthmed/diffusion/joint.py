@@ -24,12 +24,12 @@ from typing import Callable
 
 import torch
 
-from synthmed.diffusion.samplers import discrete_step, integer_grid
+from synthmed.diffusion.samplers import SAMPLERS, get_sampler, integer_grid
 from synthmed.diffusion.schedule import NoiseSchedule
 
 GuidedDenoiser = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
-JOINT_SAMPLERS = ("ddim", "ddpm")
+JOINT_SAMPLERS = tuple(name for name, sampler in SAMPLERS.items() if sampler.discrete)  # ddpm, ddim
 
 
 def joint_sample(
@@ -49,8 +49,7 @@ def joint_sample(
     """``(x0, y0)`` of ``shape`` each. ``steps`` network-pair evaluations; ``sampler`` ddim (``eta``) or ddpm
     (ancestral). ``callback(k, t, x0_hat, y0_hat)`` sees every step's estimates (e.g. to show the mask settling
     before the image)."""
-    if sampler not in JOINT_SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r} for joint sampling; use one of {', '.join(JOINT_SAMPLERS)}")
+    chosen = get_sampler(sampler, JOINT_SAMPLERS)
     if steps < 1:
         raise ValueError(f"steps must be at least 1 (got {steps})")
     if eta < 0:
@@ -62,18 +61,17 @@ def joint_sample(
     x, y = noise(), noise()
     alpha_bars = schedule.alpha_bars.tolist()
     grid = integer_grid(schedule, steps)
-    ancestral = sampler == "ddpm"
     for k, t in enumerate(grid):
         last = k == len(grid) - 1
         ab, ab_prev = alpha_bars[t], (1.0 if last else alpha_bars[grid[k + 1]])
         # x first: its estimate and its next state (the x noise of an ancestral step is drawn before y's) ...
         x0, eps_x = denoise_x(x, y, float(t))
-        x_prev = x if last else discrete_step(x, x0, eps_x, ab, ab_prev, eta, noise, ancestral)
+        x_prev = x if last else chosen.step(x, x0, eps_x, ab, ab_prev, eta, noise)
         # ... then y, guided by x's clean estimate of this step.
         y0, eps_y = denoise_y(x0, y, float(t))
         if callback is not None:
             callback(k, t, x0, y0)
         if last:
             return x0, y0
-        x, y = x_prev, discrete_step(y, y0, eps_y, ab, ab_prev, eta, noise, ancestral)
+        x, y = x_prev, chosen.step(y, y0, eps_y, ab, ab_prev, eta, noise)
     raise AssertionError("empty grid")

@@ -22,8 +22,12 @@ sampler ends on a clean image.
   there the slope at the end of a step towards the data, ``(y - x0_hat) / sigma``,
   multiplies any inconsistency of a trained network by 1 / sigma ~ 100, and a step from
   the cosine schedule's sigma_max ~ 2e4 multiplies the change of the slope by 2e4. On the
-  phantom benchmark (trained v-model, 9 NFE) the sigma form gave 13.1 dB PSNR and this one
-  21.9 dB; with an exact Gaussian denoiser both converge at second order.
+  sampler benchmark (benchmarks/diffusion_samplers.py) the sigma form was far worse with a trained
+  network; with an exact Gaussian denoiser both converge at second order.
+
+Each sampler is an object of the registry :data:`SAMPLERS` (the diffusers / MONAI scheduler style): it knows its
+name, how many network evaluations a budget of ``steps`` costs, its default budget, whether ``eta`` applies, and
+whether it moves along the integer chain (the discrete samplers, which PIG's joint sampler can use).
 
 No sampler synchronises with the host inside its loop: the grid and the schedule values
 are Python floats computed up front, and noise comes from the caller's generator on the
@@ -32,16 +36,19 @@ model's device, so a fixed seed reproduces the output on the same device.
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
 from synthmed.diffusion.schedule import NoiseSchedule, posterior_between
 
-Denoiser = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+log = logging.getLogger(__name__)
 
-SAMPLERS = ("ddpm", "ddim", "em", "pc", "ode")
+Denoiser = Callable[[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+Noise = Callable[[], torch.Tensor]
+
 PREDICTORS = ("reverse-diffusion", "em")
 DEFAULT_SNR = 0.16
 
@@ -64,19 +71,142 @@ def integer_grid(schedule: NoiseSchedule, points: int) -> list[int]:
     return grid
 
 
-def evaluations(sampler: str, steps: int, timesteps: int) -> int:
-    """The number of network evaluations a sampler makes for a budget of ``steps``."""
-    check_sampler(sampler, steps)
-    if sampler in ("ddpm", "ddim"):
-        return min(steps, timesteps)
-    if sampler == "em":
+class Sampler:
+    """One way to run the reverse process of a trained denoiser."""
+
+    name: ClassVar[str]
+    uses_eta: ClassVar[bool] = False
+    discrete: ClassVar[bool] = False  # steps along the integer chain with :meth:`step` (joint sampling can use it)
+
+    def default_steps(self, timesteps: int, sampling_steps: int) -> int:
+        """The budget when the user gives none: the model's configured ``sampling_steps``."""
+        return sampling_steps
+
+    def evaluations(self, steps: int, timesteps: int) -> int:
+        """The number of network evaluations for a budget of ``steps``."""
         return steps
-    return 2 * ((steps - 1) // 2) + 1  # pc and ode: pairs of evaluations plus the final one
+
+    def run(self, denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, steps: int, noise: Noise, *,
+            eta: float, snr: float, predictor: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<sampler {self.name}>"
+
+
+class _Discrete(Sampler):
+    discrete = True
+
+    def evaluations(self, steps: int, timesteps: int) -> int:
+        return min(steps, timesteps)
+
+    def step(self, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, eta: float,
+             noise: Noise) -> torch.Tensor:
+        """From noise level ``ab`` to ``ab_prev`` given the estimates (x0_hat, eps_hat) at ``x``."""
+        raise NotImplementedError
+
+    def run(self, denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, steps: int, noise: Noise, *,
+            eta: float, snr: float, predictor: str) -> torch.Tensor:
+        grid = integer_grid(schedule, steps)
+        alpha_bars = schedule.alpha_bars.tolist()
+        for k, t in enumerate(grid):
+            x0, eps = denoise(x, float(t))
+            if k == len(grid) - 1:
+                return x0
+            x = self.step(x, x0, eps, alpha_bars[t], alpha_bars[grid[k + 1]], eta, noise)
+        raise AssertionError("empty grid")
+
+
+class AncestralDDPM(_Discrete):
+    """The respaced DDPM posterior; with no budget given it runs the original chain of all T steps."""
+
+    name = "ddpm"
+
+    def default_steps(self, timesteps: int, sampling_steps: int) -> int:
+        return timesteps
+
+    def step(self, x, x0, eps, ab, ab_prev, eta, noise):
+        return discrete_step(x, x0, eps, ab, ab_prev, 1.0, noise, ancestral=True)
+
+
+class DDIM(_Discrete):
+    name = "ddim"
+    uses_eta = True
+
+    def step(self, x, x0, eps, ab, ab_prev, eta, noise):
+        return discrete_step(x, x0, eps, ab, ab_prev, eta, noise, ancestral=False)
+
+
+class EulerMaruyama(Sampler):
+    name = "em"
+
+    def run(self, denoise, schedule, x, steps, noise, *, eta, snr, predictor):
+        grid = continuous_grid(schedule, steps)
+        for k, s in enumerate(grid):
+            x0, eps = denoise(x, s)
+            if k == len(grid) - 1:
+                return x0
+            x = _em_step(schedule, x, eps, s, s - grid[k + 1], noise)
+        raise AssertionError("empty grid")
+
+
+class _Paired(Sampler):
+    """Samplers that spend 2 evaluations per step, plus the final denoising evaluation."""
+
+    def evaluations(self, steps: int, timesteps: int) -> int:
+        return 2 * ((steps - 1) // 2) + 1
+
+    @staticmethod
+    def grid(schedule: NoiseSchedule, steps: int) -> list[float]:
+        return continuous_grid(schedule, (steps - 1) // 2 + 1)
+
+
+class PredictorCorrector(_Paired):
+    name = "pc"
+
+    def run(self, denoise, schedule, x, steps, noise, *, eta, snr, predictor):
+        return _predictor_corrector(denoise, schedule, x, self.grid(schedule, steps), noise, snr, predictor)
+
+
+class ProbabilityFlowODE(_Paired):
+    name = "ode"
+
+    def run(self, denoise, schedule, x, steps, noise, *, eta, snr, predictor):
+        return _heun_ode(denoise, schedule, x, self.grid(schedule, steps))
+
+
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in (AncestralDDPM(), DDIM(), EulerMaruyama(), PredictorCorrector(),
+                                                     ProbabilityFlowODE())}
+
+
+def get_sampler(name: str, allowed: tuple[str, ...] | None = None) -> Sampler:
+    """The registered sampler ``name``; ValueError naming the choices (``allowed``, default all) otherwise."""
+    choices = tuple(SAMPLERS) if allowed is None else allowed
+    if name not in choices:
+        raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(choices)}")
+    return SAMPLERS[name]
+
+
+def check_options(sampler: str | None, steps: int | None, eta: float | None, *, default: str,
+                  allowed: tuple[str, ...] | None = None) -> None:
+    """Refuse sampling options before any work (ValueError); ``None`` means the model's default."""
+    chosen = get_sampler(sampler if sampler is not None else default, allowed)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps {steps!r}: give a whole number of network evaluations, at least 1")
+    if eta is not None and eta < 0:
+        raise ValueError(f"eta {eta}: must be 0 (deterministic DDIM) or more")
+    if eta is not None and not chosen.uses_eta:
+        log.warning("eta applies to the ddim sampler only; ignored for %s", chosen.name)
+
+
+def evaluations(sampler: str, steps: int, timesteps: int) -> int:
+    """The number of network evaluations ``sampler`` makes for a budget of ``steps``."""
+    check_sampler(sampler, steps)
+    return SAMPLERS[sampler].evaluations(steps, timesteps)
 
 
 def check_sampler(sampler: str, steps: int) -> None:
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+    get_sampler(sampler)
     if steps < 1:
         raise ValueError(f"steps must be at least 1 (got {steps})")
 
@@ -105,26 +235,7 @@ def sample(
     def noise() -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
-    x = noise()
-    if sampler in ("ddpm", "ddim"):
-        return _discrete(denoise, schedule, x, integer_grid(schedule, steps), 1.0 if sampler == "ddpm" else eta, noise,
-                         ancestral=sampler == "ddpm")
-    if sampler == "em":
-        return _euler_maruyama(denoise, schedule, x, continuous_grid(schedule, steps), noise)
-    if sampler == "pc":
-        return _predictor_corrector(denoise, schedule, x, continuous_grid(schedule, (steps - 1) // 2 + 1), noise, snr, predictor)
-    return _heun_ode(denoise, schedule, x, continuous_grid(schedule, (steps - 1) // 2 + 1))
-
-
-def _discrete(denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, grid: list[int], eta: float, noise,
-              ancestral: bool) -> torch.Tensor:
-    alpha_bars = schedule.alpha_bars.tolist()
-    for k, t in enumerate(grid):
-        x0, eps = denoise(x, float(t))
-        if k == len(grid) - 1:
-            return x0
-        x = discrete_step(x, x0, eps, alpha_bars[t], alpha_bars[grid[k + 1]], eta, noise, ancestral)
-    raise AssertionError("empty grid")
+    return SAMPLERS[sampler].run(denoise, schedule, noise(), steps, noise, eta=eta, snr=snr, predictor=predictor)
 
 
 def discrete_step(x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, eta: float, noise,
@@ -139,15 +250,6 @@ def discrete_step(x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, ab: floa
     if sigma > 0:
         x = x + sigma * noise()
     return x
-
-
-def _euler_maruyama(denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, grid: list[float], noise) -> torch.Tensor:
-    for k, s in enumerate(grid):
-        x0, eps = denoise(x, s)
-        if k == len(grid) - 1:
-            return x0
-        x = _em_step(schedule, x, eps, s, s - grid[k + 1], noise)
-    raise AssertionError("empty grid")
 
 
 def _em_step(schedule: NoiseSchedule, x: torch.Tensor, eps: torch.Tensor, s: float, ds: float, noise) -> torch.Tensor:

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthmed.data.io import write_atomic
 from synthmed.errors import SynthmedError
+from synthmed.files import write_atomic
 
 CHECKPOINT_FORMAT = "synthmed-checkpoint"
 CHECKPOINT_VERSION = 1

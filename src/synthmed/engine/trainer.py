@@ -7,7 +7,7 @@ batches), periodic validation (PSNR/SSIM on validation slices), ``best.pt`` and
 checkpoint before exiting, a CSV log (plus TensorBoard when installed), a progress
 bar with the losses and ETA, and a PNG grid of source / prediction / target.
 
-Under ``torchrun`` (see :mod:`synthmed.engine.distributed`) every process runs this loop on its own
+Under ``torchrun`` (see :mod:`synthmed.runtime.distributed`) every process runs this loop on its own
 share of each global batch (``batch_size`` per process, so the global batch is ``batch_size x
 processes``); rank 0 alone validates and writes checkpoints, logs and samples; logged losses are the
 means over the ranks; a stop signal seen by any rank stops all of them after the same step.
@@ -18,11 +18,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import random
 import signal
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,13 +31,14 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from synthmed.engine import distributed
 from synthmed.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from synthmed.engine.ema import EMA
 from synthmed.errors import SynthmedError
 from synthmed.metrics import psnr, ssim
 from synthmed.models.base import SynthesisModel
 from synthmed.nn.patches import padded_to_multiple
+from synthmed.runtime import distributed
+from synthmed.runtime.devices import pick_device, seed_everything, set_precision
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +52,13 @@ class TrainingInterrupted(SynthmedError):
         self.exit_code = 128 + (signal.SIGTERM if signal_name == "SIGTERM" else signal.SIGINT)
 
 
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-
-
 @dataclass
 class TrainSettings:
     steps: int
     batch_size: int
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # see autocast_dtype: auto, bf16, fp16 (with a grad scaler) or off
+    amp: str = "auto"  # see synthmed.runtime.devices.autocast_dtype: auto, bf16, fp16 (with a grad scaler) or off
     channels_last: bool = False  # convolutions in NHWC memory layout (faster with tensor cores)
     compile: bool = False  # torch.compile each network of the model (in place: checkpoints keep their keys)
     num_workers: int = 0
@@ -73,71 +69,6 @@ class TrainSettings:
     max_val_slices: int = 64
     progress: bool = True
     max_minutes: float | None = None  # wall-clock budget of this fit (a benchmark's equal-time budget); None: steps only
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SynthmedError(f"--device {name}: not a device name (use auto, cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise SynthmedError(f"--device {name}: no such CUDA device here (this torch sees {torch.cuda.device_count()}); use --device cpu")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise SynthmedError(f"--device {name}: MPS is not available here; use --device cpu")
-    return device
-
-
-def autocast_dtype(mode: str, device: torch.device, training: bool = True) -> torch.dtype | None:
-    """The autocast dtype of an ``--amp`` mode on ``device``; None = full precision.
-
-    ``auto``: bf16 on CUDA GPUs that have it (Ampere and later), full precision elsewhere. ``bf16``: also on the CPU
-    (fast on CPUs with AVX-512 BF16 or AMX). ``fp16``: float16, for GPUs without bf16 (V100, T4); in training with a
-    gradient scaler (fp16's narrow range needs the scaled losses, bf16 does not). ``off``: full precision."""
-    if mode not in AMP_MODES:
-        raise SynthmedError(f"--amp {mode}: use {', '.join(AMP_MODES)}")
-    if mode == "off":
-        return None
-    if mode == "fp16":
-        if device.type in ("cuda", "cpu"):
-            return torch.float16
-        log.warning("--amp fp16: no fp16 autocast on %s here; %s in full precision", device,
-                    "training" if training else "running")
-        return None
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if mode == "bf16":
-            log.warning("--amp bf16: this GPU has no bf16; full precision (--amp fp16 may help)")
-        return None
-    if device.type == "cpu" and mode == "bf16":
-        return torch.bfloat16
-    if mode == "bf16":
-        log.warning("--amp bf16: no bf16 autocast on %s here; full precision", device)
-    return None
-
-
-def set_precision(model, mode: str, device: torch.device, training: bool = True) -> None:
-    """Give ``model`` the autocast dtype of ``mode`` and, to train in fp16, a gradient scaler (the caller calls
-    ``model.grad_scaler.update()`` once after each training step)."""
-    model.amp_dtype = autocast_dtype(mode, device, training)
-    model.grad_scaler = None
-    if training and model.amp_dtype == torch.float16:
-        model.grad_scaler = torch.amp.GradScaler(device.type)
-        # The scaler skips the first steps while it finds its level; the schedulers' warning about a step
-        # "before optimizer.step()" is expected then.
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
@@ -421,7 +352,10 @@ class Trainer:
         """Validation translation of whole slices, padded to the sizes the networks take (a model trained on
         patches of native-resolution slices sees whole slices here, as in ``translate``)."""
         self.model.eval()
-        run = lambda images: padded_to_multiple(self.model.validation_translate, images, self.model.size_multiple)
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            return padded_to_multiple(self.model.validation_translate, images, self.model.size_multiple)
+
         if self.ema:
             with self.ema.applied():
                 return run(source)

@@ -2,7 +2,6 @@
 
 from synthmed.metrics.image import (
     PSNR_CAP_DB,
-    foreground_mask,
     image_metrics,
     linear_fit,
     mae,
@@ -16,7 +15,6 @@ from synthmed.metrics.image import (
 
 __all__ = [
     "PSNR_CAP_DB",
-    "foreground_mask",
     "image_metrics",
     "linear_fit",
     "mae",

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from synthmed.engine.distributed import average_gradients
+from synthmed.runtime.distributed import average_gradients
 
 
 class SynthesisModel(nn.Module):
@@ -110,7 +110,7 @@ class SynthesisModel(nn.Module):
 
     def step_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """``optimizer.step()`` with the gradients averaged over the training processes first (a no-op in one
-        process; see :mod:`synthmed.engine.distributed`). Under fp16 the scaler unscales the gradients and skips the
+        process; see :mod:`synthmed.runtime.distributed`). Under fp16 the scaler unscales the gradients and skips the
         step if any is inf or NaN (after the averaging, so every process skips the same steps)."""
         average_gradients(p for group in optimizer.param_groups for p in group["params"])
         if self.grad_scaler is not None:

@@ -91,6 +91,8 @@ class CycleGAN(SynthesisModel):
             "image_size": 64, "generator_channels": 32, "resnet_blocks": 4, "discriminator_channels": 32,
             "batch_size": 8, "steps": 1000,
         },
+        "tiny": {"image_size": 32, "generator_channels": 16, "resnet_blocks": 2, "discriminator_channels": 16,
+                 "batch_size": 2, "steps": 10},
     }
     ema_modules = ()  # the paper keeps no average of the weights
 

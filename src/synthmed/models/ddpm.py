@@ -11,22 +11,21 @@ One trained network serves every sampler of :mod:`synthmed.diffusion.samplers`; 
 its number of network evaluations and ``eta`` are chosen at translation time. The default is
 DDIM (deterministic for a given noise): 50 evaluations for ``paper`` (an epsilon network, whose
 few-step estimates are the least reliable), 10 for ``small``, where the sampler benchmark
-(benchmarks/diffusion_samplers.py) found 10-evaluation DDIM within 0.05 dB PSNR of the best
-of all samplers and budgets up to 1000 on held-out phantom and BraTS slices. The clean
+(benchmarks/diffusion_samplers.py, figures in the README) found 10-evaluation DDIM as good as
+the best of all samplers and budgets up to 1000 on held-out phantom and BraTS slices. The clean
 estimate is clipped to [-1, 1] at every step (the data range) and the noise estimate made
 consistent with it.
 
 Presets: ``paper`` follows the scale of MONAI's 2D image-to-image diffusion tutorial
 (64 channels per level, attention at the lowest resolution only, one residual block per
 level, lr 2.5e-5) at 256 px, predicting epsilon, with four levels instead of the
-tutorial's three, so that self-attention runs on 32x32 rather than 64x64 tokens at 256 px:
-0.86 instead of 3.3 s per slice and network evaluation on one CPU thread (measured); ``small`` is CPU-sized and predicts ``v``
+tutorial's three, so that self-attention runs on 32x32 rather than 64x64 tokens at 256 px
+(about four times faster per network evaluation on a CPU); ``small`` is CPU-sized and predicts ``v``
 (Salimans & Ho 2022). Why v there: with epsilon the clean estimate at high noise is
 ``(x - sqrt(1 - ab) eps) / sqrt(ab)``, which multiplies the noise error by up to
-1 / sqrt(ab(T-1)) ~ 160, so a short run gives noisy few-step samples. Measured on 64 px
-phantoms (T1 -> T2, batch 8, validation PSNR with DDIM-10, normalised units): epsilon
-12.9 / 14.2 / 14.8 dB after 250 / 500 / 1000 steps, v 14.8 / 19.3 / 20.9 dB (identity
-10.6 dB).
+1 / sqrt(ab(T-1)) ~ 160, so a short run gives noisy few-step samples; on 64 px phantoms a
+v network reached in 500 steps a validation PSNR that an epsilon network had not reached
+after 1000.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from synthmed.diffusion.samplers import DEFAULT_SNR, PREDICTORS, SAMPLERS, sample
+from synthmed.diffusion.samplers import DEFAULT_SNR, PREDICTORS, SAMPLERS, check_options, get_sampler, sample
 from synthmed.diffusion.schedule import PREDICTIONS, SCHEDULES, NoiseSchedule
 from synthmed.models.base import SynthesisModel, check_context
 from synthmed.models.registry import register
@@ -91,6 +90,11 @@ class ConditionalDDPM(SynthesisModel):
             "lr": 2e-4, "batch_size": 16, "steps": 3000, "ema_decay": 0.999, "prediction": "v",
             "sampling_steps": 10,
         },
+        "tiny": {
+            "image_size": 16, "channels": (16, 16), "attention_levels": (False, False), "num_head_channels": 16,
+            "norm_num_groups": 8, "lr": 2e-4, "batch_size": 2, "steps": 10, "ema_decay": 0.999, "prediction": "v",
+            "sampling_steps": 10,
+        },
     }
     ema_modules = ("network",)
     stochastic = True
@@ -119,7 +123,7 @@ class ConditionalDDPM(SynthesisModel):
         t = torch.randint(0, self.schedule.timesteps, (target.shape[0],), device=target.device)
         noise = torch.randn_like(target)
         alpha_bar = self.schedule.alpha_bar(t).reshape(-1, 1, 1, 1)
-        noisy = alpha_bar.sqrt() * target + (1 - alpha_bar).sqrt() * noise
+        noisy = self.schedule.q_sample(target, t, noise)
         goal = self.schedule.training_target(self.config.prediction, target, noise, alpha_bar)
         with self.autocast():
             output = self.network(torch.cat([noisy, source], 1), timesteps=t)
@@ -153,7 +157,7 @@ class ConditionalDDPM(SynthesisModel):
         config = self.config
         sampler = sampler or config.sampler
         if steps is None:
-            steps = config.timesteps if sampler == "ddpm" else config.sampling_steps
+            steps = get_sampler(sampler).default_steps(config.timesteps, config.sampling_steps)
         return sample(
             self.denoiser(source), self.schedule, (source.shape[0], 1, *source.shape[2:]), sampler=sampler, steps=steps,
             eta=config.eta if eta is None else eta, snr=config.corrector_snr if snr is None else snr,
@@ -161,14 +165,7 @@ class ConditionalDDPM(SynthesisModel):
         )
 
     def check_sampling(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None) -> None:
-        if sampler is not None and sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
-        if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"steps {steps!r}: give a whole number of network evaluations, at least 1")
-        if eta is not None and eta < 0:
-            raise ValueError(f"eta {eta}: must be 0 (deterministic DDIM) or more")
-        if eta is not None and (sampler or self.config.sampler) != "ddim":
-            log.warning("eta applies to the ddim sampler only; ignored for %s", sampler or self.config.sampler)
+        check_options(sampler, steps, eta, default=self.config.sampler)
 
     def validation_translate(self, source: torch.Tensor) -> torch.Tensor:
         """Cheap deterministic translation for validation during training."""

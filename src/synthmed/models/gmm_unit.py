@@ -50,6 +50,8 @@ class GMMUNIT(UNIT):
         "paper": {},
         "small": {"image_size": 64, "patch_size": 32, "base_channels": 16, "n_res": 2, "discriminator_channels": 16,
                   "batch_size": 4, "steps": 1500},
+        "tiny": {"image_size": 32, "patch_size": 16, "components": 3, "base_channels": 8, "n_res": 1,
+                 "discriminator_channels": 8, "batch_size": 2, "steps": 10},
     }
 
     def __init__(self, config: GMMUNITConfig):

@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from synthmed.diffusion.joint import JOINT_SAMPLERS, joint_sample
+from synthmed.diffusion.samplers import check_options, get_sampler
 from synthmed.diffusion.schedule import NoiseSchedule
 from synthmed.models.base import SynthesisModel
-from synthmed.models.ddpm_gen import SMALL_GENERATOR, DDPMGenConfig, check_generator_config, check_generator_sampling
+from synthmed.models.ddpm_gen import SMALL_GENERATOR, TINY_GENERATOR, DDPMGenConfig, check_generator_config
 from synthmed.models.registry import register
 from synthmed.nn.diffusion_unet import diffusion_unet
 
@@ -54,7 +55,7 @@ class PIG(SynthesisModel):
     paired = True
     task = "generate"
     Config = PIGConfig
-    PRESETS = {"paper": {}, "small": dict(SMALL_GENERATOR)}
+    PRESETS = {"paper": {}, "small": dict(SMALL_GENERATOR), "tiny": dict(TINY_GENERATOR)}
     ema_modules = ("network_x", "network_y")
     sampling_options = ("sampler", "steps", "eta")
     makes_masks = True
@@ -88,8 +89,7 @@ class PIG(SynthesisModel):
         t = torch.randint(0, self.schedule.timesteps, (image.shape[0],), device=image.device)
         noise_x, noise_y = torch.randn_like(mask), torch.randn_like(image)
         alpha_bar = self.schedule.alpha_bar(t).reshape(-1, 1, 1, 1)
-        x_t = alpha_bar.sqrt() * mask + (1 - alpha_bar).sqrt() * noise_x
-        y_t = alpha_bar.sqrt() * image + (1 - alpha_bar).sqrt() * noise_y
+        x_t, y_t = self.schedule.q_sample(mask, t, noise_x), self.schedule.q_sample(image, t, noise_y)
         with self.autocast():
             output_x = self.network_x(torch.cat([x_t, y_t], 1), timesteps=t).float()
         loss_x = F.mse_loss(output_x, self.schedule.training_target(config.prediction, mask, noise_x, alpha_bar))
@@ -134,7 +134,7 @@ class PIG(SynthesisModel):
         config = self.config
         sampler = sampler or config.sampler
         if steps is None:
-            steps = config.timesteps if sampler == "ddpm" else config.sampling_steps
+            steps = get_sampler(sampler).default_steps(config.timesteps, config.sampling_steps)
         denoise_x, denoise_y = self.denoisers()
         shape = (n, 1, config.image_size, config.image_size)
         mask, image = joint_sample(denoise_x, denoise_y, self.schedule, shape, sampler=sampler, steps=steps,
@@ -143,7 +143,7 @@ class PIG(SynthesisModel):
         return {"image": image, "mask": (mask > config.mask_threshold).float(), "mask_estimate": mask}
 
     def check_sampling(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None) -> None:
-        check_generator_sampling(sampler, steps, eta, JOINT_SAMPLERS)
+        check_options(sampler, steps, eta, default=self.config.sampler, allowed=JOINT_SAMPLERS)
 
     def preview(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         return self.sample(n, sampler="ddim", steps=self.config.preview_steps, eta=0.0, generator=generator)

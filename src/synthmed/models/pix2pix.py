@@ -54,6 +54,7 @@ class Pix2Pix(SynthesisModel):
             "image_size": 64, "generator_channels": 32, "discriminator_channels": 32,
             "batch_size": 16, "steps": 1000,
         },
+        "tiny": {"image_size": 32, "generator_channels": 8, "discriminator_channels": 8, "batch_size": 2, "steps": 10},
     }
     ema_modules = ("generator",)
     takes_context = True

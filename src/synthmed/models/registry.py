@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from typing import Any
 
 from synthmed.errors import SynthmedError
@@ -15,16 +17,30 @@ def register(cls: type[SynthesisModel]) -> type[SynthesisModel]:
     """Class decorator: make a method available by its ``name``."""
     if not cls.name or cls.name in MODELS:
         raise ValueError(f"model name {cls.name!r} missing or registered twice")
-    for required in ("paper", "small"):
+    for required in ("paper", "small", "tiny"):  # tiny: what tests/test_protocol.py runs
         if required not in cls.PRESETS:
             raise ValueError(f"{cls.name} has no {required!r} preset")
     MODELS[cls.name] = cls
     return cls
 
 
+# Modules of this package that hold no method.
+_NOT_METHODS = {"base", "registry"}
+_loaded = False
+
+
 def _load_builtin_models() -> None:
-    # Importing the method modules registers them.
-    from synthmed.models import cyclegan, ddpm, ddpm_gen, gmm_unit, medgan, pig, pix2pix, syndiff, unit  # noqa: F401
+    """Import every module of this package once: a method registers itself with ``@register`` when its file is
+    imported, so adding a method is adding its file."""
+    global _loaded
+    if _loaded:
+        return
+    import synthmed.models as package
+
+    for module in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if module.name not in _NOT_METHODS and not module.name.startswith("_"):
+            importlib.import_module(f"synthmed.models.{module.name}")
+    _loaded = True
 
 
 def model_class(name: str) -> type[SynthesisModel]:

@@ -78,6 +78,8 @@ class UNIT(SynthesisModel):
         "paper": {},
         "small": {"image_size": 64, "base_channels": 16, "n_res": 2, "discriminator_channels": 16, "batch_size": 1,
                   "steps": 1500},
+        "tiny": {"image_size": 32, "base_channels": 8, "n_res": 1, "discriminator_channels": 8, "batch_size": 2,
+                 "steps": 10},
     }
 
     def __init__(self, config: UNITConfig):

@@ -554,7 +554,8 @@ def _scores(pairs: list[tuple[str, Path, Path]], lesions: dict[str, Path], fid: 
     overall scale rather than on the lesion's own narrow range), ``max_normalised`` (:func:`max_normalised_scores`)
     and ``fid`` (None without Inception weights). Each volume is read once."""
     from synthmed.data.io import read_volume
-    from synthmed.metrics import foreground_mask, image_metrics, summarize
+    from synthmed.data.foreground import foreground_mask
+    from synthmed.metrics import image_metrics, summarize
     from synthmed.workflows.evaluate import match_intensity
 
     overall, lesion, normalised = {}, {}, {}

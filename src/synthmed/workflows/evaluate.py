@@ -28,7 +28,8 @@ from synthmed.errors import SynthmedError
 from synthmed.files import (
     json_text, output_lock, record_written, refuse_replacing_foreign, same_file, write_text_atomic,
 )
-from synthmed.metrics import foreground_mask, image_metrics, summarize
+from synthmed.data.foreground import foreground_mask
+from synthmed.metrics import image_metrics, summarize
 
 log = logging.getLogger(__name__)
 

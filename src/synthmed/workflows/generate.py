@@ -21,9 +21,10 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from synthmed.data.generated import FORMATS, GENERATED_NAME, to_unit, write_pair
-from synthmed.data.io import default_file_mode, ensure_writable_folder
+from synthmed.data.io import ensure_writable_folder
+from synthmed.diffusion.samplers import get_sampler
 from synthmed.errors import SynthmedError
-from synthmed.files import json_text, output_lock, ownership_problem, write_marker, write_text_atomic
+from synthmed.files import default_file_mode, json_text, output_lock, ownership_problem, write_marker, write_text_atomic
 from synthmed.workflows.translate import load_run
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def _generate(loaded, run, n: int, out: Path, *, steps, sampler, eta, fmt: str, 
         "checkpoint": loaded.checkpoint.name,
         "n": n,
         "sampler": sampler or config.sampler,
-        "steps": steps if steps is not None else (config.timesteps if (sampler or config.sampler) == "ddpm" else config.sampling_steps),
+        "steps": steps if steps is not None else get_sampler(sampler or config.sampler).default_steps(
+            config.timesteps, config.sampling_steps),
         "eta": config.eta if eta is None else eta,
         "seed": seed,
         "batch_size": batch_size,

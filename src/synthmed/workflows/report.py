@@ -20,7 +20,6 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -318,7 +317,7 @@ def _uncertainty_maps(source: Path, bench: dict, max_subjects: int) -> list[str]
     """Per test subject, for each method translated with several samples: the middle slice of the per-voxel
     standard deviation next to the absolute error, and their correlation inside the head (a useful map is
     large where the error is)."""
-    from synthmed.metrics import foreground_mask
+    from synthmed.data.foreground import foreground_mask
 
     plt = _pyplot()
     prep = load_plan(bench["data"]["prepared"])

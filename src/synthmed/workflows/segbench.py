@@ -392,7 +392,7 @@ def segbench(
     train-split slices that hold a lesion (the slices PIG trains on). Without it FID is recorded as unavailable.
     """
     from synthmed.data.datasets import PreparedData
-    from synthmed.engine.trainer import pick_device
+    from synthmed.runtime.devices import pick_device
 
     data = PreparedData(prep)
     if "label" not in data.arrays:

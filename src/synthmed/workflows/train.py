@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import platform
 from pathlib import Path
 from typing import Any
 
-import torch
-
-import synthmed
 from synthmed.data.datasets import PreparedData, SliceDataset
 from synthmed.data.io import ensure_writable_folder
 from synthmed.data.prepare import check_plan, plan_digest
-from synthmed.engine import distributed
-from synthmed.engine.trainer import Trainer, TrainSettings, pick_device, seed_everything
+from synthmed.engine.trainer import Trainer, TrainSettings
 from synthmed.errors import SynthmedError
 from synthmed.files import (
     MARKER_NAME, json_text, marked_by, output_lock, read_json_record, remove_stale_temporaries, write_marker,
@@ -31,6 +26,9 @@ from synthmed.files import (
 )
 from synthmed.models.registry import available_models, build_model, make_config, model_class
 from synthmed.records import Bool, Choice, Int, Maybe, Record, Str, validate
+from synthmed.runtime import distributed
+from synthmed.runtime.devices import pick_device, seed_everything
+from synthmed.runtime.versions import versions
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +65,6 @@ def is_run_entry(entry: Path) -> bool:
 def legacy_run(folder: Path) -> bool:
     """A run folder written before folders carried markers: run.json and checkpoints/."""
     return (folder / "run.json").is_file() and (folder / "checkpoints").is_dir()
-
-
-def versions() -> dict[str, str]:
-    import monai
-    import numpy
-
-    return {"synthmed": synthmed.__version__, "torch": torch.__version__, "monai": monai.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
 
 
 def train(

@@ -52,13 +52,13 @@ from synthmed.data.input_profile import measure as measure_input
 from synthmed.data.normalize import Normalization, TargetScale, fit_normalization, modality_kind, mr_low
 from synthmed.data.prepare import plan_digest
 from synthmed.engine.checkpoint import load_checkpoint
-from synthmed.engine.trainer import pick_device, set_precision
+from synthmed.runtime.devices import pick_device, set_precision
 from synthmed.errors import SynthmedError
 from synthmed.files import (
     finite_json, output_lock, read_marker, record_written, refuse_overlap, refuse_replacing_foreign,
     remove_stale_temporaries, same_file, temporary_path, write_marker,
 )
-from synthmed.metrics import foreground_mask
+from synthmed.data.foreground import foreground_mask
 from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import config_from_dict, instantiate
 from synthmed.nn.patches import padded_to_multiple
@@ -191,7 +191,10 @@ def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int 
     """Model outputs for normalised slices (N, H, W): the mean over samples and, for K > 1, their std."""
     sampling = sampling or Sampling()
     translate = model.translate if direction == "A2B" else model.translate_reverse
-    forward = lambda images, **kw: padded_to_multiple(lambda x: translate(x, **kw), images, model.size_multiple)
+
+    def forward(images: torch.Tensor, **kw) -> torch.Tensor:
+        return padded_to_multiple(lambda x: translate(x, **kw), images, model.size_multiple)
+
     device = model.device
     options = {k: v for k, v in sampling.options.items() if v is not None}
     context = int(getattr(model.config, "context", 1)) if direction == "A2B" else 1  # reverse networks: 1 slice
