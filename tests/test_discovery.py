@@ -17,13 +17,12 @@ from synthmed.data.discovery import (
     Subject,
     canonical_modality,
     discover,
-    ixi_manifest,
-    lgg_manifest,
     parse_aliases,
     patient_key,
     require_modalities,
     write_manifest,
 )
+from synthmed.data.recipes import ixi_manifest, lgg_manifest
 from synthmed.errors import SynthmedError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"

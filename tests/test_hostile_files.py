@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from numpy.lib import format as npy_format
 
 from synthmed.cli import main
-from synthmed.data import io as sio
+from synthmed.data.formats import common
 from synthmed.data.io import read_volume, write_volume
 from synthmed.errors import SynthmedError
 
@@ -297,9 +297,9 @@ def test_memory_budget_from_the_environment(images, monkeypatch, fmt):
 def test_memory_budget_of_the_machine(images, monkeypatch, capsys, tmp_path):
     path = budget_sources(images)["nifti"][0]
     monkeypatch.delenv("SYNTHMED_MAX_VOLUME_GB", raising=False)
-    budget = sio._memory_budget()
+    budget = common.memory_budget()
     assert budget is None or budget > 0
-    monkeypatch.setattr(sio, "_memory_budget", lambda: 2**17)
+    monkeypatch.setattr(common, "memory_budget", lambda: 2**17)
     assert_cli_refuses(["evaluate", path, path], capsys, tmp_path,
                        f"{path}: its header declares 32x32x32 float32 (256.0 KiB to read as float32), more than the "
                        f"128.0 KiB this machine can give; refusing to allocate it (set SYNTHMED_MAX_VOLUME_GB to "

@@ -12,7 +12,7 @@ import scipy.io
 import SimpleITK as sitk
 from PIL import Image
 
-from synthmed.data import io as sio
+from synthmed.data.formats import numpy_array
 from synthmed.data.io import Volume, is_volume_path, natural_sort_key, read_volume, volume_suffix, write_volume
 from synthmed.errors import SynthmedError
 
@@ -484,7 +484,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
             handle.write(b"\x93NUMPY half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(sio, "_write_npy", half_written)
+    monkeypatch.setattr(numpy_array, "write", half_written)
     with raises("keep.npy", "No space left"):
         write_volume(out, np.zeros((2, 2, 2)), overwrite=True)
     np.testing.assert_array_equal(np.load(out), np.arange(3))  # the old file is untouched

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from synthmed.cli import main
-from synthmed.data.discovery import ixi_manifest, lgg_manifest, write_manifest
+from synthmed.data.discovery import write_manifest
+from synthmed.data.recipes import ixi_manifest, lgg_manifest
 from synthmed.data.prepare import load_plan, prepare
 
 pytestmark = pytest.mark.real

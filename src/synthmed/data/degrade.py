@@ -76,7 +76,9 @@ from tqdm.auto import tqdm
 
 from synthmed.data.discovery import canonical_modality, file_modality, parse_aliases
 from synthmed.data.geometry import slice_axis
-from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
+from synthmed.data.io import (
+    Volume, ensure_writable_folder, is_volume_path, output_suffix, read_volume, volume_suffix, write_volume,
+)
 from synthmed.errors import SynthmedError
 from synthmed.files import (
     json_text, output_lock, record_written, refuse_replacing_foreign, remove_stale_temporaries, temporary_path,
@@ -108,7 +110,6 @@ MOTION_DEG_PER_SEVERITY = 3.0  # largest rotation, degrees, per severity unit
 NOISE_FRACTION_PER_SEVERITY = 0.03  # Rician sigma / reference intensity, per severity unit
 LOWDOSE_REFERENCE_COUNTS = 1000.0  # expected counts at the reference intensity, before the dose fraction
 LOWDOSE_BASE = 4.0  # dose fraction = LOWDOSE_BASE ** -severity
-_IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
 
 # --------------------------------------------------------------------------- checks
@@ -314,12 +315,6 @@ class _Job:
     link: Path | None = None  # where the clean scan is linked beside the degraded one
 
 
-def _output_suffix(path: Path) -> str:
-    """Same format as the input; 2D images become TIFF (float), a DICOM series NIfTI."""
-    suffix = volume_suffix(path)
-    return ".tif" if suffix in _IMAGE_SUFFIXES else suffix or ".nii.gz"
-
-
 def _has_subject_folders(folder: Path) -> bool:
     return any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
 
@@ -348,7 +343,7 @@ def _plan_jobs(input_path: Path, output: Path, kind: str, name: str | None, alia
             raise SynthmedError(f"{entry}: {len(files)} files are {name} ({files[0].name}, {files[1].name}); keep one")
         clean = files[0]
         folder = output / entry.name
-        jobs.append(_Job(clean, folder / f"{out_name}{_output_suffix(clean)}", entry.name, folder / clean.name))
+        jobs.append(_Job(clean, folder / f"{out_name}{output_suffix(clean)}", entry.name, folder / clean.name))
     if not jobs:
         raise SynthmedError(f"{input_path}: no subject folder holds a {name} scan")
     return jobs

@@ -26,8 +26,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from synthmed.data.formats import VOLUME_SUFFIXES
+from synthmed.data.formats.dicom import has_dicom_magic
+from synthmed.data.recipes.lgg import is_lgg_layout, lgg_manifest
 from synthmed.errors import SynthmedError
-from synthmed.data.io import has_dicom_magic
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,6 @@ __all__ = [
     "canonical_modality",
     "discover",
     "image_suffix",
-    "ixi_manifest",
-    "lgg_manifest",
     "parse_aliases",
     "patient_key",
     "require_modalities",
@@ -67,7 +67,7 @@ class Subject:
 
 
 # Longest first, so that '.nii.gz' wins over '.gz'-like endings.
-IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".mat", ".png", ".tiff", ".tif")
+IMAGE_SUFFIXES: tuple[str, ...] = VOLUME_SUFFIXES  # longest first, as suffix matching needs
 
 DEFAULT_ALIASES: dict[str, str] = {
     # T1 (native, pre-contrast)
@@ -224,27 +224,12 @@ def discover(
     if data is None:
         raise SynthmedError("no data given: pass a data folder (one sub-folder per subject), or --manifest FILE")
     root = _existing_dir(data)
-    if _is_lgg_layout(root):
+    if is_lgg_layout(root):
         log.info("%s: the Kaggle LGG layout (RGB slices: t1 = channel 0, flair = 1, t1c = 2; *_mask.tif -> lesion)", root)
         return _discover_manifest(lgg_manifest(root), root, user_aliases)
     return _discover_folders(root, user_aliases)
 
 
-def _is_lgg_layout(root: Path) -> bool:
-    """The Kaggle LGG layout: every sub-folder with ``.tif`` files holds ``<folder>_<n>.tif`` slices, each mask
-    ``<folder>_<n>_mask.tif`` beside its slice, and there is at least one such folder."""
-    found = False
-    for entry in _scandir(root):
-        if not entry.is_dir():
-            continue
-        names = {n for n in os.listdir(entry.path) if n.endswith(".tif")}
-        if not names:
-            continue
-        masks = [n for n in names if n.startswith(entry.name + "_") and n.endswith("_mask.tif")]
-        if not masks or any(n[: -len("_mask.tif")] + ".tif" not in names for n in masks):
-            return False
-        found = True
-    return found
 
 
 def _existing_dir(data: str | Path) -> Path:
@@ -760,51 +745,3 @@ def write_manifest(rows: list[dict], path: str | Path) -> Path:
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
     return path
 
-
-# ----------------------------------------------------------------------------- 2D sample sets
-
-
-def ixi_manifest(root: str | Path, *, absolute: bool = False) -> list[dict]:
-    """Manifest rows for SynDiff's IXI slices: ``T1.mat`` / ``T2.mat`` (key ``data_fs``) as one subject 'ixi'."""
-    root = Path(root)
-    rows = []
-    for modality in ("T1", "T2"):
-        file = root / f"{modality}.mat"
-        if not file.is_file():
-            raise SynthmedError(f"{file}: not found; {root} should hold SynDiff's T1.mat and T2.mat")
-        rows.append({"subject": "ixi", "modality": modality,
-                     "path": str(file.absolute()) if absolute else file.name, "key": "data_fs"})
-    return rows
-
-
-def lgg_manifest(root: str | Path, *, absolute: bool = False) -> list[dict]:
-    """Manifest rows for the Kaggle LGG layout (``root/<patient>/<patient>_<n>.tif`` + ``_<n>_mask.tif``).
-
-    Per patient: ``t1`` (channel 0), ``flair`` (1), ``t1c`` (2) from the glob
-    ``<patient>/<patient>_*[0-9].tif`` (the last character before ``.tif`` is a digit, so masks are
-    excluded) and ``lesion`` from ``<patient>/<patient>_*_mask.tif``. Paths are relative to
-    ``root`` (pass ``root`` as DATA with the manifest) unless ``absolute``.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise SynthmedError(f"{root}: LGG folder not found; pass the folder holding the TCGA_* patient folders")
-    rows: list[dict] = []
-    for entry in _scandir(root):
-        if not entry.is_dir():
-            continue
-        patient = entry.name
-        names = os.listdir(entry.path)
-        if not any(n.endswith("_mask.tif") for n in names):
-            continue
-        prefix = globlib.escape(patient)
-        image = f"{prefix}/{prefix}_*[0-9].tif"
-        mask = f"{prefix}/{prefix}_*_mask.tif"
-        if absolute:
-            image = f"{globlib.escape(str(root.absolute()))}/{image}"
-            mask = f"{globlib.escape(str(root.absolute()))}/{mask}"
-        for modality, channel in (("t1", 0), ("flair", 1), ("t1c", 2)):
-            rows.append({"subject": patient, "modality": modality, "path": image, "channel": channel})
-        rows.append({"subject": patient, "modality": "lesion", "path": mask})
-    if not rows:
-        raise SynthmedError(f"{root}: no patient folders with *_mask.tif slices; expected root/<patient>/<patient>_<n>.tif")
-    return rows

@@ -46,7 +46,9 @@ from synthmed.data.geometry import (
     to_slices,
     uncrop_slices,
 )
-from synthmed.data.io import Volume, ensure_writable_folder, is_volume_path, read_volume, volume_suffix, write_volume
+from synthmed.data.io import (
+    Volume, ensure_writable_folder, is_volume_path, output_suffix, read_volume, volume_suffix, write_volume,
+)
 from synthmed.data.input_profile import differences as input_differences
 from synthmed.data.input_profile import measure as measure_input
 from synthmed.data.normalize import Normalization, TargetScale, fit_normalization, modality_kind, mr_low
@@ -66,7 +68,6 @@ from synthmed.workflows.train import load_run_record
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".tif", ".tiff"}
 # Air in Hounsfield units is -1000; MR magnitudes are not negative. A scan whose 0.5th percentile lies this far
 # below zero is a CT (or a CT-like map), never an MR image.
 CT_AIR_LEVEL = -500.0
@@ -416,7 +417,7 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
                 log.warning("%s: no %s scan in this subject folder; skipped", entry, source)
                 continue
             in_file = files[0]
-            suffix = _output_suffix(in_file)
+            suffix = output_suffix(in_file)
             out_file = output / entry.name / f"{_target_name(loaded)}{suffix}"
             ref = None
             if reference is not None:
@@ -427,7 +428,7 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
                     raise SynthmedError(f"reference folder {reference / entry.name} has no {loaded.plan['target']} scan")
             jobs.append((in_file, out_file, ref))
         elif volume_suffix(entry):
-            out_file = output / (entry.name[: -len(volume_suffix(entry))] + _output_suffix(entry))
+            out_file = output / (entry.name[: -len(volume_suffix(entry))] + output_suffix(entry))
             ref = None
             if reference is not None:
                 ref = reference / entry.name if reference.is_dir() else reference
@@ -452,11 +453,6 @@ def _target_name(loaded: LoadedRun) -> str:
             name = Path(path).name
             return strip_subject_prefix(name[: -len(volume_suffix(Path(name)))], subject)
     return target
-
-
-def _output_suffix(path: Path) -> str:
-    suffix = volume_suffix(path)
-    return ".tif" if suffix in IMAGE_SUFFIXES else suffix or ".nii.gz"
 
 
 def translate(

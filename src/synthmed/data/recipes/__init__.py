@@ -1,0 +1,12 @@
+"""Recipes for public data sets whose files do not follow the one-folder-per-subject layout: each turns a download
+into manifest rows (``subject, modality, path[, key, channel]``) that ``prepare --manifest`` reads.
+
+- :mod:`.lgg`: the Kaggle LGG segmentation set (RGB TIFF slices, masks beside them), also recognised by
+  ``discover`` when given its folder;
+- :mod:`.ixi`: SynDiff's IXI slices (``T1.mat`` / ``T2.mat``).
+"""
+
+from synthmed.data.recipes.ixi import ixi_manifest
+from synthmed.data.recipes.lgg import is_lgg_layout, lgg_manifest
+
+__all__ = ["ixi_manifest", "is_lgg_layout", "lgg_manifest"]
