@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+from abc import ABC, abstractmethod
 from typing import Callable, ClassVar
 
 import torch
@@ -71,7 +72,7 @@ def integer_grid(schedule: NoiseSchedule, points: int) -> list[int]:
     return grid
 
 
-class Sampler:
+class Sampler(ABC):
     """One way to run the reverse process of a trained denoiser."""
 
     name: ClassVar[str]
@@ -86,9 +87,10 @@ class Sampler:
         """The number of network evaluations for a budget of ``steps``."""
         return steps
 
+    @abstractmethod
     def run(self, denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, steps: int, noise: Noise, *,
             eta: float, snr: float, predictor: str) -> torch.Tensor:
-        raise NotImplementedError
+        """x0 from the noise ``x`` in a budget of ``steps``; ``noise()`` draws fresh noise of ``x``'s shape."""
 
     def __repr__(self) -> str:
         return f"<sampler {self.name}>"
@@ -100,10 +102,10 @@ class _Discrete(Sampler):
     def evaluations(self, steps: int, timesteps: int) -> int:
         return min(steps, timesteps)
 
+    @abstractmethod
     def step(self, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, eta: float,
              noise: Noise) -> torch.Tensor:
         """From noise level ``ab`` to ``ab_prev`` given the estimates (x0_hat, eps_hat) at ``x``."""
-        raise NotImplementedError
 
     def run(self, denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, steps: int, noise: Noise, *,
             eta: float, snr: float, predictor: str) -> torch.Tensor:
