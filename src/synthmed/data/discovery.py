@@ -230,8 +230,6 @@ def discover(
     return _discover_folders(root, user_aliases)
 
 
-
-
 def _existing_dir(data: str | Path) -> Path:
     path = Path(os.path.expanduser(str(data)))
     if not path.exists():

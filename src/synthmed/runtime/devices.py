@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
-
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
