@@ -11,8 +11,9 @@ import pytest
 
 from synthmed.data.generated import write_pair
 from synthmed.errors import SynthmedError
-from synthmed.workflows.segbench import (compare_mask_statistics, dice_iou, image_mask_consistency,
-                                         mask_statistics, segbench, segment, train_segmenter)
+from synthmed.metrics import dice_iou
+from synthmed.workflows.segbench import (compare_mask_statistics, image_mask_consistency, mask_statistics, segbench,
+                                         segment, train_segmenter)
 
 
 @pytest.fixture(scope="module")

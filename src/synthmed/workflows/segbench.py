@@ -30,7 +30,7 @@ lesion voxel in the evaluated slices has Dice/IoU ``None`` and is left out of th
 false-positive voxel count). Per seed, the headline is the mean over the scored subjects; per arm, the mean and
 sample standard deviation (``ddof = 1``; ``None`` for one seed) over seeds of those per-seed means.
 
-:func:`dice_iou` on its own: Dice = 2|P∩R| / (|P| + |R|), IoU = |P∩R| / |P∪R| over all voxels it is given;
+:func:`synthmed.metrics.dice_iou` on its own: Dice = 2|P∩R| / (|P| + |R|), IoU = |P∩R| / |P∪R| over all voxels it is given;
 when both are empty it returns (1.0, 1.0) (nothing to find, nothing found).
 
 **Mask statistics** (:func:`mask_statistics`, :func:`compare_mask_statistics`): per-slice lesion area (pixels) and
@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from synthmed.errors import SynthmedError
+from synthmed.metrics import dice_iou
 from synthmed.workflows.train import GENERATOR_MULTIPLE
 
 log = logging.getLogger(__name__)
@@ -167,24 +168,6 @@ def segment(network: nn.Module, images: np.ndarray) -> np.ndarray:
         logits = network(x.to(device))[:, 0]
         out[start:start + len(x)] = (torch.sigmoid(logits) > THRESHOLD).cpu().numpy()
     return out
-
-
-# --------------------------------------------------------------------------- overlap metrics
-
-
-def dice_iou(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two binary masks over all their voxels pooled (any shape; nonzero = inside).
-
-    Empty prediction and empty reference: (1.0, 1.0) by convention (nothing to find, nothing found).
-    """
-    pred, ref = np.asarray(pred) > 0, np.asarray(ref) > 0
-    if pred.shape != ref.shape:
-        raise SynthmedError(f"prediction {pred.shape} and reference {ref.shape} differ in shape")
-    p, r = int(pred.sum()), int(ref.sum())
-    if p + r == 0:
-        return 1.0, 1.0
-    both = int(np.logical_and(pred, ref).sum())
-    return 2.0 * both / (p + r), both / (p + r - both)
 
 
 def _subject_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
