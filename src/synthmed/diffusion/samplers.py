@@ -128,7 +128,8 @@ class AncestralDDPM(_Discrete):
         return timesteps
 
     def step(self, x, x0, eps, ab, ab_prev, eta, noise):
-        return discrete_step(x, x0, eps, ab, ab_prev, 1.0, noise, ancestral=True)
+        mean, variance = posterior_between(x0, x, ab, ab_prev)
+        return mean + math.sqrt(variance) * noise()
 
 
 class DDIM(_Discrete):
@@ -136,7 +137,12 @@ class DDIM(_Discrete):
     uses_eta = True
 
     def step(self, x, x0, eps, ab, ab_prev, eta, noise):
-        return discrete_step(x, x0, eps, ab, ab_prev, eta, noise, ancestral=False)
+        """``eta`` 0: deterministic; 1: the ancestral variance."""
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
+        x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * noise()
+        return x
 
 
 class EulerMaruyama(Sampler):
@@ -238,20 +244,6 @@ def sample(
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
     return SAMPLERS[sampler].run(denoise, schedule, noise(), steps, noise, eta=eta, snr=snr, predictor=predictor)
-
-
-def discrete_step(x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, eta: float, noise,
-                  ancestral: bool) -> torch.Tensor:
-    """One step from noise level ``ab`` to ``ab_prev`` given the estimates (x0_hat, eps_hat) at ``x``: the
-    respaced DDPM posterior (``ancestral``) or DDIM with ``eta`` (0: deterministic). ``noise()`` draws fresh noise."""
-    if ancestral:
-        mean, variance = posterior_between(x0, x, ab, ab_prev)
-        return mean + math.sqrt(variance) * noise()
-    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
-    x = math.sqrt(ab_prev) * x0 + math.sqrt(max(1 - ab_prev - sigma**2, 0.0)) * eps
-    if sigma > 0:
-        x = x + sigma * noise()
-    return x
 
 
 def _em_step(schedule: NoiseSchedule, x: torch.Tensor, eps: torch.Tensor, s: float, ds: float, noise) -> torch.Tensor:

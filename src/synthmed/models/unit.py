@@ -154,7 +154,10 @@ class UNIT(SynthesisModel):
         mu, z = self.encode(stack_b.reshape(n * k, 1, height, width), "b")
         fake_a = self.generator_a(z)
         middle = k // 2
-        pick = lambda t: t.reshape(n, k, *t.shape[1:])[:, middle]  # noqa: E731
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(n, k, *t.shape[1:])[:, middle]
+
         return pick(mu), pick(z), fake_a.reshape(n, k, *fake_a.shape[2:])
 
     # --- training -------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 from synthmed.data.formats import images, itk, matlab, nifti, numpy_array
 from synthmed.data.formats.common import VOLUME_SUFFIXES, Volume
 
