@@ -14,7 +14,7 @@ from PIL import Image
 
 from synthmed.cli import main
 from synthmed.errors import SynthmedError
-from synthmed.workflows.benchmark import benchmark, translation_models
+from synthmed.benchmarking.protocol import benchmark, translation_models
 
 
 def test_quick_suite_records_every_figure_for_every_method(tiny_benchmark):
@@ -148,7 +148,7 @@ def test_report_in_the_max_normalised_convention_says_so_and_shows_those_scores(
 
 def test_max_normalised_scores_ignore_scale_but_not_structure():
     from synthmed.metrics import PSNR_CAP_DB, image_metrics
-    from synthmed.workflows.benchmark import max_normalised_scores
+    from synthmed.benchmarking.scoring import max_normalised_scores
 
     rng = np.random.default_rng(0)
     reference = np.zeros((24, 24, 6), np.float32)
@@ -188,7 +188,7 @@ def test_real_suite_needs_its_folder(tmp_path):
 
 def test_real_suite_manifest_on_the_shared_scans(real_data, tmp_path):
     from synthmed.data.discovery import discover
-    from synthmed.workflows.benchmark import REAL_SUBJECTS, real_suite_manifest
+    from synthmed.data.recipes.shared_real import REAL_SUBJECTS, real_suite_manifest
 
     subjects = {s.id: s for s in discover(real_data, manifest=real_suite_manifest(real_data, tmp_path / "m.csv"))}
     assert set(subjects) == set(REAL_SUBJECTS)

@@ -12,7 +12,7 @@ import pytest
 from synthmed.data.generated import write_pair
 from synthmed.errors import SynthmedError
 from synthmed.metrics import dice_iou
-from synthmed.workflows.segbench import (compare_mask_statistics, image_mask_consistency, mask_statistics, segbench,
+from synthmed.benchmarking.downstream import (compare_mask_statistics, image_mask_consistency, mask_statistics, segbench,
                                          segment, train_segmenter)
 
 

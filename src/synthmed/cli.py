@@ -61,6 +61,8 @@ def _parse_value(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from synthmed.benchmarking.suites import SUITES  # declarations only: cheap to import
+
     parser = argparse.ArgumentParser(prog="synthmed", description="Medical image synthesis: translate modalities, generate images with masks.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -184,11 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("benchmark", help="every translation method, one protocol: train, translate, evaluate")
-    p.add_argument("--suite", default="quick", choices=["quick", "full", "real"],
-                   help="quick: 6 phantoms of 32^3, 200 steps (minutes on a CPU); full: 10 of 64^3, 3000 steps; "
-                        "real: the BraTS and MS scans of --data (as ../shared/data/real), four tasks, 1000 steps")
+    p.add_argument("--suite", default="quick", choices=list(SUITES),
+                   help="; ".join(f"{name}: {suite.description}" for name, suite in SUITES.items()).replace("%", "%%"))
     p.add_argument("--out", required=True, help="folder for benchmark.json/.csv, runs, outputs and logs")
-    p.add_argument("--models", help="comma list (default: every translation method)")
+    p.add_argument("--models", help="comma list of MODEL or MODEL:PRESET (default: the suite's methods, else every "
+                                    "translation method at preset small)")
     p.add_argument("--data", help="your data instead of phantoms (any layout prepare reads); --suite real: the "
                                   "folder that holds brats/ and ms/")
     p.add_argument("--pattern")
@@ -314,7 +316,7 @@ def run_command(args: argparse.Namespace) -> int:
         what = "image + mask pairs" if info["masks"] else "images (this generator makes no masks)"
         print(f"generated {info['n']} {what} in {info['seconds']} s into {args.out} (contact_sheet.png)")
     elif args.verb == "benchmark":
-        from synthmed.workflows.benchmark import benchmark
+        from synthmed.benchmarking.protocol import benchmark
 
         report = benchmark(args.out, suite=args.suite, models=args.models.split(",") if args.models else None,
                            data=args.data, pattern=args.pattern, manifest=args.manifest, source=args.source,
@@ -325,18 +327,23 @@ def run_command(args: argparse.Namespace) -> int:
                            overwrite=args.overwrite, progress=progress)
         tasks = report["tasks"] if "tasks" in report else {"": {"identity": report["identity"]["overall"]["mean"],
                                                                "methods": {m: e["summary"] for m, e in
-                                                                           report["methods"].items()}}}
+                                                                           report["methods"].items()},
+                                                               "ranking": report.get("ranking")}}
         for name, task in tasks.items():
             if name:
                 print(f"{task['source']} -> {task['target']}")
-            print(f"{'method':<12} {'PSNR':>7} {'SSIM':>7} {'train s':>8}\n{'identity':<12} "
+            print(f"{'method':<22} {'PSNR':>7} {'SSIM':>7} {'train s':>8}\n{'identity':<22} "
                   f"{task['identity']['psnr']:7.2f} {task['identity']['ssim']:7.3f}")
             for method, summary in task["methods"].items():
-                print(f"{method:<12} {summary['overall_psnr']['mean']:7.2f} {summary['overall_ssim']['mean']:7.3f} "
+                print(f"{method:<22} {summary['overall_psnr']['mean']:7.2f} {summary['overall_ssim']['mean']:7.3f} "
                       f"{summary['train_seconds']['mean']:8.1f}")
+            claim = (task.get("ranking") or {}).get("claim")
+            if claim and claim["holds_psnr"] is not None:
+                print(f"claim {' > '.join(claim['order'])}: {'holds' if claim['holds_psnr'] else 'does not hold'} "
+                      "by PSNR")
         print(f"results: {Path(args.out) / 'benchmark.json'} ({report['seconds']} s)")
     elif args.verb == "report":
-        from synthmed.workflows.report import report
+        from synthmed.benchmarking.report import report
 
         written = report(args.source, args.out, slices_per_subject=args.slices, convention=args.convention,
                          overwrite=args.overwrite)

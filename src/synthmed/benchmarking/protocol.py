@@ -2,9 +2,10 @@
 
 For each method of the suite (or ``--models``) and each repeat (seed):
 
-1. **data** (once): phantoms written by ``synthmed phantom`` (default), or ``--data DIR`` (any layout ``prepare``
-   reads, with ``--pattern`` / ``--manifest``), prepared once for ``source -> target`` with the lesion map as label
-   when the data has one; split by subject with the suite's fixed seed;
+1. **data** (once per task): phantoms written by ``synthmed phantom`` (default), or ``--data DIR`` (any layout
+   ``prepare`` reads, with ``--pattern`` / ``--manifest``), degraded first for a restoration task (``synthmed
+   degrade``), prepared once for ``source -> target`` with the lesion map as label when the data has one; split by
+   subject with the suite's fixed seed;
 2. **train**: ``synthmed train PREP --model M --preset P --steps B --seed S`` in its own process, so its peak
    resident memory (``ru_maxrss`` from ``os.wait4``) is its own; with ``--budget-minutes`` every method also stops
    after that much training time (``train --max-minutes``), an equal-time comparison;
@@ -13,8 +14,10 @@ For each method of the suite (or ``--models``) and each repeat (seed):
    samples per slice from the stochastic methods (diffusion): their mean is scored and their per-voxel standard
    deviation is the uncertainty map the report shows;
 4. **evaluate** in the target's units inside the reference's foreground, and inside the lesion where the subject
-   has a label; the identity baseline (the source scan mapped onto the reference's scale by the same percentiles)
-   is scored the same way.
+   has a label (:mod:`synthmed.benchmarking.scoring`); the identity baseline (the source scan mapped onto the
+   reference's scale by the same percentiles) is scored the same way. A task with ``reverse`` also scores the
+   methods trained both ways on target -> source (``translate --direction B2A``) with the same runs, in a task
+   folder of its own.
 
 Metrics (see the README, *Metrics*): PSNR (data range = the reference's range inside the mask), SSIM as the mean of
 2D slice SSIMs and as 3D SSIM, MAE and NMSE, in target units (HU for CT); the same inside the lesion with the head's
@@ -29,78 +32,43 @@ translate seconds per volume, peak RSS of training and of translation, parameter
 ``DIR/benchmark.json`` and ``DIR/benchmark.csv`` (one row per method and repeat); ``DIR/runs``, ``DIR/outputs``
 and ``DIR/logs`` keep the runs, translations and process logs for the report.
 
-Suites: ``quick`` (6 phantoms of 32^3, the ``small`` presets, 200 steps at batch 8; minutes on a CPU: a smoke
-test of the whole protocol, not a ranking), ``full`` (10 phantoms of 64^3, ``small`` presets, 3000 steps: hours on
-a CPU, for a GPU) and ``real`` (``--data`` = a folder laid out as ``../shared/data/real``: the BraTS-layout and MS
-scans, 64 px, 1000 steps; four tasks, T1 -> T2, T2 -> T1, T1 -> T1c, T2 -> FLAIR, each in its own sub-folder, or
-the one task ``--source``/``--target`` name; see :data:`REAL_SUBJECTS`).
+The suites are declared in :mod:`synthmed.benchmarking.suites`; a suite of one task writes its results into
+``DIR``, a suite of several tasks one folder per task and an index in ``DIR/benchmark.json``. Each task's record
+ranks the methods and says whether the ordering a paper claims held (:func:`~synthmed.benchmarking.scoring.rank_methods`).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import shlex
-import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from synthmed.benchmarking.layout import TaskFolder
+from synthmed.benchmarking.results import write_index, write_task_record
+from synthmed.benchmarking.runner import child_env, run_measured, synthmed_command
+from synthmed.benchmarking.scoring import FidScorer, rank_methods, score_pairs, summarize_repeats
+from synthmed.benchmarking.suites import Method, Suite, Task, get_suite
 from synthmed.data.io import ensure_writable_folder
 from synthmed.data.prepare import load_plan
+from synthmed.data.recipes.shared_real import real_suite_manifest
 from synthmed.errors import SynthmedError
-from synthmed.files import (
-    json_text, output_lock, read_json_record, remove_owned_folder, write_marker, write_text_atomic,
-)
+from synthmed.files import output_lock, read_json_record, remove_owned_folder, write_marker
 from synthmed.models.registry import available_models
-from synthmed.records import Int, ListOf, MapOf, Record, Str, validate
 from synthmed.workflows.train import is_run_entry, legacy_run
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Suite:
-    subjects: int
-    size: int
-    steps: int
-    batch_size: int
-    preset: str = "small"
-    source: str = "T1"
-    target: str = "T2"
-    split: str = "0.5,0.17,0.33"
-
-
-SUITES = {
-    "quick": Suite(subjects=6, size=32, steps=200, batch_size=8),
-    "full": Suite(subjects=10, size=64, steps=3000, batch_size=8, split="0.6,0.2,0.2"),
-    "real": Suite(subjects=4, size=64, steps=1000, batch_size=8, split="manifest"),
-}
-METRICS = ("psnr", "ssim", "ssim3d", "mae", "nmse", "psnr_fit", "ssim_fit", "psnr_dz")
-MAX_NORMALISED_METRICS = ("psnr", "ssim")
-REAL_TASKS = (("t1", "t2"), ("t2", "t1"), ("t1", "t1c"), ("t2", "flair"))
-# The real suite's scans (relative to --data), as in ../shared/data/real: subject -> (folder, files by modality,
-# lesion label file or None, split). The two scans with a lesion label are the test subjects, so every test
-# subject is also scored inside its lesion. IXI's slices (one subject, T1/T2 only) cannot be split by subject and
-# are not part of it.
-REAL_SUBJECTS: dict[str, tuple[str, dict[str, str], str | None, str]] = {
-    "BraTS-GLI-00001-000": ("brats/BraTS-GLI-00001-000", {
-        "t1": "BraTS-GLI-00001-000-t1n.nii.gz", "t1c": "BraTS-GLI-00001-000-t1c.nii.gz",
-        "t2": "BraTS-GLI-00001-000-t2w.nii.gz", "flair": "BraTS-GLI-00001-000-t2f.nii.gz"}, None, "train"),
-    "AURORA-MET-example": ("brats/AURORA-MET-example", {
-        "t1": "t1.nii.gz", "t1c": "t1c.nii.gz", "t2": "t2.nii.gz", "flair": "flair.nii.gz"}, None, "train"),
-    "TCGA-DU-7294": ("brats/TCGA-DU-7294", {
-        "t1": "TCGA-DU-7294_t1_bet.nii.gz", "t1c": "TCGA-DU-7294_t1c_bet.nii.gz",
-        "t2": "TCGA-DU-7294_t2_bet.nii.gz", "flair": "TCGA-DU-7294_fla_bet.nii.gz"},
-        "TCGA-DU-7294_seg_fused_mav.nii.gz", "test"),
-    "patient07": ("ms/patient07", {
-        modality: f"{name}_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
-        for modality, name in (("t1", "T1"), ("t1c", "T1POST"), ("t2", "T2"), ("flair", "FLAIR"))},
-        "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz", "test"),
+PROTOCOL_TEXT = ("held-out test subjects; target units; inside the reference's foreground (and inside the lesion where "
+                 "the subject has a label); PSNR data range = reference range in the region; SSIM = mean of 2D slice "
+                 "SSIMs, SSIM 3D with a 3D window; outputs scaled by the reference's two robust percentiles, the "
+                 "identity baseline mapped by the same two")
+CONVENTIONS = {
+    "toolkit": "target units, inside the reference's foreground, PSNR data range = the reference's range there",
+    "max_normalised": ("SynDiff's test code: each axial slice that holds the head, negatives clipped to 0, divided by "
+                       "its own maximum (prediction and reference separately); PSNR with data range 1 and 2D SSIM "
+                       "over the whole slice; mean over slices"),
 }
 
 
@@ -108,7 +76,9 @@ REAL_SUBJECTS: dict[str, tuple[str, dict[str, str], str | None, str]] = {
 class Protocol:
     """What every method of one benchmark shares besides the data."""
 
-    models: tuple[str, ...]
+    methods: tuple[Method, ...]
+    steps: int
+    batch_size: int
     repeats: int = 1
     seed: int = 0
     threads: int | None = None
@@ -118,6 +88,16 @@ class Protocol:
     inception_weights: str | None = None
     inception_variant: str = "auto"
     progress: bool = True
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the scans come from: ``folder`` (None: phantoms drawn by the benchmark) read as ``prepare`` reads it."""
+
+    folder: Path | None
+    pattern: str | None = None
+    manifest: Path | None = None
+    label: str | None = None
 
 
 def translation_models() -> list[str]:
@@ -149,30 +129,27 @@ def benchmark(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the suite into ``out``; returns what ``benchmark.json`` holds."""
-    if suite not in SUITES:
-        raise SynthmedError(f"--suite {suite}: use one of {', '.join(SUITES)}")
-    config = SUITES[suite]
-    config = replace(config, **{k: v for k, v in (("steps", budget_steps), ("batch_size", batch_size),
-                                                   ("source", source), ("target", target)) if v is not None})
+    chosen = get_suite(suite)
+    steps = budget_steps if budget_steps is not None else chosen.steps
     if budget_minutes is not None and budget_steps is None:
-        config = replace(config, steps=1_000_000)  # the time budget stops training; schedules see this length
-    if config.steps < 1 or config.batch_size < 1 or repeats < 1 or samples < 1:
+        steps = 1_000_000  # the time budget stops training; schedules see this length
+    batch_size = batch_size if batch_size is not None else chosen.batch_size
+    if steps < 1 or batch_size < 1 or repeats < 1 or samples < 1:
         raise SynthmedError("--budget-steps, --batch-size, --repeats and --samples must be at least 1")
     if budget_minutes is not None and not budget_minutes > 0:
         raise SynthmedError(f"--budget-minutes {budget_minutes}: must be more than 0")
-    known = translation_models()
-    chosen = models or known
-    unknown = [m for m in chosen if m not in available_models()]
-    if unknown:
-        raise SynthmedError(f"--models: unknown {', '.join(unknown)}; available: {', '.join(known)}")
-    generators = [m for m in chosen if m not in known]
-    if generators:
-        raise SynthmedError(f"--models: {', '.join(generators)} generate(s) rather than translate; this protocol "
-                            "scores translations (see benchmarks/segbench.py for generators)")
+    methods = _methods(chosen, models)
     if inception_weights is not None and not Path(inception_weights).is_file():
         raise SynthmedError(f"--inception-weights {inception_weights}: no such file")
-    protocol = Protocol(models=tuple(chosen), repeats=repeats, seed=seed, threads=threads, device=device,
-                        budget_minutes=budget_minutes, samples=samples,
+    tasks = _tasks(chosen, source, target)
+    if chosen.data == "real":
+        if pattern or manifest or label:
+            raise SynthmedError("--suite real builds its own manifest from --data; drop --pattern/--manifest/--label")
+        if data is None:
+            raise SynthmedError("--suite real reads real scans: pass --data with the folder that holds brats/ and ms/ "
+                                "(e.g. ../shared/data/real)")
+    protocol = Protocol(methods=methods, steps=steps, batch_size=batch_size, repeats=repeats, seed=seed,
+                        threads=threads, device=device, budget_minutes=budget_minutes, samples=samples,
                         inception_weights=str(Path(inception_weights).resolve()) if inception_weights else None,
                         inception_variant=inception_variant, progress=progress)
     out = Path(out)
@@ -181,230 +158,287 @@ def benchmark(
     if out.exists() and (out / "benchmark.json").exists() and not overwrite:
         raise SynthmedError(f"{out} holds a benchmark already; pass --overwrite or choose another --out")
     with output_lock(out):
-        return _run_suite(out, suite, config, protocol, data=data, pattern=pattern, manifest=manifest, source=source,
-                          target=target, label=label)
+        ensure_writable_folder(out)
+        write_marker(out, "benchmark")
+        source_data = DataSource(Path(data) if data is not None else None, pattern,
+                                 Path(manifest) if manifest else None, label)
+        if chosen.data == "real":
+            source_data = DataSource(Path(data), manifest=real_suite_manifest(data, out / "manifest.csv"))
+        if chosen.data != "real" and len(tasks) == 1 and not tasks[0].reverse:
+            return _run_task(TaskFolder(out), tasks[0], chosen, protocol, source_data)
+        return _run_tasks(out, tasks, chosen, protocol, source_data)
 
 
-def _run_suite(out: Path, suite: str, config: Suite, protocol: Protocol, *, data, pattern, manifest, source, target,
-               label) -> dict[str, Any]:
-    if suite == "real":
-        if pattern or manifest or label:
-            raise SynthmedError("--suite real builds its own manifest from --data; drop --pattern/--manifest/--label")
-        if bool(source) != bool(target):
-            raise SynthmedError("--suite real: give both --source and --target (one task) or neither (all four)")
-        tasks = [(source.lower(), target.lower())] if source and target else list(REAL_TASKS)
-        return _real_suite(out, data, tasks, config, protocol)
-    ensure_writable_folder(out)
-    write_marker(out, "benchmark")
-    return _benchmark_task(out, suite, config, protocol, data=data, pattern=pattern, manifest=manifest, label=label)
+def _methods(suite: Suite, models: list[str] | None) -> tuple[Method, ...]:
+    """The suite's methods, or ``--models`` (``MODEL`` or ``MODEL:PRESET``); every one a known translator with that
+    preset."""
+    known = translation_models()
+    if models:
+        methods = tuple(Method.parse(text) for text in models)
+    else:
+        methods = suite.methods or tuple(Method(name) for name in known)
+    unknown = [m.model for m in methods if m.model not in available_models()]
+    if unknown:
+        raise SynthmedError(f"--models: unknown {', '.join(unknown)}; available: {', '.join(known)}")
+    generators = [m.model for m in methods if m.model not in known]
+    if generators:
+        raise SynthmedError(f"--models: {', '.join(generators)} generate(s) rather than translate; this protocol "
+                            "scores translations (see benchmarks/segbench.py for generators)")
+    for method in methods:
+        presets = available_models()[method.model].PRESETS
+        if method.preset not in presets:
+            raise SynthmedError(f"--models {method.model}:{method.preset}: no such preset; {method.model} has "
+                                f"{', '.join(presets)}")
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        raise SynthmedError(f"--models: {', '.join(labels)} names a method twice")
+    return methods
 
 
-_TASK_SCHEMA = Record({
-    "data": Record({"source": Str(100), "target": Str(100), "prepared": Str(),
-                    "split": Record({name: ListOf(Str()) for name in ("train", "val", "test")})}),
-    "settings": Record({"steps": Int(1), "batch_size": Int(1)}),
-    "protocol": Str(10_000),
-    "identity": Record({}),
-    "methods": MapOf(Record({"repeats": ListOf(Record({"seed": Int()}), min_length=1), "summary": Record({})})),
-})
-_INDEX_SCHEMA = Record({"tasks": MapOf(Record({"folder": Str(200)}))})
+def _tasks(suite: Suite, source: str | None, target: str | None) -> tuple[Task, ...]:
+    """The suite's tasks, or the one task ``--source``/``--target`` name (the other side kept from the suite's
+    first task when only one is given; the real suite needs both)."""
+    if not source and not target:
+        return suite.tasks
+    if suite.data == "real" and bool(source) != bool(target):
+        raise SynthmedError("--suite real: give both --source and --target (one task) or neither (all four)")
+    first = suite.tasks[0]
+    source, target = source or first.source, target or first.target
+    if suite.data == "real":
+        source, target = source.lower(), target.lower()
+    return (Task(source, target, reverse=any(task.reverse for task in suite.tasks)),)
 
 
-def load_benchmark_record(path: str | Path) -> dict[str, Any]:
-    """A ``benchmark.json``, checked: a suite index (``tasks``) or one task's results, every field the report
-    reads present and of the right type (a one-line error naming the field otherwise)."""
-    path = Path(path)
-    fix = "run the benchmark again into a new --out"
-    record = read_json_record(path, "benchmark record", fix)
-    if isinstance(record, dict) and "tasks" in record:
-        record = validate(record, _INDEX_SCHEMA, path, fix)
-        for name, task in record["tasks"].items():
-            if Path(task["folder"]).is_absolute() or ".." in Path(task["folder"]).parts:
-                raise SynthmedError(f"{path}: field tasks.{name}.folder {task['folder']!r} must name a folder inside "
-                                    f"the benchmark folder; {fix}")
-        return record
-    return validate(record, _TASK_SCHEMA, path, fix)
-
-
-def real_suite_manifest(root: str | Path, out: str | Path) -> Path:
-    """Write the real suite's manifest (CSV: subject, modality, path, split, label) for the scans of
-    :data:`REAL_SUBJECTS` under ``root``; refuses a folder that lacks any of them."""
-    root = Path(root)
-    if not root.is_dir():
-        raise SynthmedError(f"--suite real: {root} is not a folder; pass --data with the folder that holds brats/ "
-                            "and ms/ (as ../shared/data/real)")
-    lines, missing = ["subject,modality,path,split,label"], []
-    for subject, (folder, files, label, split) in REAL_SUBJECTS.items():
-        label_path = root / folder / label if label else None
-        for modality, name in files.items():
-            path = root / folder / name
-            missing += [str(p) for p in (path, label_path) if p is not None and not p.is_file()]
-            lines.append(f"{subject},{modality},{path.resolve()},{split},{label_path.resolve() if label_path else ''}")
-    if missing:
-        raise SynthmedError(f"--suite real: {len(set(missing))} file(s) missing under {root}, e.g. {sorted(missing)[0]}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, "\n".join(lines) + "\n")
-    return out
-
-
-def _real_suite(out: Path, data: str | Path | None, tasks: list[tuple[str, str]], config: Suite,
-                protocol: Protocol) -> dict[str, Any]:
-    """Every task of the real suite in ``out/<source>-to-<target>``; ``out/benchmark.json`` lists them."""
-    if data is None:
-        raise SynthmedError("--suite real reads real scans: pass --data with the folder that holds brats/ and ms/ "
-                            "(e.g. ../shared/data/real)")
-    ensure_writable_folder(out)
-    write_marker(out, "benchmark")
-    manifest = real_suite_manifest(data, out / "manifest.csv")
+def _run_tasks(out: Path, tasks: tuple[Task, ...], suite: Suite, protocol: Protocol,
+               data: DataSource) -> dict[str, Any]:
+    """Every task in ``out/<task>`` (its reverse in ``out/<reverse task>``); ``out/benchmark.json`` lists them."""
     started = time.perf_counter()
-    index: dict[str, Any] = {"benchmark": "synthmed benchmark", "suite": "real", "data": str(Path(data).resolve()),
-                             "manifest": str(manifest), "tasks": {}}
-    for source, target in tasks:
-        name = f"{source}-to-{target}"
-        if protocol.progress:
-            print(f"[benchmark] task {source} -> {target}", file=sys.stderr, flush=True)
-        folder = out / name
-        folder.mkdir(exist_ok=True)
-        result = _benchmark_task(folder, "real", replace(config, source=source, target=target), protocol,
-                                 data=Path(data), manifest=manifest, label=None)
-        index["tasks"][name] = {"folder": name, "source": source, "target": target,
+    index: dict[str, Any] = {"benchmark": "synthmed benchmark", "suite": suite.name,
+                             "description": suite.description, "tasks": {}}
+    if data.folder is not None:
+        index["data"] = str(data.folder.resolve())
+    if data.manifest is not None:
+        index["manifest"] = str(data.manifest)
+    if data.folder is None:  # every task draws from the same phantoms
+        data = DataSource(_phantoms(TaskFolder(out), suite, protocol), label=data.label or "lesion")
+
+    def add(name: str, task_source: str, task_target: str, result: dict[str, Any]) -> None:
+        index["tasks"][name] = {"folder": name, "source": task_source, "target": task_target,
                                 "identity": result["identity"]["overall"]["mean"],
-                                "methods": {m: e["summary"] for m, e in result["methods"].items()}}
+                                "methods": {m: e["summary"] for m, e in result["methods"].items()},
+                                "ranking": result.get("ranking")}
         index["seconds"] = round(time.perf_counter() - started, 1)
-        write_text_atomic(out / "benchmark.json", json_text(index, default=_plain))
+        write_index(out, index)
+
+    for task in tasks:
+        _say(protocol, f"task {task.name}")
+        folder = TaskFolder(out / task.name)
+        folder.root.mkdir(exist_ok=True)
+        result = _run_task(folder, task, suite, protocol, data)
+        add(task.name, result["data"]["source"], result["data"]["target"], result)
+        if task.reverse:
+            _say(protocol, f"task {task.reverse_name}")
+            reverse = TaskFolder(out / task.reverse_name, runs_root=folder.root / "runs")
+            reverse.root.mkdir(exist_ok=True)
+            result = _run_reverse(reverse, folder, task, suite, protocol, data)
+            add(task.reverse_name, result["data"]["source"], result["data"]["target"], result)
     index["complete"] = True
-    write_text_atomic(out / "benchmark.json", json_text(index, default=_plain))
+    write_index(out, index)
     return index
 
 
-def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *, data: str | Path | None,
-                    pattern: str | None = None, manifest: str | Path | None = None,
-                    label: str | None = None) -> dict[str, Any]:
-    """One source -> target benchmark in ``out``: data, then every method and repeat; returns benchmark.json."""
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
-    env = {**os.environ}
-    if protocol.threads:
-        env.update(OMP_NUM_THREADS=str(protocol.threads), MKL_NUM_THREADS=str(protocol.threads))
-    started = time.perf_counter()
-    seed = protocol.seed
+def _phantoms(folder: TaskFolder, suite: Suite, protocol: Protocol) -> Path:
+    if not (folder.phantoms / "sub-001").is_dir():
+        seed = suite.phantom_seed if suite.phantom_seed is not None else protocol.seed
+        _cli(folder, protocol, ["phantom", str(folder.phantoms), "--subjects", str(suite.subjects), "--size",
+                                str(suite.size), "--seed", str(seed), "--overwrite"], "phantom.log")
+    return folder.phantoms
 
-    def cli(arguments: list[str], log_name: str) -> dict[str, float]:
-        return _measured([sys.executable, "-m", "synthmed", *arguments, "--quiet"], env, logs / log_name)
 
-    # 1. data
-    if data is None:
-        data = out / "phantoms"
-        if not (data / "sub-001").is_dir():
-            cli(["phantom", str(data), "--subjects", str(config.subjects), "--size", str(config.size),
-                 "--seed", str(seed), "--overwrite"], "phantom.log")
-        label = label or "lesion"
-    prep = out / "prep"
-    arguments = ["prepare", str(data), "--source", config.source, "--target", config.target, "--out", str(prep),
-                 "--size", str(config.size), "--seed", str(seed)]
-    if config.split != "manifest":  # the real suite's manifest fixes every subject's split
-        arguments += ["--split", config.split]
-    if label:
-        arguments += ["--label", label]
-    if pattern:
-        arguments += ["--pattern", pattern]
-    if manifest:
-        arguments += ["--manifest", str(manifest)]
-    if not (prep / "plan.json").is_file():
-        cli(arguments, "prepare.log")
-    plan = load_plan(prep)
+def _prepared(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
+              data: DataSource) -> tuple[dict, DataSource, str, str]:
+    """The task's prepared folder (made once; a rerun reuses it), the data it was prepared from and the source and
+    target names ``prepare`` was given."""
+    if data.folder is None:
+        data = DataSource(_phantoms(folder, suite, protocol), label=data.label or "lesion")
+    source, target = task.source, task.target
+    if task.degrade:
+        if not any(folder.degraded.glob("*/*")):
+            _cli(folder, protocol, ["degrade", str(data.folder), str(folder.degraded), "--name", task.source,
+                                    "--kind", task.degrade, "--severity", "1", "--seed", str(protocol.seed),
+                                    "--overwrite"], "degrade.log")
+        # degrade links the clean scan beside the degraded one, nothing else: no lesion label there
+        data = DataSource(folder.degraded)
+        source = f"{task.source}_{task.degrade}"
+    arguments = ["prepare", str(data.folder), "--source", source, "--target", target, "--out", str(folder.prep),
+                 "--size", str(suite.size), "--seed", str(protocol.seed)]
+    if suite.split != "manifest":  # the real suite's manifest fixes every subject's split
+        arguments += ["--split", suite.split]
+    for option, value in (("--label", data.label), ("--pattern", data.pattern), ("--manifest", data.manifest)):
+        if value:
+            arguments += [option, str(value)]
+    if not (folder.prep / "plan.json").is_file():
+        _cli(folder, protocol, arguments, "prepare.log")
+    plan = load_plan(folder.prep)
     from synthmed.data.discovery import canonical_modality
 
-    wanted = (canonical_modality(config.source, {}), canonical_modality(config.target, {}), config.size)
+    wanted = (canonical_modality(source, {}), canonical_modality(target, {}), suite.size)
     if (plan["source"], plan["target"], int(plan["size"])) != wanted:
-        raise SynthmedError(f"{prep} holds {plan['source']} -> {plan['target']} at {plan['size']} px, not "
+        raise SynthmedError(f"{folder.prep} holds {plan['source']} -> {plan['target']} at {plan['size']} px, not "
                             f"{wanted[0]} -> {wanted[1]} at {wanted[2]} px; choose another --out")
-    test_subjects = plan["split"]["test"]
-    if not test_subjects:
-        raise SynthmedError(f"{prep}: no test subjects; the benchmark scores held-out subjects only")
-    references = {s: Path(plan["volumes"][s]["files"][plan["target"]]) for s in test_subjects}
-    sources = {s: Path(plan["volumes"][s]["files"][plan["source"]]) for s in test_subjects}
-    lesions = _lesion_masks(plan, label, out / "masks", Path(data), pattern, manifest)
-    fid = _FidScorer(protocol.inception_weights, protocol.inception_variant)
+    if not plan["split"]["test"]:
+        raise SynthmedError(f"{folder.prep}: no test subjects; the benchmark scores held-out subjects only")
+    return plan, data, source, target
 
-    report: dict[str, Any] = {
-        "benchmark": "synthmed benchmark", "suite": suite,
-        "settings": {**asdict(config), "repeats": protocol.repeats, "seed": seed, "threads": protocol.threads,
-                     "device": protocol.device, "budget_minutes": protocol.budget_minutes,
-                     "samples": protocol.samples, "inception_weights": protocol.inception_weights},
-        "data": {"folder": str(data), "prepared": str(prep), "source": plan["source"], "target": plan["target"],
-                 "label": plan.get("label") or ("manifest" if lesions else None), "split": plan["split"],
-                 "lesion_subjects": sorted(lesions)},
-        "protocol": ("held-out test subjects; target units; inside the reference's foreground (and inside the "
-                     "lesion where the subject has a label); PSNR data range = reference range in the region; "
-                     "SSIM = mean of 2D slice SSIMs, SSIM 3D with a 3D window; outputs scaled by the reference's "
-                     "two robust percentiles, the identity baseline mapped by the same two"),
-        "conventions": {
-            "toolkit": "target units, inside the reference's foreground, PSNR data range = the reference's range there",
-            "max_normalised": ("SynDiff's test code: each axial slice that holds the head, negatives clipped to 0, "
-                               "divided by its own maximum (prediction and reference separately); PSNR with data "
-                               "range 1 and 2D SSIM over the whole slice; mean over slices"),
-        },
-        "fid": fid.status,
-        "identity": _scores([(s, sources[s], references[s]) for s in test_subjects], lesions, fid, match=True),
-        "methods": {},
-    }
-    for model in protocol.models:
+
+def _run_task(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol, data: DataSource) -> dict[str, Any]:
+    """One source -> target task in ``folder``: data, then every method and repeat; returns its benchmark.json."""
+    started = time.perf_counter()
+    plan, data, _, _ = _prepared(folder, task, suite, protocol, data)
+    test_subjects = plan["split"]["test"]
+    sources = {s: Path(plan["volumes"][s]["files"][plan["source"]]) for s in test_subjects}
+    references = {s: Path(plan["volumes"][s]["files"][plan["target"]]) for s in test_subjects}
+    lesions = _lesion_masks(plan, folder.masks, data)
+    fid = FidScorer(protocol.inception_weights, protocol.inception_variant)
+    record = _task_record(folder, suite, protocol, plan, data, lesions, fid, plan["source"], plan["target"])
+    pairs = [(s, sources[s], references[s]) for s in test_subjects]
+    record["identity"] = score_pairs(pairs, lesions, fid, match=True)
+    if task.degrade:  # the degraded scan is in the clean scan's units already
+        record["identity_unmatched"] = score_pairs(pairs, lesions, fid)
+    inputs = _test_folder(folder, sources, plan["source"], "inputs")
+    reference_folder = _test_folder(folder, references, plan["target"], "references")
+    for method in protocol.methods:
         entries = []
         for repeat in range(protocol.repeats):
-            run_seed = seed + repeat
-            run = out / "runs" / f"{model}-seed{run_seed}"
-            if not _reusable(run, config, protocol):
-                remove_owned_folder(run, "train", is_run_entry, legacy=legacy_run)
-                train_arguments = ["train", str(prep), "--model", model, "--preset", config.preset, "--out", str(run),
-                                   "--steps", str(config.steps), "--batch-size", str(config.batch_size),
-                                   "--seed", str(run_seed), "--device", protocol.device,
-                                   "--val-every", str(config.steps)]
-                if protocol.budget_minutes is not None:
-                    train_arguments += ["--max-minutes", str(protocol.budget_minutes)]
-                train_usage = cli(train_arguments, f"train-{model}-seed{run_seed}.log")
-            else:
-                train_usage = {"peak_rss_mb": None, "wall_seconds": None, "reused": True}
-            summary = read_json_record(run / "train_summary.json", "training summary",
-                                       f"remove {run} and run the benchmark again")
-            outputs = out / "outputs" / f"{model}-seed{run_seed}"
-            translate_arguments = ["translate", str(run), str(_test_folder(out, sources, plan["source"])),
-                                   str(outputs), "--reference",
-                                   str(_test_folder(out, references, plan["target"], "references")),
-                                   "--checkpoint", "last", "--device", protocol.device, "--overwrite"]
-            stochastic = available_models()[model].stochastic
-            if stochastic and protocol.samples > 1:
-                translate_arguments += ["--samples", str(protocol.samples), "--seed", str(run_seed)]
-            translate_usage = cli(translate_arguments, f"translate-{model}-seed{run_seed}.log")
-            pairs = [(s, _output_for(outputs, s), references[s]) for s in test_subjects]
-            seconds = float(summary["seconds"])
-            entry = {
-                "seed": run_seed,
-                "scores": _scores(pairs, lesions, fid),
-                "train_seconds": seconds,
-                "steps": int(summary["steps"]),
-                "stopped": summary.get("stopped"),
-                "train_slices_per_second": round(int(summary["steps"]) * config.batch_size / seconds, 2) if seconds else None,
-                "train_peak_rss_mb": train_usage.get("peak_rss_mb"),
-                "translate_seconds_per_volume": round(translate_usage["wall_seconds"] / len(test_subjects), 2),
-                "translate_peak_rss_mb": translate_usage["peak_rss_mb"],
-                "parameters": int(summary.get("parameters", 0)),
-                "samples": protocol.samples if stochastic else 1,
-            }
-            entries.append(entry)
-            if protocol.progress:
-                mean = entry["scores"]["overall"]["mean"]
-                print(f"[benchmark] {model} seed {run_seed}: PSNR {mean['psnr']:.2f} dB, SSIM {mean['ssim']:.3f}, "
-                      f"{entry['steps']} steps in {seconds:.0f} s", file=sys.stderr, flush=True)
-        report["methods"][model] = {"repeats": entries, "summary": _over_repeats(entries)}
-        _write(out, report, started)
-    report["complete"] = True
-    _write(out, report, started)
-    return report
+            run_seed = protocol.seed + repeat
+            train_usage = _train(folder, method, run_seed, protocol)
+            entries.append(_translate_and_score(folder, method, run_seed, protocol, inputs, reference_folder,
+                                                references, lesions, fid, train_usage, "A2B"))
+        _add_method(folder, record, method, entries, suite, started)
+    record["complete"] = True
+    write_task_record(folder.root, record, started)
+    return record
 
 
-def _reusable(run: Path, config: Suite, protocol: Protocol) -> bool:
+def _run_reverse(folder: TaskFolder, forward: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
+                 data: DataSource) -> dict[str, Any]:
+    """Target -> source with the forward task's runs, for the methods trained both ways."""
+    started = time.perf_counter()
+    plan, data, _, _ = _prepared(forward, task, suite, protocol, data)
+    test_subjects = plan["split"]["test"]
+    sources = {s: Path(plan["volumes"][s]["files"][plan["target"]]) for s in test_subjects}
+    references = {s: Path(plan["volumes"][s]["files"][plan["source"]]) for s in test_subjects}
+    lesions = _lesion_masks(plan, forward.masks, data)
+    fid = FidScorer(protocol.inception_weights, protocol.inception_variant)
+    record = _task_record(forward, suite, protocol, plan, data, lesions, fid, plan["target"], plan["source"])
+    record["trained_in"] = forward.root.name
+    record["identity"] = score_pairs([(s, sources[s], references[s]) for s in test_subjects], lesions, fid,
+                                     match=True)
+    inputs = _test_folder(folder, sources, plan["target"], "inputs")
+    reference_folder = _test_folder(folder, references, plan["source"], "references")
+    both_ways = [m for m in protocol.methods if "B2A" in available_models()[m.model].directions]
+    record["skipped"] = {m.label: "translates source -> target only" for m in protocol.methods if m not in both_ways}
+    for method in both_ways:
+        entries = []
+        for repeat in range(protocol.repeats):
+            run_seed = protocol.seed + repeat
+            usage = {"peak_rss_mb": None, "wall_seconds": None, "reused": True}  # trained by the forward task
+            entries.append(_translate_and_score(folder, method, run_seed, protocol, inputs, reference_folder,
+                                                references, lesions, fid, usage, "B2A"))
+        _add_method(folder, record, method, entries, suite, started)
+    record["complete"] = True
+    write_task_record(folder.root, record, started)
+    return record
+
+
+def _task_record(folder: TaskFolder, suite: Suite, protocol: Protocol, plan: dict, data: DataSource,
+                 lesions: dict[str, Path], fid: FidScorer, source: str, target: str) -> dict[str, Any]:
+    settings = {key: value for key, value in asdict(protocol).items() if key not in ("methods", "progress")}
+    return {
+        "benchmark": "synthmed benchmark", "suite": suite.name, "description": suite.description,
+        "settings": {**settings, "subjects": suite.subjects, "size": suite.size, "split": suite.split,
+                     "methods": {m.label: {"model": m.model, "preset": m.preset} for m in protocol.methods},
+                     "source": source, "target": target},
+        "data": {"folder": str(data.folder), "prepared": str(folder.prep), "source": source, "target": target,
+                 "label": plan.get("label") or ("manifest" if lesions else None), "split": plan["split"],
+                 "lesion_subjects": sorted(lesions)},
+        "protocol": PROTOCOL_TEXT,
+        "conventions": CONVENTIONS,
+        "notes": list(suite.notes),
+        "fid": fid.status,
+        "identity": {},
+        "methods": {},
+    }
+
+
+def _add_method(folder: TaskFolder, record: dict[str, Any], method: Method, entries: list[dict], suite: Suite,
+                started: float) -> None:
+    record["methods"][method.label] = {"model": method.model, "preset": method.preset, "repeats": entries,
+                                       "summary": summarize_repeats(entries)}
+    record["ranking"] = rank_methods(record["identity"], record["methods"], suite.claim)
+    if suite.claim:
+        record["ranking"]["claim"]["source"] = suite.claim_source
+    write_task_record(folder.root, record, started)
+
+
+def _cli(folder: TaskFolder, protocol: Protocol, arguments: list[str], log_name: str) -> dict[str, Any]:
+    usage = run_measured(synthmed_command([*arguments, "--quiet"]), folder.logs / log_name,
+                         env=child_env(protocol.threads))
+    return usage.as_record()
+
+
+def _train(folder: TaskFolder, method: Method, seed: int, protocol: Protocol) -> dict[str, Any]:
+    """Train ``method`` with ``seed`` (a finished run of the same budget is reused); the process's usage."""
+    run = folder.run(method.label, seed)
+    if _reusable(run, protocol):
+        return {"peak_rss_mb": None, "wall_seconds": None, "reused": True}
+    remove_owned_folder(run, "train", is_run_entry, legacy=legacy_run)
+    arguments = ["train", str(folder.prep), "--model", method.model, "--preset", method.preset, "--out", str(run),
+                 "--steps", str(protocol.steps), "--batch-size", str(protocol.batch_size), "--seed", str(seed),
+                 "--device", protocol.device, "--val-every", str(protocol.steps)]
+    if protocol.budget_minutes is not None:
+        arguments += ["--max-minutes", str(protocol.budget_minutes)]
+    return _cli(folder, protocol, arguments, f"train-{method.label}-seed{seed}.log")
+
+
+def _translate_and_score(folder: TaskFolder, method: Method, seed: int, protocol: Protocol, inputs: Path,
+                         reference_folder: Path, references: dict[str, Path], lesions: dict[str, Path],
+                         fid: FidScorer, train_usage: dict[str, Any], direction: str) -> dict[str, Any]:
+    run = folder.run(method.label, seed)
+    summary = read_json_record(run / "train_summary.json", "training summary",
+                               f"remove {run} and run the benchmark again")
+    outputs = folder.outputs(method.label, seed)
+    arguments = ["translate", str(run), str(inputs), str(outputs), "--reference", str(reference_folder),
+                 "--checkpoint", "last", "--device", protocol.device, "--overwrite"]
+    if direction != "A2B":
+        arguments += ["--direction", direction]
+    stochastic = available_models()[method.model].stochastic
+    if stochastic and protocol.samples > 1:
+        arguments += ["--samples", str(protocol.samples), "--seed", str(seed)]
+    translate_usage = _cli(folder, protocol, arguments, f"translate-{method.label}-seed{seed}.log")
+    pairs = [(s, folder.output_volume(method.label, seed, s), references[s]) for s in references]
+    seconds = float(summary["seconds"])
+    steps = int(summary["steps"])
+    entry = {
+        "seed": seed,
+        "scores": score_pairs(pairs, lesions, fid),
+        "train_seconds": seconds,
+        "steps": steps,
+        "stopped": summary.get("stopped"),
+        "train_slices_per_second": round(steps * protocol.batch_size / seconds, 2) if seconds else None,
+        "train_peak_rss_mb": train_usage.get("peak_rss_mb"),
+        "translate_seconds_per_volume": round(translate_usage["wall_seconds"] / len(references), 2),
+        "translate_peak_rss_mb": translate_usage["peak_rss_mb"],
+        "parameters": int(summary.get("parameters", 0)),
+        "samples": protocol.samples if stochastic else 1,
+    }
+    mean = entry["scores"]["overall"]["mean"]
+    _say(protocol, f"{method.label} seed {seed}{'' if direction == 'A2B' else ' ' + direction}: PSNR "
+                   f"{mean['psnr']:.2f} dB, SSIM {mean['ssim']:.3f}, {steps} steps in {seconds:.0f} s")
+    return entry
+
+
+def _reusable(run: Path, protocol: Protocol) -> bool:
     """A finished run (an interrupted benchmark started again) is reused only if it had this budget."""
     path = run / "train_summary.json"
     if not path.is_file():
@@ -414,65 +448,40 @@ def _reusable(run: Path, config: Suite, protocol: Protocol) -> bool:
     if not isinstance(settings, dict):
         return False
     return (settings.get("steps"), settings.get("batch_size"), settings.get("max_minutes")) == (
-        config.steps, config.batch_size, protocol.budget_minutes)
+        protocol.steps, protocol.batch_size, protocol.budget_minutes)
 
 
-def _measured(command: list[str], env: dict[str, str], log_path: Path) -> dict[str, float]:
-    """Run a child process with its output in ``log_path``; its own peak RSS (``os.wait4``) and wall time."""
-    with log_path.open("a") as stream:
-        stream.write(f"$ {shlex.join(command)}\n")
-        stream.flush()
-        start = time.perf_counter()
-        process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        tail = "\n".join(log_path.read_text().splitlines()[-8:])
-        raise SynthmedError(f"`{shlex.join(command[2:5])} ...` failed (exit {code}); log {log_path}:\n{tail}")
-    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "wall_seconds": round(seconds, 2)}
-
-
-def _test_folder(out: Path, files: dict[str, Path], modality: str, name: str = "inputs") -> Path:
+def _test_folder(folder: TaskFolder, files: dict[str, Path], modality: str, name: str) -> Path:
     """A folder of links ``name/<subject>/<modality><suffix>`` so one translate call covers every test subject
     (named by the canonical modality, which ``translate`` looks for, whatever the original file names)."""
-    from synthmed.data.discovery import IMAGE_SUFFIXES
+    from synthmed.data.formats.common import suffix_of_name
 
-    folder = out / "test" / name
+    root = folder.test_files(name)
     for subject, path in files.items():
-        suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
-        link = folder / subject / f"{modality}{path.name[len(path.name) - len(suffix):]}"
+        suffix = suffix_of_name(path.name) or path.suffix
+        link = root / subject / f"{modality}{path.name[len(path.name) - len(suffix):]}"
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             link.symlink_to(path.resolve())
-    return folder
+    return root
 
 
-def _output_for(outputs: Path, subject: str) -> Path:
-    found = sorted((outputs / subject).glob("*"))
-    volumes = [p for p in found if not p.name.startswith(".") and "_std" not in p.name]
-    if len(volumes) != 1:
-        raise SynthmedError(f"{outputs / subject}: expected one translated volume, found {len(volumes)}")
-    return volumes[0]
-
-
-def _lesion_masks(plan: dict, label: str | None, folder: Path, data: Path, pattern: str | None,
-                  manifest: str | Path | None) -> dict[str, Path]:
+def _lesion_masks(plan: dict, folder: Path, data: DataSource) -> dict[str, Path]:
     """Binary lesion masks (label > 0) of the test subjects whose label is not empty: the ``label`` modality (found
     as ``prepare`` found it), or else a manifest's ``label`` column (the real suite's test scans; the training
     scans there have none, so ``prepare`` runs without ``--label``)."""
     from synthmed.data.discovery import canonical_modality, discover
     from synthmed.data.io import read_volume, write_volume
 
-    if not label and not manifest:
+    if not data.label and not data.manifest:
         return {}
-    subjects = {s.id: s for s in discover(data, pattern=pattern, manifest=manifest)}
+    subjects = {s.id: s for s in discover(data.folder, pattern=data.pattern, manifest=data.manifest)}
     masks: dict[str, Path] = {}
     for subject_id in plan["split"]["test"]:
         subject = subjects.get(subject_id)
         if subject is None:
             continue
-        ref = (subject.files.get(canonical_modality(label, {})) if label else None) or subject.label
+        ref = (subject.files.get(canonical_modality(data.label, {})) if data.label else None) or subject.label
         if ref is None:
             continue
         volume = read_volume(ref.path, key=ref.key, channel=ref.channel)
@@ -487,154 +496,6 @@ def _lesion_masks(plan: dict, label: str | None, folder: Path, data: Path, patte
     return masks
 
 
-def max_normalised_scores(prediction: np.ndarray, reference: np.ndarray, head: np.ndarray) -> dict[str, float]:
-    """PSNR and SSIM in the convention of SynDiff's test code, for comparison with published tables: every axial
-    slice (last axis) that holds part of ``head``, negatives clipped to 0, divided by its own maximum (prediction
-    and reference separately), scored over the whole slice (no mask) with data range 1; mean over those slices."""
-    from synthmed.metrics import PSNR_CAP_DB, max_normalised, psnr, ssim
-
-    keep = np.flatnonzero(head.any(axis=(0, 1)))
-    if keep.size == 0:
-        raise SynthmedError("max-normalised scores: the reference has no foreground slice")
-    values: dict[str, list[float]] = {"psnr": [], "ssim": []}
-    for z in keep:
-        p, r = max_normalised(np.clip(prediction[..., z], 0, None), np.clip(reference[..., z], 0, None))
-        values["psnr"].append(min(psnr(p, r, data_range=1.0), PSNR_CAP_DB))
-        values["ssim"].append(ssim(p, r, data_range=1.0))
-    return {k: float(np.mean(v)) for k, v in values.items()} | {"slices": int(keep.size)}
-
-
-class _FidScorer:
-    """FID of each method's translated slices against the reference slices (:mod:`synthmed.metrics.fid`). The
-    network and the reference features are computed once per benchmark; without weights every FID is ``None`` and
-    :attr:`status` says why."""
-
-    def __init__(self, weights: str | None, variant: str):
-        from synthmed.metrics.fid import NO_WEIGHTS_MESSAGE
-
-        self.network = None
-        self.status: dict[str, Any] = {"available": False, "unavailable": NO_WEIGHTS_MESSAGE}
-        self._reference_features: np.ndarray | None = None
-        if weights:
-            from synthmed.nn.inception import load_inception
-
-            self.network = load_inception(weights, variant=variant)
-            self.status = {"available": True, "weights": weights, "variant": self.network.variant,
-                           "images": "axial slices that hold the head; each subject mapped to [-1, 1] by the "
-                                     "reference's 0.5/99.5 percentiles inside its head"}
-
-    @staticmethod
-    def slices(volume: np.ndarray, reference: np.ndarray, head: np.ndarray) -> np.ndarray:
-        """(n, H, W) float32 slices of ``volume`` in [-1, 1], scaled by the reference's robust range in the head."""
-        low, high = np.percentile(reference[head], [0.5, 99.5])
-        keep = np.flatnonzero(head.any(axis=(0, 1)))
-        scaled = (volume[..., keep] - low) / max(float(high - low), 1e-12) * 2 - 1
-        return np.clip(np.moveaxis(scaled, -1, 0), -1, 1).astype(np.float32)
-
-    @property
-    def needs_references(self) -> bool:
-        """True until the reference features are computed (the first call)."""
-        return self._reference_features is None
-
-    def __call__(self, predicted: list[np.ndarray], references: list[np.ndarray]) -> float | None:
-        if self.network is None:
-            return None
-        from synthmed.metrics.fid import frechet_distance_of_features, inception_features
-
-        if self._reference_features is None:
-            self._reference_features = inception_features(np.concatenate(references), self.network)
-        return frechet_distance_of_features(self._reference_features,
-                                            inception_features(np.concatenate(predicted), self.network))
-
-
-def _scores(pairs: list[tuple[str, Path, Path]], lesions: dict[str, Path], fid: _FidScorer,
-            match: bool = False) -> dict[str, Any]:
-    """Per subject and summarised: ``overall`` (inside the reference's foreground, its range there as the PSNR data
-    range), ``lesion`` (for subjects with a lesion: inside it, with the *same* data range, so lesion PSNR is on the
-    overall scale rather than on the lesion's own narrow range), ``max_normalised`` (:func:`max_normalised_scores`)
-    and ``fid`` (None without Inception weights). Each volume is read once."""
-    from synthmed.data.io import read_volume
-    from synthmed.data.foreground import foreground_mask
-    from synthmed.metrics import image_metrics, summarize
-    from synthmed.workflows.evaluate import match_intensity
-
-    overall, lesion, normalised = {}, {}, {}
-    fid_predicted, fid_references = [], []
-    for subject, prediction_path, reference_path in pairs:
-        reference = read_volume(reference_path).data
-        prediction = read_volume(prediction_path).data
-        if prediction.shape != reference.shape:
-            raise SynthmedError(f"{prediction_path} has shape {prediction.shape}, its reference {reference.shape}")
-        if match:
-            prediction = match_intensity(prediction, reference)
-        head = foreground_mask(reference)
-        overall[subject] = image_metrics(prediction, reference, head)
-        normalised[subject] = max_normalised_scores(prediction, reference, head)
-        if subject in lesions:
-            values = reference[head]
-            region = read_volume(lesions[subject]).data > 0
-            lesion[subject] = image_metrics(prediction, reference, region,
-                                            data_range=float(values.max() - values.min()))
-        if fid.network is not None:
-            fid_predicted.append(fid.slices(prediction, reference, head))
-            if fid.needs_references:
-                fid_references.append(fid.slices(reference, reference, head))
-    result: dict[str, Any] = {"overall": {"n": len(overall), "per_subject": overall, **summarize(overall)}}
-    if lesion:
-        result["lesion"] = {"n": len(lesion), "per_subject": lesion, **summarize(lesion),
-                            "data_range": "the reference's range inside the head"}
-    result["max_normalised"] = {"n": len(normalised), "per_subject": normalised, **summarize(normalised)}
-    result["fid"] = fid(fid_predicted, fid_references)
-    return result
-
-
-def _over_repeats(entries: list[dict]) -> dict[str, Any]:
-    def stats(values: list[float | None]) -> dict[str, Any]:
-        values = [v for v in values if v is not None]
-        if not values:
-            return {"mean": None, "sd": None, "n": 0}
-        return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                "n": len(values)}
-
-    summary = {f"{region}_{metric}": stats([e["scores"].get(region, {}).get("mean", {}).get(metric) for e in entries])
-               for region in ("overall", "lesion") for metric in METRICS}
-    summary.update({f"max_normalised_{metric}": stats([e["scores"]["max_normalised"]["mean"][metric] for e in entries])
-                    for metric in MAX_NORMALISED_METRICS})
-    summary["fid"] = stats([e["scores"].get("fid") for e in entries])
-    for key in ("train_seconds", "steps", "train_slices_per_second", "train_peak_rss_mb", "translate_seconds_per_volume",
-                "translate_peak_rss_mb", "parameters"):
-        summary[key] = stats([e.get(key) for e in entries])
-    return summary
-
-
-def _csv_scores(scores: dict[str, Any]) -> dict[str, Any]:
-    overall = scores["overall"]["mean"]
-    lesion = scores.get("lesion", {}).get("mean", {})
-    normalised = scores["max_normalised"]["mean"]
-    return {**{metric: overall.get(metric) for metric in METRICS},
-            **{f"lesion_{metric}": lesion.get(metric) for metric in METRICS},
-            **{f"max_normalised_{metric}": normalised.get(metric) for metric in MAX_NORMALISED_METRICS},
-            "fid": scores.get("fid")}
-
-
-def _write(out: Path, report: dict[str, Any], started: float) -> None:
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    write_text_atomic(out / "benchmark.json", json_text(report, default=_plain))
-    rows = [{"method": "identity", "seed": "", **_csv_scores(report["identity"])}]
-    for model, entry in report["methods"].items():
-        for repeat in entry["repeats"]:
-            rows.append({"method": model, "seed": repeat["seed"], **_csv_scores(repeat["scores"]),
-                         **{key: repeat[key] for key in (
-                             "train_seconds", "steps", "train_slices_per_second", "train_peak_rss_mb",
-                             "translate_seconds_per_volume", "translate_peak_rss_mb", "parameters", "samples")}})
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    text_rows = [",".join(fields)] + [",".join("" if row.get(f) is None else str(row.get(f)) for f in fields) for row in rows]
-    write_text_atomic(out / "benchmark.csv", "\n".join(text_rows) + "\n")
-
-
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+def _say(protocol: Protocol, message: str) -> None:
+    if protocol.progress:
+        print(f"[benchmark] {message}", file=sys.stderr, flush=True)

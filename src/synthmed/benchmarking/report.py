@@ -27,8 +27,10 @@ from synthmed.data.io import read_volume
 from synthmed.data.prepare import load_plan
 from synthmed.errors import SynthmedError
 from synthmed.files import output_lock, record_written, refuse_replacing_foreign, write_text_atomic
-from synthmed.workflows.benchmark import load_benchmark_record
+from synthmed.benchmarking.layout import TaskFolder, translated_volumes
+from synthmed.benchmarking.results import load_benchmark_record
 from synthmed.workflows.train import load_run_record
+from synthmed.workflows.translate import std_path
 
 # (region, metric, header, better: "high" or "low", format). Region: a score region of benchmark.json
 # ("overall", "lesion", "max_normalised"), "fid", or "run" (a figure of the training/translation run).
@@ -104,11 +106,12 @@ def _report_page(source: Path, convention: str, slices_per_subject: int, max_sub
         raise SynthmedError(f"{source}: no benchmark.json here; run `synthmed benchmark --out {source}` first")
     bench = load_benchmark_record(path)
     if "tasks" in bench:  # the real suite: one benchmark folder per task
-        tasks = [(source / t["folder"], load_benchmark_record(source / t["folder"] / "benchmark.json"), name)
-                 for name, t in bench["tasks"].items() if (source / t["folder"] / "benchmark.json").is_file()]
+        tasks = [(_task_folder(source, t["folder"], record), record, name)
+                 for name, t in bench["tasks"].items() if (source / t["folder"] / "benchmark.json").is_file()
+                 for record in [load_benchmark_record(source / t["folder"] / "benchmark.json")]]
         title = f"synthmed benchmark, suite {html.escape(str(bench.get('suite')))}: {len(tasks)} task(s)"
     else:
-        tasks, title = [(source, bench, "")], None
+        tasks, title = [(TaskFolder(source), bench, "")], None
     if not any(task["methods"] for _, task, _ in tasks):
         raise SynthmedError(f"{path}: no method has finished yet; nothing to report")
     parts = [f"<h1>{title}</h1>"] if title else []
@@ -121,13 +124,24 @@ def _report_page(source: Path, convention: str, slices_per_subject: int, max_sub
                 # checked here, where they are used.
                 what = f"entry {error.args[0]!r} is missing" if isinstance(error, KeyError) else \
                     f"an entry does not fit ({type(error).__name__}: {str(error)[:80]})"
-                raise SynthmedError(f"{folder / 'benchmark.json'}: {what}; the file is damaged or from another "
+                raise SynthmedError(f"{folder.record}: {what}; the file is damaged or from another "
                                     "version: run the benchmark again into a new --out") from None
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>synthmed report</title><style>{STYLE}</style>"
             f"</head><body>{''.join(parts)}</body></html>")
 
 
-def _task_sections(folder: Path, bench: dict, name: str, convention: str, slices_per_subject: int,
+def _task_folder(suite: Path, name: str, record: dict) -> TaskFolder:
+    """A task of a suite; a reversed task's runs are its forward task's (``trained_in``, a sibling folder)."""
+    trained_in = record.get("trained_in")
+    if trained_in is None:
+        return TaskFolder(suite / name)
+    if not isinstance(trained_in, str) or Path(trained_in).name != trained_in or trained_in in ("", ".", ".."):
+        raise SynthmedError(f"{suite / name / 'benchmark.json'}: field trained_in {trained_in!r} must name a task "
+                            "folder of the suite; run the benchmark again into a new --out")
+    return TaskFolder(suite / name, runs_root=suite / trained_in / "runs")
+
+
+def _task_sections(folder: TaskFolder, bench: dict, name: str, convention: str, slices_per_subject: int,
                    max_subjects: int) -> list[str]:
     heading = "h2" if name else "h1"
     sub = "h3" if name else "h2"
@@ -135,7 +149,7 @@ def _task_sections(folder: Path, bench: dict, name: str, convention: str, slices
     return [f"<{heading}>synthmed benchmark: {html.escape(bench['data']['source'])} &rarr; "
             f"{html.escape(bench['data']['target'])}</{heading}>",
             _protocol(bench, convention),
-            f"<{sub}>Metrics</{sub}>", _metrics_table(bench, convention, table_id),
+            f"<{sub}>Metrics</{sub}>", _metrics_table(bench, convention, table_id), _ranking(bench),
             f"<{sub}>Per-subject scores</{sub}>", _img(_box_plots(bench, convention), "per-subject box plots"),
             f"<{sub}>Slices</{sub}>", *_slice_grids(folder, bench, slices_per_subject, max_subjects),
             f"<{sub}>Uncertainty maps</{sub}>", *_uncertainty_maps(folder, bench, max_subjects),
@@ -160,8 +174,12 @@ def _protocol(bench: dict, convention: str) -> str:
     fid_text = (f"FID: Inception-v3 ({html.escape(str(fid.get('variant')))}) from {html.escape(str(fid.get('weights')))}; "
                 f"{html.escape(str(fid.get('images')))}." if fid.get("available") else
                 f"FID: not computed ({html.escape(str(fid.get('unavailable', 'not part of this benchmark')))}).")
+    if "methods" in settings:
+        presets = ", ".join(f"{label}: {m['model']} {m['preset']}" for label, m in settings["methods"].items())
+    else:  # written before methods carried presets: one preset for all
+        presets = f"preset {settings['preset']}"
     return (f"<p>Suite <b>{html.escape(str(bench.get('suite')))}</b>: {budget} at batch "
-            f"{settings['batch_size']} for every method (preset {html.escape(settings['preset'])}), "
+            f"{settings['batch_size']} for every method ({html.escape(presets)}), "
             f"{settings['repeats']} repeat(s) from seed {settings['seed']}"
             + (f", {samples} samples per slice for stochastic methods" if samples > 1 else "") +
             f"; subjects train/val/test {split.get('train')}/{split.get('val')}/{split.get('test')} "
@@ -199,6 +217,24 @@ def _values(bench: dict, region: str, metric: str) -> dict[str, tuple[float | No
             stat = entry["summary"].get(key) or {}
             rows[name] = (stat.get("mean"), stat.get("sd"))
     return rows
+
+
+def _ranking(bench: dict) -> str:
+    """The ranking by PSNR and, where the suite states one, whether a paper's claimed ordering held here."""
+    ranking = bench.get("ranking")
+    if not ranking:
+        return ""
+    gains = ranking.get("gain_over_identity_psnr_db", {})
+    order = " &gt; ".join(f"{html.escape(m)} ({gains[m]:+.2f} dB over identity)" if m in gains else html.escape(m)
+                          for m in ranking["psnr"])
+    text = f"<p class='note'>Ranking by PSNR: {order}.</p>"
+    claim = ranking.get("claim")
+    if claim:
+        held = {True: "holds", False: "does not hold", None: "not tested (not every method was run)"}
+        text += (f"<p class='note'>Claim: {html.escape(' > '.join(claim['order']))} "
+                 f"({html.escape(str(claim.get('source', '')))}): by PSNR it {held[claim['holds_psnr']]}, by SSIM it "
+                 f"{held[claim['holds_ssim']]} on this benchmark.</p>")
+    return text
 
 
 def _metrics_table(bench: dict, convention: str, table_id: str = "metrics") -> str:
@@ -266,22 +302,22 @@ def _box_plots(bench: dict, convention: str) -> bytes:
     return _figure_png(figure)
 
 
-def _slice_grids(source: Path, bench: dict, per_subject: int, max_subjects: int) -> list[str]:
+def _slice_grids(folder: TaskFolder, bench: dict, per_subject: int, max_subjects: int) -> list[str]:
     plt = _pyplot()
     prep = load_plan(bench["data"]["prepared"])
     parts = []
     methods = list(bench["methods"])
     for subject in bench["data"]["split"]["test"][:max_subjects]:
         files = prep["volumes"][subject]["files"]
-        src = read_volume(files[prep["source"]]).data
-        ref = read_volume(files[prep["target"]]).data
+        # the task's own direction (a reversed task translates the plan's target into its source)
+        src = read_volume(files[bench["data"]["source"]]).data
+        ref = read_volume(files[bench["data"]["target"]]).data
         outputs = {}
         for name in methods:
             seed = bench["methods"][name]["repeats"][0]["seed"]
-            folder = source / "outputs" / f"{name}-seed{seed}" / subject
-            found = _output_volume(folder)
-            if found is not None:
-                outputs[name] = read_volume(found).data
+            found = translated_volumes(folder.outputs(name, seed) / subject)
+            if len(found) == 1:
+                outputs[name] = read_volume(found[0]).data
         depth = src.shape[2]
         for k in range(per_subject):
             z = int(round(depth * (k + 1) / (per_subject + 1)))
@@ -304,16 +340,7 @@ def _slice_grids(source: Path, bench: dict, per_subject: int, max_subjects: int)
     return parts
 
 
-def _output_volume(folder: Path, suffix: str = "") -> Path | None:
-    """The translated volume in a subject's output folder (``suffix="_std"``: its uncertainty map)."""
-    for path in sorted(folder.glob("*")):
-        stem = path.name.split(".")[0]
-        if not path.name.startswith(".") and stem.endswith("_std") == bool(suffix):
-            return path
-    return None
-
-
-def _uncertainty_maps(source: Path, bench: dict, max_subjects: int) -> list[str]:
+def _uncertainty_maps(folder: TaskFolder, bench: dict, max_subjects: int) -> list[str]:
     """Per test subject, for each method translated with several samples: the middle slice of the per-voxel
     standard deviation next to the absolute error, and their correlation inside the head (a useful map is
     large where the error is)."""
@@ -328,17 +355,17 @@ def _uncertainty_maps(source: Path, bench: dict, max_subjects: int) -> list[str]
                 "methods write per-voxel standard deviations).</p>"]
     parts = []
     for subject in bench["data"]["split"]["test"][:max_subjects]:
-        reference = read_volume(prep["volumes"][subject]["files"][prep["target"]]).data
+        reference = read_volume(prep["volumes"][subject]["files"][bench["data"]["target"]]).data
         head = foreground_mask(reference)
         z = reference.shape[2] // 2
         maps = []
         for name, repeat in stochastic:
-            folder = source / "outputs" / f"{name}-seed{repeat['seed']}" / subject
-            mean_path, std_path = _output_volume(folder), _output_volume(folder, "_std")
-            if mean_path is None or std_path is None:
+            volumes = translated_volumes(folder.outputs(name, repeat["seed"]) / subject)
+            if len(volumes) != 1 or not std_path(volumes[0]).is_file():
                 continue
+            mean_path = volumes[0]
             error = np.abs(read_volume(mean_path).data - reference)
-            std = read_volume(std_path).data
+            std = read_volume(std_path(mean_path)).data
             r = float(np.corrcoef(std[head], error[head])[0, 1]) if std[head].std() > 0 else float("nan")
             maps.append((name, repeat["samples"], std[..., z], error[..., z], r))
         if not maps:
@@ -356,12 +383,12 @@ def _uncertainty_maps(source: Path, bench: dict, max_subjects: int) -> list[str]
     return parts or ["<p class='note'>No uncertainty map found in the outputs.</p>"]
 
 
-def _training_curves(source: Path, bench: dict) -> list[str]:
+def _training_curves(folder: TaskFolder, bench: dict) -> list[str]:
     plt = _pyplot()
     parts = []
     for name, entry in bench["methods"].items():
         for repeat in entry["repeats"]:
-            log_path = source / "runs" / f"{name}-seed{repeat['seed']}" / "log.csv"
+            log_path = folder.run(name, repeat["seed"]) / "log.csv"
             if not log_path.is_file():
                 continue
             rows = list(csv.DictReader(log_path.open()))
@@ -379,12 +406,12 @@ def _training_curves(source: Path, bench: dict) -> list[str]:
     return parts or ["<p class='note'>No log.csv found.</p>"]
 
 
-def _configs(source: Path, bench: dict) -> list[str]:
+def _configs(folder: TaskFolder, bench: dict) -> list[str]:
     parts = [f"<details><summary>benchmark settings</summary><pre>{html.escape(json.dumps(bench['settings'], indent=2))}"
              "</pre></details>"]
     for name, entry in bench["methods"].items():
         for repeat in entry["repeats"]:
-            run_json = source / "runs" / f"{name}-seed{repeat['seed']}" / "run.json"
+            run_json = folder.run(name, repeat["seed"]) / "run.json"
             if run_json.is_file():
                 info, _ = load_run_record(run_json.parent)
                 shown = {k: info.get(k) for k in ("model", "preset", "config", "settings", "versions")}
