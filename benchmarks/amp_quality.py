@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from bench_common import load_average, source_state, write_json
+from synthmed.benchmarking.results import write_json
+from synthmed.benchmarking.runner import load_average, source_state
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

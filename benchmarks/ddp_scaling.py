@@ -45,13 +45,14 @@ import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from bench_common import inside, load_average, source_state, thread_env, write_json
+from synthmed.benchmarking.results import write_json
+from synthmed.benchmarking.runner import inside, load_average, run_measured, source_state, synthmed_command
+from synthmed.errors import SynthmedError
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,7 +66,7 @@ def say(message: str) -> None:
     print(f"[ddp-scaling {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"ddp_scaling: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -73,25 +74,10 @@ def fail(message: str) -> None:
 def run_logged(command: list[str], threads: int, log: Path) -> float:
     """Run ``command`` (output appended to ``log``) with ``threads`` OMP/MKL threads; wall seconds.
     A failure stops the benchmark with the log's last lines."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as stream:
-        stream.write(f"$ OMP_NUM_THREADS={threads} {shlex.join(command)}\n")
-        stream.flush()
-        start = time.perf_counter()
-        code = subprocess.run(command, env=thread_env(threads), stdout=stream, stderr=subprocess.STDOUT,
-                              cwd=log.parent).returncode
-        seconds = time.perf_counter() - start
-    if code != 0:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
-        fail(f"`{shlex.join(command[:6])} ...` exited with status {code}; log {log}:\n{tail}")
-    return seconds
-
-
-def synthmed_cmd(arguments: list[str], processes: int = 1) -> list[str]:
-    if processes == 1:
-        return [sys.executable, "-m", "synthmed", *arguments]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-            "-m", "synthmed", *arguments]
+    try:
+        return run_measured(command, log, threads=threads, cwd=log.parent, tail_lines=15).wall_seconds
+    except SynthmedError as error:
+        fail(str(error))
 
 
 def prepared(work: Path, threads: int) -> Path:
@@ -103,10 +89,10 @@ def prepared(work: Path, threads: int) -> Path:
             shutil.rmtree(stale)
     log = work / "logs" / "setup.log"
     say("making the prepared folder (4 phantoms, 64 px)")
-    run_logged(synthmed_cmd(["phantom", str(work / "phantoms"), "--subjects", "4", "--size", "32", "--seed", "0",
-                             "--quiet"]), threads, log)
-    run_logged(synthmed_cmd(["prepare", str(work / "phantoms"), "--source", "T1", "--target", "T2", "--size", "64",
-                             "--out", str(prep), "--quiet"]), threads, log)
+    run_logged(synthmed_command(["phantom", str(work / "phantoms"), "--subjects", "4", "--size", "32", "--seed", "0",
+                                 "--quiet"]), threads, log)
+    run_logged(synthmed_command(["prepare", str(work / "phantoms"), "--source", "T1", "--target", "T2", "--size",
+                                 "64", "--out", str(prep), "--quiet"]), threads, log)
     return prep
 
 
@@ -142,7 +128,7 @@ def measure_training(args: argparse.Namespace, prep: Path, name: str, processes:
     if run.exists():
         shutil.rmtree(run)
     batch = args.batch_size // processes
-    command = synthmed_cmd(train_arguments(args, prep, run, args.steps, batch), processes)
+    command = synthmed_command(train_arguments(args, prep, run, args.steps, batch), processes)
     say(f"{name}: {processes} process(es) x {threads} thread(s), batch {batch} per process")
     wall = run_logged(command, threads, args.work / "logs" / f"{name}.log")
     summary = json.loads((run / "train_summary.json").read_text())
@@ -188,7 +174,7 @@ def measure_resume(args: argparse.Namespace, prep: Path, finished: Path) -> dict
         if copy.exists():
             shutil.rmtree(copy)
         shutil.copytree(finished, copy)
-        command = synthmed_cmd(train_arguments(args, prep, copy, args.steps + 1, args.batch_size, resume=True))
+        command = synthmed_command(train_arguments(args, prep, copy, args.steps + 1, args.batch_size, resume=True))
         resumed.append(run_logged(command, args.threads, logs / "resume.log"))
         summary = json.loads((copy / "train_summary.json").read_text())
         if int(summary["steps"]) != args.steps + 1 or int(summary["trained_steps"]) != 1:
@@ -200,7 +186,7 @@ def measure_resume(args: argparse.Namespace, prep: Path, finished: Path) -> dict
             shutil.rmtree(run)
         # The same settings as the resumed run, except the steps: --val-every etc. stay at N, so both
         # validate and checkpoint once, at their last step.
-        command = synthmed_cmd(train_arguments(args, prep, run, 1, args.batch_size))
+        command = synthmed_command(train_arguments(args, prep, run, 1, args.batch_size))
         fresh.append(run_logged(command, args.threads, logs / "fresh.log"))
         fresh_loop.append(float(json.loads((run / "train_summary.json").read_text())["seconds"]))
         say(f"resume {index + 1}/{args.repeats}: resume {resumed[-1]:.2f} s, fresh 1 step {fresh[-1]:.2f} s")

@@ -39,7 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import inside, write_json
+from synthmed.benchmarking.results import write_json
+from synthmed.benchmarking.runner import inside, load_average
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
@@ -282,7 +283,7 @@ def main() -> None:
     machine = {
         "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "device": str(device), "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "device": str(device), "load_average_at_start": load_average(),
     }
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
@@ -394,7 +395,7 @@ def main() -> None:
                 f"{row['seconds_per_slice']} s/slice")
 
     report["complete"] = True
-    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    machine["load_average_at_end"] = load_average()
     report["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     write_json(out, report)
     overall = report["recommendation"]["overall"]

@@ -1,4 +1,4 @@
-"""The GPU checks of issue 9 in one prepared script: mixed precision, channels_last, torch.compile and the NCCL
+"""The GPU checks in one prepared script: mixed precision, channels_last, torch.compile and the NCCL
 process group, each a short ``synthmed train`` run on the same prepared phantoms.
 
 Variants (``small`` preset of each of ``--models``, pix2pix by default, ``--steps`` steps at ``--batch-size``, each in
@@ -33,15 +33,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import load_average, source_state, thread_env, write_json
+from synthmed.benchmarking.results import write_json
+from synthmed.benchmarking.runner import load_average, run_measured, source_state, synthmed_command
+from synthmed.errors import SynthmedError
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -49,27 +49,6 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 def say(message: str) -> None:
     print(f"[gpu-checks {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def run(command: list[str], log: Path, threads: int) -> float:
-    """Run ``command`` with its output in ``log``; wall seconds. A failure is recorded, not raised."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as stream:
-        stream.write(f"$ {shlex.join(command)}\n")
-        stream.flush()
-        start = time.perf_counter()
-        code = subprocess.run(command, env=thread_env(threads), stdout=stream, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        tail = "\n".join(log.read_text().splitlines()[-12:])
-        raise RuntimeError(f"exit {code}; log {log}:\n{tail}")
-    return time.perf_counter() - start
-
-
-def synthmed(arguments: list[str], processes: int = 0) -> list[str]:
-    if not processes:
-        return [sys.executable, "-m", "synthmed", *arguments]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-            "-m", "synthmed", *arguments]
 
 
 def final_row(run_dir: Path) -> tuple[dict[str, float], float | None]:
@@ -110,15 +89,16 @@ def check_model(model: str, task: str, prep: Path, args: argparse.Namespace, pro
         say(f"{model} {name}: {' '.join(flags)}")
         entry: dict[str, Any] = {"flags": flags}
         try:
-            entry["wall_seconds"] = round(run(synthmed(arguments, processes if name == "nccl" else 0),
-                                              logs / f"{model}-{name}.log", args.threads), 2)
+            usage = run_measured(synthmed_command(arguments, processes if name == "nccl" else 1),
+                                 logs / f"{model}-{name}.log", threads=args.threads)
+            entry["wall_seconds"] = usage.wall_seconds
             summary = json.loads((run_dir / "train_summary.json").read_text())
             losses, steady = final_row(run_dir)
             entry.update(ok=True, steps=summary["steps"], loop_seconds=summary["seconds"],
                          steps_per_s=round(summary["steps"] / summary["seconds"], 3) if summary["seconds"] else None,
                          steady_steps_per_s=round(steady, 3) if steady else None, autocast=summary.get("autocast"),
                          processes=summary.get("processes"), final_losses=losses)
-        except (RuntimeError, OSError, KeyError, ValueError) as error:
+        except (SynthmedError, OSError, KeyError, ValueError) as error:
             entry.update(ok=False, error=str(error))
         entries[name] = entry
         write_json(out, report)
@@ -175,8 +155,8 @@ def main() -> None:
     if not plan.is_file() or json.loads(plan.read_text())["size"] != args.size:
         shutil.rmtree(work, ignore_errors=True)
         say(f"phantoms at {args.size} px in {work}")
-        run(synthmed(["phantom", str(work / "phantoms"), "--subjects", "8", "--size", str(args.size), "--quiet"]),
-            logs / "setup.log", args.threads)
+        run_measured(synthmed_command(["phantom", str(work / "phantoms"), "--subjects", "8", "--size", str(args.size),
+                                       "--quiet"]), logs / "setup.log", threads=args.threads)
     processes = args.processes or gpus
     if processes == 1:
         report["nccl_skipped"] = "one GPU: NCCL needs one GPU per process, and one process forms no process group"
@@ -186,8 +166,8 @@ def main() -> None:
         prep, selection = preps[task]
         if not (prep / "plan.json").is_file():
             say(f"preparing {prep.name}")
-            run(synthmed(["prepare", str(work / "phantoms"), *selection, "--size", str(args.size), "--out", str(prep),
-                          "--quiet"]), logs / "setup.log", args.threads)
+            run_measured(synthmed_command(["prepare", str(work / "phantoms"), *selection, "--size", str(args.size),
+                                           "--out", str(prep), "--quiet"]), logs / "setup.log", threads=args.threads)
         check_model(model, task, prep, args, processes, logs, report, out)
     report["all_ok"] = all(entry.get("ok") for m in report["models"].values() for entry in m["variants"].values())
     write_json(out, report)

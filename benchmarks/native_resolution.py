@@ -46,17 +46,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench_common import REPO, inside, source_state, write_json
+from synthmed.benchmarking.results import write_json
+from synthmed.benchmarking.runner import inside, source_state
+from synthmed.data.foreground import foreground_mask
+from synthmed.data.io import read_volume, write_volume
+from synthmed.data.prepare import prepare
+from synthmed.workflows.evaluate import evaluate_pairs
+from synthmed.workflows.train import train
+from synthmed.workflows.translate import BACKGROUND_MARGIN, _dilated, load_run, translate_volume
+
 from scale_without_reference import _flair_t1c, _t1t2
 
-sys.path.insert(0, str(REPO / "src"))
-from synthmed.data.io import read_volume, write_volume  # noqa: E402
-from synthmed.data.prepare import prepare  # noqa: E402
-from synthmed.data.foreground import foreground_mask  # noqa: E402
-from synthmed.workflows.evaluate import evaluate_pairs  # noqa: E402
-from synthmed.workflows.train import train  # noqa: E402
-from synthmed.workflows.translate import BACKGROUND_MARGIN, _dilated, load_run, translate_volume  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
 SPLIT = "0.75,0,0.25"
 TASKS = {"t1t2": (_t1t2, ("T1", "T2")), "flair-t1c": (_flair_t1c, ("FLAIR", "T1c"))}

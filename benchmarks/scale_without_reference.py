@@ -38,16 +38,16 @@ from pathlib import Path
 
 import torch
 
-from bench_common import REPO, inside, source_state, write_json
+from synthmed.benchmarking.results import write_json
+from synthmed.benchmarking.runner import inside, source_state
+from synthmed.data.io import read_volume, write_volume
+from synthmed.data.normalize import Normalization
+from synthmed.data.prepare import prepare
+from synthmed.workflows.evaluate import evaluate_pairs
+from synthmed.workflows.train import train
+from synthmed.workflows.translate import _reference_normalization, load_run, translate_volume
 
-sys.path.insert(0, str(REPO / "src"))
-from synthmed.data.io import read_volume, write_volume  # noqa: E402
-from synthmed.data.normalize import Normalization  # noqa: E402
-from synthmed.data.prepare import prepare  # noqa: E402
-from synthmed.workflows.evaluate import evaluate_pairs  # noqa: E402
-from synthmed.workflows.train import train  # noqa: E402
-from synthmed.workflows.translate import _reference_normalization, load_run, translate_volume  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
 
 # subject folder -> (source file, target file), per task

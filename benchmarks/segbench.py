@@ -1,9 +1,9 @@
-"""Downstream proof for paired generators (issue 7): lesion segmentation trained on real pairs, with and without
+"""Downstream proof for paired generators: lesion segmentation trained on real pairs, with and without
 generated image + mask pairs, and statistics of the generated masks.
 
 Given a prepared folder with a lesion label (``synthmed prepare DATA --source FLAIR --label lesion --out PREP``)
 and one or more folders written by ``synthmed generate`` with masks (``pig``), this runs
-:func:`synthmed.workflows.segbench.segbench`:
+:func:`synthmed.benchmarking.downstream.segbench`:
 
 1. arm ``real``: a 2D MONAI U-Net trained on all train-split slices of PREP (image = the prepared source, mask =
    label > 0); arm ``NAME+N`` for each generated folder ``NAME`` and each ``N > 0`` of ``--extra-counts``: the same
@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import write_json
+from synthmed.benchmarking.results import write_json
+from synthmed.benchmarking.runner import load_average
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from synthmed.errors import SynthmedError
-    from synthmed.workflows.segbench import LESION_FRACTION, segbench
+    from synthmed.benchmarking.downstream import LESION_FRACTION, segbench
     from synthmed.runtime.versions import versions
 
     torch.set_num_threads(args.threads)
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": args.device,
             "threads_requested": args.threads, "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+            "load_average_at_start": load_average(),
         },
         "versions": versions(),
         "inputs": {"prep": str(args.prep), "generated": {k: str(v) for k, v in generated.items()}},
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(out, report)
         fail(str(error))
     report.update(result)
-    report["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    report["machine"]["load_average_at_end"] = load_average()
     report["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     report["complete"] = True
     write_json(out, report)

@@ -11,8 +11,8 @@ beyond the whole-volume arrays that have to exist (the input volume and the outp
    head-like ellipsoid with inner structure and noise, 0.5 x 0.5 x 1 mm voxels, axial slices along the
    third axis), written once and reused.
 3. Every measurement is its own process: ``python -m synthmed translate RUN IN OUT --batch-size B --quiet
-   --overwrite --device cpu``, started with ``subprocess.Popen`` and reaped with ``os.wait4``, whose
-   resource usage is that child's own (``ru_maxrss``: its peak RSS). The baseline is the same kind of
+   --overwrite --device cpu``, run by ``synthmed.benchmarking.runner.run_measured`` (``subprocess.Popen``, reaped
+   with ``os.wait4``, whose resource usage is that child's own (``ru_maxrss``: its peak RSS). The baseline is the same kind of
    process that only loads the run (python, torch, synthmed, the model: ``load_run``) and exits.
 4. A least-squares line of peak RSS against Z gives the memory per slice, compared with the bytes per
    slice of one float32 volume (``size^2 x 4``): the input and the output volume, 2 volumes' worth, must
@@ -39,14 +39,14 @@ import datetime
 import json
 import os
 import platform
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from bench_common import inside, load_average, source_state, thread_env, write_json
+from synthmed.benchmarking.results import write_json
+from synthmed.benchmarking.runner import inside, load_average, run_measured, source_state, synthmed_command
+from synthmed.errors import SynthmedError
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -124,38 +124,22 @@ def say(message: str) -> None:
     print(f"[translate-memory {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"translate_memory: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
-
-
-
-
-
-
 def measured(command: list[str], threads: int, log: Path) -> dict[str, float]:
-    """Run ``command`` as a child, output appended to ``log``; its own peak RSS (``os.wait4``) and wall time."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as stream:
-        stream.write(f"$ {shlex.join(command)}\n")
-        stream.flush()
-        start = time.perf_counter()
-        process = subprocess.Popen(command, env=thread_env(threads), stdout=stream, stderr=subprocess.STDOUT,
-                                   cwd=log.parent)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
-        fail(f"`{shlex.join(command[:4])} ...` exited with status {process.returncode}; log {log}:\n{tail}")
-    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "wall_seconds": round(seconds, 2),
-            "user_cpu_seconds": round(usage.ru_utime, 2), "system_cpu_seconds": round(usage.ru_stime, 2)}
+    """Run ``command`` as a child, output appended to ``log``; its own peak RSS (``os.wait4``), wall time and CPU
+    time. A failure stops the benchmark with the log's last lines."""
+    try:
+        return run_measured(command, log, threads=threads, cwd=log.parent, tail_lines=15).as_record()
+    except SynthmedError as error:
+        fail(str(error))
 
 
 def synthmed_cli(arguments: list[str], threads: int, log: Path) -> dict[str, float]:
-    return measured([sys.executable, "-m", "synthmed", *arguments], threads, log)
+    return measured(synthmed_command(arguments), threads, log)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -374,8 +358,8 @@ def main() -> None:
         source = head_volume(args.size, args.profile_depth, args.work / "volumes" / f"{name}{args.suffix}")
         target = args.work / "outputs" / f"{name}-T2-profile{args.suffix}"
         log = logs / "profile.log"
-        measured([sys.executable, "-c", PROFILE_CHILD, str(run), str(source), str(target),
-                                str(args.batch_size)], args.threads, log)
+        measured([sys.executable, "-c", PROFILE_CHILD, str(run), str(source), str(target), str(args.batch_size)],
+                 args.threads, log)
         record = json.loads(log.read_text().strip().splitlines()[-1])
         one_volume = args.profile_depth * volume_mb
         loaded = record["steps"][0]["rss_before_mb"]  # before the first read: imports and the model loaded

@@ -256,9 +256,8 @@ def _phantoms(folder: TaskFolder, suite: Suite, protocol: Protocol) -> Path:
 
 
 def _prepared(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
-              data: DataSource) -> tuple[dict, DataSource, str, str]:
-    """The task's prepared folder (made once; a rerun reuses it), the data it was prepared from and the source and
-    target names ``prepare`` was given."""
+              data: DataSource) -> tuple[dict, DataSource]:
+    """The plan of the task's prepared folder (made once; a rerun reuses it) and the data it was prepared from."""
     if data.folder is None:
         data = DataSource(_phantoms(folder, suite, protocol), label=data.label or "lesion")
     source, target = task.source, task.target
@@ -288,13 +287,13 @@ def _prepared(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
                             f"{wanted[0]} -> {wanted[1]} at {wanted[2]} px; choose another --out")
     if not plan["split"]["test"]:
         raise SynthmedError(f"{folder.prep}: no test subjects; the benchmark scores held-out subjects only")
-    return plan, data, source, target
+    return plan, data
 
 
 def _run_task(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol, data: DataSource) -> dict[str, Any]:
     """One source -> target task in ``folder``: data, then every method and repeat; returns its benchmark.json."""
     started = time.perf_counter()
-    plan, data, _, _ = _prepared(folder, task, suite, protocol, data)
+    plan, data = _prepared(folder, task, suite, protocol, data)
     test_subjects = plan["split"]["test"]
     sources = {s: Path(plan["volumes"][s]["files"][plan["source"]]) for s in test_subjects}
     references = {s: Path(plan["volumes"][s]["files"][plan["target"]]) for s in test_subjects}
@@ -324,7 +323,7 @@ def _run_reverse(folder: TaskFolder, forward: TaskFolder, task: Task, suite: Sui
                  data: DataSource) -> dict[str, Any]:
     """Target -> source with the forward task's runs, for the methods trained both ways."""
     started = time.perf_counter()
-    plan, data, _, _ = _prepared(forward, task, suite, protocol, data)
+    plan, data = _prepared(forward, task, suite, protocol, data)
     test_subjects = plan["split"]["test"]
     sources = {s: Path(plan["volumes"][s]["files"][plan["target"]]) for s in test_subjects}
     references = {s: Path(plan["volumes"][s]["files"][plan["source"]]) for s in test_subjects}

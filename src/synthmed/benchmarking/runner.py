@@ -25,13 +25,16 @@ _PROCESS_GROUP_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZ
 
 @dataclass(frozen=True)
 class Usage:
-    """What one child process cost: wall seconds (start-up included) and its own peak resident memory."""
+    """What one child process cost: wall seconds (start-up included), its own peak resident memory and CPU time."""
 
     wall_seconds: float
     peak_rss_mb: float
+    user_cpu_seconds: float = 0.0
+    system_cpu_seconds: float = 0.0
 
     def as_record(self) -> dict[str, float]:
-        return {"wall_seconds": self.wall_seconds, "peak_rss_mb": self.peak_rss_mb}
+        return {"wall_seconds": self.wall_seconds, "peak_rss_mb": self.peak_rss_mb,
+                "user_cpu_seconds": self.user_cpu_seconds, "system_cpu_seconds": self.system_cpu_seconds}
 
 
 def child_env(threads: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -75,7 +78,8 @@ def run_measured(command: list[str], log_path: Path, *, threads: int | None = No
         shown = shlex.join(command[2:6] if command[1:3] == ["-m", "synthmed"] else command[:4])
         raise SynthmedError(f"`{shown} ...` failed (exit {process.returncode}); log {log_path}:\n{tail}")
     # ru_maxrss is in KiB on Linux
-    return Usage(wall_seconds=round(seconds, 2), peak_rss_mb=round(usage.ru_maxrss / 1024, 1))
+    return Usage(wall_seconds=round(seconds, 2), peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+                 user_cpu_seconds=round(usage.ru_utime, 2), system_cpu_seconds=round(usage.ru_stime, 2))
 
 
 def load_average() -> list[float]:
@@ -83,8 +87,10 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def source_state(repository: Path) -> dict[str, Any]:
-    """The repository's commit and its uncommitted files under src/ (the code the child processes import)."""
+def source_state(repository: Path | None = None) -> dict[str, Any]:
+    """The repository's commit and its uncommitted files under src/ (the code the child processes import);
+    ``repository`` defaults to the checkout this package is imported from."""
+    repository = repository or Path(__file__).resolve().parents[3]
     def git(*arguments: str) -> str:
         try:
             return subprocess.run(["git", *arguments], cwd=repository, capture_output=True, text=True,
