@@ -292,58 +292,49 @@ def _prepared(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
 
 def _run_task(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol, data: DataSource) -> dict[str, Any]:
     """One source -> target task in ``folder``: data, then every method and repeat; returns its benchmark.json."""
-    started = time.perf_counter()
-    plan, data = _prepared(folder, task, suite, protocol, data)
-    test_subjects = plan["split"]["test"]
-    sources = {s: Path(plan["volumes"][s]["files"][plan["source"]]) for s in test_subjects}
-    references = {s: Path(plan["volumes"][s]["files"][plan["target"]]) for s in test_subjects}
-    lesions = _lesion_masks(plan, folder.masks, data)
-    fid = FidScorer(protocol.inception_weights, protocol.inception_variant)
-    record = _task_record(folder, suite, protocol, plan, data, lesions, fid, plan["source"], plan["target"])
-    pairs = [(s, sources[s], references[s]) for s in test_subjects]
-    record["identity"] = score_pairs(pairs, lesions, fid, match=True)
-    if task.degrade:  # the degraded scan is in the clean scan's units already
-        record["identity_unmatched"] = score_pairs(pairs, lesions, fid)
-    inputs = _test_folder(folder, sources, plan["source"], "inputs")
-    reference_folder = _test_folder(folder, references, plan["target"], "references")
-    for method in protocol.methods:
-        entries = []
-        for repeat in range(protocol.repeats):
-            run_seed = protocol.seed + repeat
-            train_usage = _train(folder, method, run_seed, protocol)
-            entries.append(_translate_and_score(folder, method, run_seed, protocol, inputs, reference_folder,
-                                                references, lesions, fid, train_usage, "A2B"))
-        _add_method(folder, record, method, entries, suite, started)
-    record["complete"] = True
-    write_task_record(folder.root, record, started)
-    return record
+    return _score_direction(folder, folder, task, suite, protocol, data, "A2B")
 
 
 def _run_reverse(folder: TaskFolder, forward: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
                  data: DataSource) -> dict[str, Any]:
     """Target -> source with the forward task's runs, for the methods trained both ways."""
+    return _score_direction(folder, forward, task, suite, protocol, data, "B2A")
+
+
+def _score_direction(folder: TaskFolder, forward: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
+                     data: DataSource, direction: str) -> dict[str, Any]:
+    """Train (A2B; B2A reuses ``forward``'s runs), translate and score every method and repeat into ``folder``."""
     started = time.perf_counter()
     plan, data = _prepared(forward, task, suite, protocol, data)
+    source, target = (plan["source"], plan["target"]) if direction == "A2B" else (plan["target"], plan["source"])
     test_subjects = plan["split"]["test"]
-    sources = {s: Path(plan["volumes"][s]["files"][plan["target"]]) for s in test_subjects}
-    references = {s: Path(plan["volumes"][s]["files"][plan["source"]]) for s in test_subjects}
+    sources = {s: Path(plan["volumes"][s]["files"][source]) for s in test_subjects}
+    references = {s: Path(plan["volumes"][s]["files"][target]) for s in test_subjects}
     lesions = _lesion_masks(plan, forward.masks, data)
     fid = FidScorer(protocol.inception_weights, protocol.inception_variant)
-    record = _task_record(forward, suite, protocol, plan, data, lesions, fid, plan["target"], plan["source"])
-    record["trained_in"] = forward.root.name
-    record["identity"] = score_pairs([(s, sources[s], references[s]) for s in test_subjects], lesions, fid,
-                                     match=True)
-    inputs = _test_folder(folder, sources, plan["target"], "inputs")
-    reference_folder = _test_folder(folder, references, plan["source"], "references")
-    both_ways = [m for m in protocol.methods if "B2A" in available_models()[m.model].directions]
-    record["skipped"] = {m.label: "translates source -> target only" for m in protocol.methods if m not in both_ways}
-    for method in both_ways:
+    record = _task_record(forward, suite, protocol, plan, data, lesions, fid, source, target)
+    pairs = [(s, sources[s], references[s]) for s in test_subjects]
+    record["identity"] = score_pairs(pairs, lesions, fid, match=True)
+    if task.degrade:  # the degraded scan is in the clean scan's units already
+        record["identity_unmatched"] = score_pairs(pairs, lesions, fid)
+    methods = list(protocol.methods)
+    if direction != "A2B":
+        record["trained_in"] = forward.root.name
+        methods = [m for m in methods if direction in available_models()[m.model].directions]
+        record["skipped"] = {m.label: "translates source -> target only" for m in protocol.methods
+                             if m not in methods}
+    inputs = _test_folder(folder, sources, source, "inputs")
+    reference_folder = _test_folder(folder, references, target, "references")
+    for method in methods:
         entries = []
         for repeat in range(protocol.repeats):
             run_seed = protocol.seed + repeat
-            usage = {"peak_rss_mb": None, "wall_seconds": None, "reused": True}  # trained by the forward task
+            if direction == "A2B":
+                usage = _train(folder, method, run_seed, protocol)
+            else:  # trained by the forward task
+                usage = {"peak_rss_mb": None, "wall_seconds": None, "reused": True}
             entries.append(_translate_and_score(folder, method, run_seed, protocol, inputs, reference_folder,
-                                                references, lesions, fid, usage, "B2A"))
+                                                references, lesions, fid, usage, direction))
         _add_method(folder, record, method, entries, suite, started)
     record["complete"] = True
     write_task_record(folder.root, record, started)
