@@ -51,14 +51,14 @@ from typing import Any
 import numpy as np
 
 from synthmed.data.io import ensure_writable_folder
-from synthmed.data.prepare import load_plan
+from synthmed.data.plan import Plan, load_plan
 from synthmed.errors import SynthmedError
 from synthmed.files import (
     json_text, output_lock, read_json_record, remove_owned_folder, write_marker, write_text_atomic,
 )
 from synthmed.models.registry import available_models
 from synthmed.records import Int, ListOf, MapOf, Record, Str, validate
-from synthmed.workflows.train import is_run_entry, legacy_run
+from synthmed.engine.run_folder import is_run_entry, legacy_run
 
 log = logging.getLogger(__name__)
 
@@ -317,14 +317,14 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
     from synthmed.data.discovery import canonical_modality
 
     wanted = (canonical_modality(config.source, {}), canonical_modality(config.target, {}), config.size)
-    if (plan["source"], plan["target"], int(plan["size"])) != wanted:
-        raise SynthmedError(f"{prep} holds {plan['source']} -> {plan['target']} at {plan['size']} px, not "
+    if (plan.source, plan.target, plan.size) != wanted:
+        raise SynthmedError(f"{prep} holds {plan.source} -> {plan.target} at {plan.size} px, not "
                             f"{wanted[0]} -> {wanted[1]} at {wanted[2]} px; choose another --out")
-    test_subjects = plan["split"]["test"]
+    test_subjects = plan.split["test"]
     if not test_subjects:
         raise SynthmedError(f"{prep}: no test subjects; the benchmark scores held-out subjects only")
-    references = {s: Path(plan["volumes"][s]["files"][plan["target"]]) for s in test_subjects}
-    sources = {s: Path(plan["volumes"][s]["files"][plan["source"]]) for s in test_subjects}
+    references = {s: Path(plan.volumes[s].files[plan.target]) for s in test_subjects}
+    sources = {s: Path(plan.volumes[s].files[plan.source]) for s in test_subjects}
     lesions = _lesion_masks(plan, label, out / "masks", Path(data), pattern, manifest)
     fid = _FidScorer(protocol.inception_weights, protocol.inception_variant)
 
@@ -333,8 +333,8 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
         "settings": {**asdict(config), "repeats": protocol.repeats, "seed": seed, "threads": protocol.threads,
                      "device": protocol.device, "budget_minutes": protocol.budget_minutes,
                      "samples": protocol.samples, "inception_weights": protocol.inception_weights},
-        "data": {"folder": str(data), "prepared": str(prep), "source": plan["source"], "target": plan["target"],
-                 "label": plan.get("label") or ("manifest" if lesions else None), "split": plan["split"],
+        "data": {"folder": str(data), "prepared": str(prep), "source": plan.source, "target": plan.target,
+                 "label": plan.label or ("manifest" if lesions else None), "split": plan.split,
                  "lesion_subjects": sorted(lesions)},
         "protocol": ("held-out test subjects; target units; inside the reference's foreground (and inside the "
                      "lesion where the subject has a label); PSNR data range = reference range in the region; "
@@ -369,9 +369,9 @@ def _benchmark_task(out: Path, suite: str, config: Suite, protocol: Protocol, *,
             summary = read_json_record(run / "train_summary.json", "training summary",
                                        f"remove {run} and run the benchmark again")
             outputs = out / "outputs" / f"{model}-seed{run_seed}"
-            translate_arguments = ["translate", str(run), str(_test_folder(out, sources, plan["source"])),
+            translate_arguments = ["translate", str(run), str(_test_folder(out, sources, plan.source)),
                                    str(outputs), "--reference",
-                                   str(_test_folder(out, references, plan["target"], "references")),
+                                   str(_test_folder(out, references, plan.target, "references")),
                                    "--checkpoint", "last", "--device", protocol.device, "--overwrite"]
             stochastic = available_models()[model].stochastic
             if stochastic and protocol.samples > 1:
@@ -456,7 +456,7 @@ def _output_for(outputs: Path, subject: str) -> Path:
     return volumes[0]
 
 
-def _lesion_masks(plan: dict, label: str | None, folder: Path, data: Path, pattern: str | None,
+def _lesion_masks(plan: Plan, label: str | None, folder: Path, data: Path, pattern: str | None,
                   manifest: str | Path | None) -> dict[str, Path]:
     """Binary lesion masks (label > 0) of the test subjects whose label is not empty: the ``label`` modality (found
     as ``prepare`` found it), or else a manifest's ``label`` column (the real suite's test scans; the training
@@ -468,7 +468,7 @@ def _lesion_masks(plan: dict, label: str | None, folder: Path, data: Path, patte
         return {}
     subjects = {s.id: s for s in discover(data, pattern=pattern, manifest=manifest)}
     masks: dict[str, Path] = {}
-    for subject_id in plan["split"]["test"]:
+    for subject_id in plan.split["test"]:
         subject = subjects.get(subject_id)
         if subject is None:
             continue

@@ -28,7 +28,7 @@ from synthmed.data.prepare import load_plan
 from synthmed.errors import SynthmedError
 from synthmed.files import output_lock, record_written, refuse_replacing_foreign, write_text_atomic
 from synthmed.workflows.benchmark import load_benchmark_record
-from synthmed.workflows.train import load_run_record
+from synthmed.engine.run_folder import RunFolder
 
 # (region, metric, header, better: "high" or "low", format). Region: a score region of benchmark.json
 # ("overall", "lesion", "max_normalised"), "fid", or "run" (a figure of the training/translation run).
@@ -272,9 +272,9 @@ def _slice_grids(source: Path, bench: dict, per_subject: int, max_subjects: int)
     parts = []
     methods = list(bench["methods"])
     for subject in bench["data"]["split"]["test"][:max_subjects]:
-        files = prep["volumes"][subject]["files"]
-        src = read_volume(files[prep["source"]]).data
-        ref = read_volume(files[prep["target"]]).data
+        files = prep.volumes[subject].files
+        src = read_volume(files[prep.source]).data
+        ref = read_volume(files[prep.target]).data
         outputs = {}
         for name in methods:
             seed = bench["methods"][name]["repeats"][0]["seed"]
@@ -328,7 +328,7 @@ def _uncertainty_maps(source: Path, bench: dict, max_subjects: int) -> list[str]
                 "methods write per-voxel standard deviations).</p>"]
     parts = []
     for subject in bench["data"]["split"]["test"][:max_subjects]:
-        reference = read_volume(prep["volumes"][subject]["files"][prep["target"]]).data
+        reference = read_volume(prep.volumes[subject].files[prep.target]).data
         head = foreground_mask(reference)
         z = reference.shape[2] // 2
         maps = []
@@ -386,8 +386,8 @@ def _configs(source: Path, bench: dict) -> list[str]:
         for repeat in entry["repeats"]:
             run_json = source / "runs" / f"{name}-seed{repeat['seed']}" / "run.json"
             if run_json.is_file():
-                info, _ = load_run_record(run_json.parent)
-                shown = {k: info.get(k) for k in ("model", "preset", "config", "settings", "versions")}
+                info, _ = RunFolder(run_json.parent).load()
+                shown = {k: info.to_record().get(k) for k in ("model", "preset", "config", "settings", "versions")}
                 parts.append(f"<details><summary>{html.escape(name)} (seed {repeat['seed']})</summary><pre>"
                              f"{html.escape(json.dumps(shown, indent=2))}</pre></details>")
     return parts
