@@ -94,7 +94,7 @@ def prepare_data(kind: str, work: Path) -> tuple[Path, dict]:
                 seed=SPLIT_SEED, aliases=BRATS_ALIASES, progress=False)
         inputs = {"kind": "brats", "folder": str(REAL_DATA / "brats"), "aliases": BRATS_ALIASES,
                   "split_ratios": list(BRATS_SPLIT)}
-        split = load_plan(prep)["split"]
+        split = load_plan(prep).split
         counts = {name: len(split[name]) for name in ("train", "val", "test")}
         if counts != {"train": 2, "val": 0, "test": 1}:
             fail(f"{prep}: expected 2 train / 0 val / 1 test subjects, the plan has {counts}; "
@@ -160,7 +160,7 @@ def pick_slices(data, count: int):
         fail(f"{data.root}: no test slice has a mask covering {MIN_MASK_FRACTION:.0%} of it")
     positions = np.unique(np.linspace(0, len(eligible) - 1, min(count, len(eligible))).round().astype(int))
     picks = eligible[positions]
-    subject_of = {record["number"]: name for name, record in data.plan["volumes"].items()}
+    subject_of = {record.number: name for name, record in data.plan.volumes.items()}
     described = []
     for row in picks:
         volume, slice_index = (int(v) for v in data.arrays["index"][row])
@@ -299,14 +299,14 @@ def main() -> None:
     if model.name != "ddpm":
         fail(f"{run} holds a {model.name} run; this benchmark needs a ddpm run")
     data = PreparedData(prep)
-    plan = data.plan
-    same_inputs = check_run_against_data(loaded.plan, plan, run)
+    plan = data.plan.to_record()
+    same_inputs = check_run_against_data(loaded.plan.to_record(), plan, run)
     if not same_inputs:
         say(f"note: {run} was prepared from other inputs or options than {prep} (no test subject was seen in training)")
 
     summary_path = Path(run) / "train_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    info = loaded.info
+    info = loaded.info.to_record()
     best = summary.get("best")
     training = {
         "run": str(Path(run).resolve()),

@@ -30,6 +30,7 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     from synthmed.data.io import Volume
     from synthmed.runtime.devices import pick_device, set_precision
     from synthmed.models.registry import build_model
+    from synthmed.data.plan import Plan
     from synthmed.workflows.translate import LoadedRun, translate_volume
     from synthmed.data.normalize import Normalization
 
@@ -58,7 +59,12 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     train_seconds = time.perf_counter() - start
 
     model.eval()
-    plan = {"source": "t1", "target": "t2", "size": size, "axis": "axial", "normalization_kind": {"t1": "mr", "t2": "mr"}}
+    plan = Plan.from_record({
+        "synthmed_plan": 3, "source": "t1", "target": "t2", "label": None, "size": size, "axis": "axial",
+        "normalization_kind": {"t1": "mr", "t2": "mr"},
+        "reference_normalization": {role: {"kind": "mr", "lo": 0.0, "hi": 800.0} for role in ("t1", "t2")},
+        "split": {"train": [], "val": [], "test": []}, "subjects": [], "volumes": {}, "n_slices": {},
+    }, "speed.py")
     loaded = LoadedRun(model=model, plan=plan, info={}, checkpoint=None)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in volume_shape], indexing="ij")
     head = (x**2 / 0.8 + y**2 / 0.9 + z**2 / 0.9) < 0.8

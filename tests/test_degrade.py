@@ -15,11 +15,11 @@ from synthmed.cli import main
 from synthmed.data.degrade import (
     SegmentMotion, add_lowdose_noise, add_rician_noise, degrade, degrade_array, motion_kspace, plan_motion,
 )
-from synthmed.data.geometry import SliceGeometry, crop_slices
+from synthmed.data.geometry import crop_slices
 from synthmed.data.io import read_volume
-from synthmed.data.normalize import Normalization
 from synthmed.data.phantom import write_phantoms
-from synthmed.data.prepare import load_plan, prepare
+from synthmed.data.plan import load_plan
+from synthmed.data.prepare import prepare
 from synthmed.errors import SynthmedError
 from synthmed.data.foreground import foreground_mask
 from synthmed.metrics import psnr
@@ -233,17 +233,17 @@ def test_a_folder_pairs_with_prepare_and_a_volume_round_trips(heads, tmp_path, c
     prep = prepare(out, source="T1_motion", target="T1", out=tmp_path / "prep", size=32, split="0.5,0.25,0.25",
                    progress=False)
     plan = load_plan(prep)
-    assert plan["source"] == "t1_motion" and plan["target"] == "t1"
-    assert sorted(plan["subjects"]) == subjects and not plan["skipped"]
-    record = plan["volumes"]["sub-001"]
-    assert record["files"]["t1_motion"].endswith("T1_motion.nii.gz")
+    assert plan.source == "t1_motion" and plan.target == "t1"
+    assert sorted(plan.subjects) == subjects and not plan.skipped
+    record = plan.volumes["sub-001"]
+    assert record.files["t1_motion"].endswith("T1_motion.nii.gz")
     # the prepared source slices of sub-001 are the degraded volume, normalised and cropped
     index = np.load(prep / "slices" / "index.npy")
-    rows = index[:, 0] == record["number"]
+    rows = index[:, 0] == record.number
     source = np.load(prep / "slices" / "source.npy")[rows]
     target = np.load(prep / "slices" / "target.npy")[rows]
-    geometry = SliceGeometry.from_dict(record["geometry"])
-    norm = Normalization.from_dict(record["normalization"]["t1_motion"])
+    geometry = record.geometry
+    norm = record.normalization["t1_motion"]
     np.testing.assert_allclose(source, crop_slices(norm.apply(written.data), geometry, fill=-1.0)[index[rows, 1]], atol=1e-5)
     assert not np.allclose(source, target)
 

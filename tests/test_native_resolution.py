@@ -131,7 +131,7 @@ def test_a_patch_trained_model_translates_whole_slices(phantoms, tmp_path, model
     assert info["patch"] == 16 and info["config"]["image_size"] == 16
     loaded = load_run(run, checkpoint="last")
     plan = loaded.plan
-    subject = plan["split"]["test"][0]
+    subject = plan.test_subjects[0]
     volume = read_volume(phantoms / subject / "T1.nii.gz")
     for zoom in (1.0, 1.5):
         affine = volume.affine.copy()
@@ -209,7 +209,7 @@ def test_context_gives_neighbouring_slices_in_training_and_translation(phantoms,
     loaded = load_run(run, checkpoint="last")
     first_convolution = next(m for m in loaded.model.generator.modules() if isinstance(m, torch.nn.Conv2d))
     assert first_convolution.in_channels == 3
-    volume = read_volume(phantoms / loaded.plan["split"]["test"][0] / "T1.nii.gz")
+    volume = read_volume(phantoms / loaded.plan.test_subjects[0] / "T1.nii.gz")
     image = translate_volume(loaded, volume, Normalization("mr", 0.0, 1.0)).image
     assert image.shape == volume.data.shape and np.isfinite(image).all()
     with pytest.raises(SynthmedError, match="--context"):
@@ -238,7 +238,7 @@ def test_unpaired_context_stacks_the_targets_neighbours_and_translates_both_ways
     run = tmp_path / "run"
     train(prep, model="unit", out=run, steps=2, batch_size=2, context=3, progress=False, val_every=2,
           overrides={"base_channels": 4, "n_res": 0, "discriminator_channels": 4})
-    volume = read_volume(phantoms / data.plan["split"]["test"][0] / "T1.nii.gz")
+    volume = read_volume(phantoms / data.plan.test_subjects[0] / "T1.nii.gz")
     for direction in ("A2B", "B2A"):
         loaded = load_run(run, checkpoint="last", direction=direction)
         image = translate_volume(loaded, volume, Normalization("mr", 0.0, 1.0)).image

@@ -12,7 +12,8 @@ import pytest
 from synthmed.cli import main
 from synthmed.data.discovery import write_manifest
 from synthmed.data.recipes import ixi_manifest, lgg_manifest
-from synthmed.data.prepare import load_plan, prepare
+from synthmed.data.plan import load_plan
+from synthmed.data.prepare import prepare
 
 pytestmark = pytest.mark.real
 
@@ -22,18 +23,18 @@ def test_brats_layouts_with_aliases(real_data, tmp_path):
     out = prepare(real_data / "brats", source="t1", target="t2", out=tmp_path / "prep", size=64, progress=False,
                   aliases="t1_bet=t1,t1c_bet=t1c,t2_bet=t2,fla_bet=flair")
     plan = load_plan(out)
-    assert sorted(plan["subjects"]) == ["AURORA-MET-example", "BraTS-GLI-00001-000", "TCGA-DU-7294"]
-    assert plan["fingerprint"]["t1"]["shapes"] == ["240x240x155"]
-    for record in plan["volumes"].values():
-        assert record["geometry"]["axis"] == 2  # axial from the LPS/RAS orientation
-        assert record["n_slices"] > 50
+    assert sorted(plan.subjects) == ["AURORA-MET-example", "BraTS-GLI-00001-000", "TCGA-DU-7294"]
+    assert plan.fingerprint["t1"]["shapes"] == ["240x240x155"]
+    for record in plan.volumes.values():
+        assert record.geometry.axis == 2  # axial from the LPS/RAS orientation
+        assert record.n_slices > 50
 
 
 def test_tcga_with_a_pattern(real_data, tmp_path):
     out = prepare(real_data / "brats" / "TCGA-DU-7294", source="flair", target="t2", out=tmp_path / "prep",
                   pattern="{subject}_{modality}_*.nii.gz", label="seg", size=64, progress=False)
     plan = load_plan(out)
-    assert plan["subjects"] == ["TCGA-DU-7294"]
+    assert plan.subjects == ("TCGA-DU-7294",)
     label = np.load(out / "slices" / "label.npy")
     assert label.max() >= 1  # the fused tumour labels came along
 
@@ -42,8 +43,8 @@ def test_ms_with_a_pattern(real_data, tmp_path):
     out = prepare(real_data / "ms", source="T1", target="T1POST", pattern="{subject}/{modality}_N4_*.nii.gz",
                   label="gold_standard", out=tmp_path / "prep", size=64, progress=False)
     plan = load_plan(out)
-    assert plan["source"] == "t1" and plan["target"] == "t1c"
-    assert plan["fingerprint"]["t1"]["shapes"] == ["182x218x182"]
+    assert plan.source == "t1" and plan.target == "t1c"
+    assert plan.fingerprint["t1"]["shapes"] == ["182x218x182"]
     assert np.load(out / "slices" / "label.npy").max() == 1
 
 
@@ -51,7 +52,7 @@ def test_ixi_mat_slices_with_a_two_row_manifest(real_data, tmp_path):
     manifest = write_manifest(ixi_manifest(real_data / "ixi_slices", absolute=True), tmp_path / "ixi.csv")
     out = prepare(None, manifest=manifest, source="T1", target="T2", out=tmp_path / "prep", size=64, progress=False)
     plan = load_plan(out)
-    assert plan["volumes"]["ixi"]["n_slices"] >= 20  # 25 axial slices, a few near the skull base may be dropped
+    assert plan.volumes["ixi"].n_slices >= 20  # 25 axial slices, a few near the skull base may be dropped
 
 
 def test_lgg_tif_slices_with_a_manifest(real_data, tmp_path):
@@ -59,12 +60,12 @@ def test_lgg_tif_slices_with_a_manifest(real_data, tmp_path):
     out = prepare(None, manifest=manifest, source="flair", target="t1c", label="lesion", out=tmp_path / "prep",
                   size=64, progress=False)
     plan = load_plan(out)
-    kept = set(plan["subjects"])
+    kept = set(plan.subjects)
     # patients whose post-contrast channel is a copy of FLAIR are skipped, and said so
-    assert kept | set(plan["skipped"]) == {p.name for p in (real_data / "lgg").iterdir() if p.is_dir()}
-    assert plan["skipped"] and len(kept) >= 7
+    assert kept | set(plan.skipped) == {p.name for p in (real_data / "lgg").iterdir() if p.is_dir()}
+    assert plan.skipped and len(kept) >= 7
     # TCGA_DU_7294 (also in brats/) is grouped by patient: it sits in exactly one split
-    where = [name for name, ids in plan["split"].items() if "TCGA_DU_7294_19890104" in ids]
+    where = [name for name, ids in plan.split.items() if "TCGA_DU_7294_19890104" in ids]
     assert len(where) <= 1
     assert np.load(out / "slices" / "label.npy").max() >= 1
 

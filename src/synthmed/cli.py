@@ -267,18 +267,18 @@ def run_command(args: argparse.Namespace) -> int:
         folders = write_phantoms(args.out, subjects=args.subjects, size=args.size, seed=args.seed, overwrite=args.overwrite)
         print(f"wrote {len(folders)} phantom subjects to {args.out}")
     elif args.verb == "prepare":
-        from synthmed.data.prepare import load_plan, prepare
+        from synthmed.data.plan import load_plan
+        from synthmed.data.prepare import prepare
 
         out = prepare(args.data, source=args.source, target=args.target, label=args.label, out=args.out, size=args.size,
                       spacing=args.spacing, axis=args.axis, pattern=args.pattern, manifest=args.manifest, split=args.split, seed=args.seed,
                       aliases=",".join(args.alias) if args.alias else None, resample=args.resample,
                       overwrite=args.overwrite, progress=progress)
         plan = load_plan(out)
-        counts = ", ".join(f"{k} {len(v)} subjects/{plan['n_slices'][k]} slices" for k, v in plan["split"].items())
-        resolution = plan.get("resolution") or {}
-        at = (f"{plan['size']}px slices at {resolution['spacing_mm']:g} mm per pixel" if resolution.get("mode") == "native"
-              else f"{plan['size']}px")
-        print(f"prepared {plan['source']} -> {plan.get('target') or '-'} at {at} in {out}: {counts}")
+        counts = ", ".join(f"{k} {len(v)} subjects/{plan.n_slices[k]} slices" for k, v in plan.split.items())
+        at = (f"{plan.size}px slices at {plan.resolution.spacing_mm:g} mm per pixel" if plan.resolution.native
+              else f"{plan.size}px")
+        print(f"prepared {plan.source} -> {plan.target or '-'} at {at} in {out}: {counts}")
     elif args.verb == "train":
         from synthmed.workflows.train import train
 

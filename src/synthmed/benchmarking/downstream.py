@@ -386,7 +386,7 @@ def segbench(
     counts = _parse_counts(extra_counts)
     if steps < 1 or batch_size < 1:
         raise SynthmedError(f"steps ({steps}) and batch size ({batch_size}) must be positive")
-    size = int(data.plan["size"])
+    size = data.plan.size
     segmentation_network(size, channels)  # refuses a size the U-Net cannot halve
     torch_device = pick_device(device)
     loaded = _load_generated(generated, counts, size)
@@ -403,7 +403,7 @@ def segbench(
     test_images = np.asarray(data.arrays["source"][test_rows], dtype=np.float32)
     test_masks = (np.asarray(data.arrays["label"][test_rows]) > 0).astype(np.uint8)
     test_subject_numbers = np.asarray(data.arrays["index"][test_rows, 0])
-    number_to_subject = {data.plan["volumes"][s]["number"]: s for s in data.plan["split"]["test"]}
+    number_to_subject = {data.plan.volumes[s].number: s for s in data.plan.split["test"]}
     subjects = [number_to_subject[n] for n in sorted(set(test_subject_numbers.tolist()))]
     headline = "lesion_slices" if lesion_slices_only else "all_slices"
 
@@ -445,8 +445,8 @@ def segbench(
             "headline_slices": headline,
         },
         "data": {
-            "prepared": str(prep), "source": data.plan.get("source"), "label": data.plan.get("label"), "size": size,
-            "train_subjects": list(data.plan["split"]["train"]), "test_subjects": subjects,
+            "prepared": str(prep), "source": data.plan.source, "label": data.plan.label, "size": size,
+            "train_subjects": list(data.plan.split["train"]), "test_subjects": subjects,
             "train_slices": int(len(train_rows)),
             "train_lesion_slices": int(real_masks.reshape(len(real_masks), -1).any(axis=1).sum()),
             "train_lesion_voxels": int(real_masks.sum()),

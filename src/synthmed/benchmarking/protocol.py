@@ -53,12 +53,12 @@ from synthmed.benchmarking.runner import child_env, run_measured, synthmed_comma
 from synthmed.benchmarking.scoring import FidScorer, rank_methods, score_pairs, summarize_repeats
 from synthmed.benchmarking.suites import Method, Suite, Task, get_suite
 from synthmed.data.io import ensure_writable_folder
-from synthmed.data.prepare import load_plan
+from synthmed.data.plan import Plan, load_plan
 from synthmed.data.recipes.shared_real import real_suite_manifest
 from synthmed.errors import SynthmedError
-from synthmed.files import output_lock, read_json_record, remove_owned_folder, write_marker
+from synthmed.files import output_lock, remove_owned_folder, write_marker
+from synthmed.engine.run_folder import RunFolder, is_run_entry, legacy_run
 from synthmed.models.registry import available_models
-from synthmed.workflows.train import is_run_entry, legacy_run
 
 PROTOCOL_TEXT = ("held-out test subjects; target units; inside the reference's foreground (and inside the lesion where "
                  "the subject has a label); PSNR data range = reference range in the region; SSIM = mean of 2D slice "
@@ -282,10 +282,10 @@ def _prepared(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
     from synthmed.data.discovery import canonical_modality
 
     wanted = (canonical_modality(source, {}), canonical_modality(target, {}), suite.size)
-    if (plan["source"], plan["target"], int(plan["size"])) != wanted:
-        raise SynthmedError(f"{folder.prep} holds {plan['source']} -> {plan['target']} at {plan['size']} px, not "
+    if (plan.source, plan.target, plan.size) != wanted:
+        raise SynthmedError(f"{folder.prep} holds {plan.source} -> {plan.target} at {plan.size} px, not "
                             f"{wanted[0]} -> {wanted[1]} at {wanted[2]} px; choose another --out")
-    if not plan["split"]["test"]:
+    if not plan.test_subjects:
         raise SynthmedError(f"{folder.prep}: no test subjects; the benchmark scores held-out subjects only")
     return plan, data
 
@@ -306,10 +306,10 @@ def _score_direction(folder: TaskFolder, forward: TaskFolder, task: Task, suite:
     """Train (A2B; B2A reuses ``forward``'s runs), translate and score every method and repeat into ``folder``."""
     started = time.perf_counter()
     plan, data = _prepared(forward, task, suite, protocol, data)
-    source, target = (plan["source"], plan["target"]) if direction == "A2B" else (plan["target"], plan["source"])
-    test_subjects = plan["split"]["test"]
-    sources = {s: Path(plan["volumes"][s]["files"][source]) for s in test_subjects}
-    references = {s: Path(plan["volumes"][s]["files"][target]) for s in test_subjects}
+    source, target = (plan.source, plan.target) if direction == "A2B" else (plan.target, plan.source)
+    test_subjects = plan.test_subjects
+    sources = {s: plan.file_of(s, source) for s in test_subjects}
+    references = {s: plan.file_of(s, target) for s in test_subjects}
     lesions = _lesion_masks(plan, forward.masks, data)
     fid = FidScorer(protocol.inception_weights, protocol.inception_variant)
     record = _task_record(forward, suite, protocol, plan, data, lesions, fid, source, target)
@@ -341,7 +341,7 @@ def _score_direction(folder: TaskFolder, forward: TaskFolder, task: Task, suite:
     return record
 
 
-def _task_record(folder: TaskFolder, suite: Suite, protocol: Protocol, plan: dict, data: DataSource,
+def _task_record(folder: TaskFolder, suite: Suite, protocol: Protocol, plan: Plan, data: DataSource,
                  lesions: dict[str, Path], fid: FidScorer, source: str, target: str) -> dict[str, Any]:
     settings = {key: value for key, value in asdict(protocol).items() if key not in ("methods", "progress")}
     return {
@@ -350,7 +350,7 @@ def _task_record(folder: TaskFolder, suite: Suite, protocol: Protocol, plan: dic
                      "methods": {m.label: {"model": m.model, "preset": m.preset} for m in protocol.methods},
                      "source": source, "target": target},
         "data": {"folder": str(data.folder), "prepared": str(folder.prep), "source": source, "target": target,
-                 "label": plan.get("label") or ("manifest" if lesions else None), "split": plan["split"],
+                 "label": plan.label or ("manifest" if lesions else None), "split": plan.split,
                  "lesion_subjects": sorted(lesions)},
         "protocol": PROTOCOL_TEXT,
         "conventions": CONVENTIONS,
@@ -395,8 +395,7 @@ def _translate_and_score(folder: TaskFolder, method: Method, seed: int, protocol
                          reference_folder: Path, references: dict[str, Path], lesions: dict[str, Path],
                          fid: FidScorer, train_usage: dict[str, Any], direction: str) -> dict[str, Any]:
     run = folder.run(method.label, seed)
-    summary = read_json_record(run / "train_summary.json", "training summary",
-                               f"remove {run} and run the benchmark again")
+    summary = RunFolder(run).load_summary()
     outputs = folder.outputs(method.label, seed)
     arguments = ["translate", str(run), str(inputs), str(outputs), "--reference", str(reference_folder),
                  "--checkpoint", "last", "--device", protocol.device, "--overwrite"]
@@ -430,11 +429,9 @@ def _translate_and_score(folder: TaskFolder, method: Method, seed: int, protocol
 
 def _reusable(run: Path, protocol: Protocol) -> bool:
     """A finished run (an interrupted benchmark started again) is reused only if it had this budget."""
-    path = run / "train_summary.json"
-    if not path.is_file():
+    if not RunFolder(run).train_summary.is_file():
         return False
-    summary = read_json_record(path, "training summary", f"remove {run} and run the benchmark again")
-    settings = summary.get("settings") if isinstance(summary, dict) else None
+    settings = RunFolder(run).load_summary().get("settings")
     if not isinstance(settings, dict):
         return False
     return (settings.get("steps"), settings.get("batch_size"), settings.get("max_minutes")) == (
@@ -456,7 +453,7 @@ def _test_folder(folder: TaskFolder, files: dict[str, Path], modality: str, name
     return root
 
 
-def _lesion_masks(plan: dict, folder: Path, data: DataSource) -> dict[str, Path]:
+def _lesion_masks(plan: Plan, folder: Path, data: DataSource) -> dict[str, Path]:
     """Binary lesion masks (label > 0) of the test subjects whose label is not empty: the ``label`` modality (found
     as ``prepare`` found it), or else a manifest's ``label`` column (the real suite's test scans; the training
     scans there have none, so ``prepare`` runs without ``--label``)."""
@@ -467,7 +464,7 @@ def _lesion_masks(plan: dict, folder: Path, data: DataSource) -> dict[str, Path]
         return {}
     subjects = {s.id: s for s in discover(data.folder, pattern=data.pattern, manifest=data.manifest)}
     masks: dict[str, Path] = {}
-    for subject_id in plan["split"]["test"]:
+    for subject_id in plan.test_subjects:
         subject = subjects.get(subject_id)
         if subject is None:
             continue

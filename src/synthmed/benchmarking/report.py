@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from synthmed.data.io import read_volume
-from synthmed.data.prepare import load_plan
+from synthmed.data.plan import load_plan
 from synthmed.errors import SynthmedError
 from synthmed.files import output_lock, record_written, refuse_replacing_foreign, write_text_atomic
 from synthmed.benchmarking.layout import TaskFolder, translated_volumes
 from synthmed.benchmarking.results import load_benchmark_record
-from synthmed.workflows.train import load_run_record
+from synthmed.engine.run_folder import RunFolder
 from synthmed.workflows.translate import std_path
 
 # (region, metric, header, better: "high" or "low", format). Region: a score region of benchmark.json
@@ -308,7 +308,7 @@ def _slice_grids(folder: TaskFolder, bench: dict, per_subject: int, max_subjects
     parts = []
     methods = list(bench["methods"])
     for subject in bench["data"]["split"]["test"][:max_subjects]:
-        files = prep["volumes"][subject]["files"]
+        files = prep.volumes[subject].files
         # the task's own direction (a reversed task translates the plan's target into its source)
         src = read_volume(files[bench["data"]["source"]]).data
         ref = read_volume(files[bench["data"]["target"]]).data
@@ -355,7 +355,7 @@ def _uncertainty_maps(folder: TaskFolder, bench: dict, max_subjects: int) -> lis
                 "methods write per-voxel standard deviations).</p>"]
     parts = []
     for subject in bench["data"]["split"]["test"][:max_subjects]:
-        reference = read_volume(prep["volumes"][subject]["files"][bench["data"]["target"]]).data
+        reference = read_volume(prep.file_of(subject, bench["data"]["target"])).data
         head = foreground_mask(reference)
         z = reference.shape[2] // 2
         maps = []
@@ -388,7 +388,7 @@ def _training_curves(folder: TaskFolder, bench: dict) -> list[str]:
     parts = []
     for name, entry in bench["methods"].items():
         for repeat in entry["repeats"]:
-            log_path = folder.run(name, repeat["seed"]) / "log.csv"
+            log_path = RunFolder(folder.run(name, repeat["seed"])).log_csv
             if not log_path.is_file():
                 continue
             rows = list(csv.DictReader(log_path.open()))
@@ -411,10 +411,10 @@ def _configs(folder: TaskFolder, bench: dict) -> list[str]:
              "</pre></details>"]
     for name, entry in bench["methods"].items():
         for repeat in entry["repeats"]:
-            run_json = folder.run(name, repeat["seed"]) / "run.json"
-            if run_json.is_file():
-                info, _ = load_run_record(run_json.parent)
-                shown = {k: info.get(k) for k in ("model", "preset", "config", "settings", "versions")}
+            run = RunFolder(folder.run(name, repeat["seed"]))
+            if run.run_json.is_file():
+                info, _ = run.load()
+                shown = {k: info.to_record().get(k) for k in ("model", "preset", "config", "settings", "versions")}
                 parts.append(f"<details><summary>{html.escape(name)} (seed {repeat['seed']})</summary><pre>"
                              f"{html.escape(json.dumps(shown, indent=2))}</pre></details>")
     return parts

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from synthmed.data.prepare import load_plan
+from synthmed.data.plan import load_plan
 from synthmed.errors import SynthmedError
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,7 @@ class PreparedData:
 
     def rows(self, split: str) -> np.ndarray:
         """Row numbers of the slices of one split ('train', 'val', 'test')."""
-        if split not in self.plan["split"]:
-            raise SynthmedError(f"unknown split {split!r}; use train, val or test")
-        numbers = [self.plan["volumes"][s]["number"] for s in self.plan["split"][split]]
+        numbers = [self.plan.volumes[s].number for s in self.plan.subjects_in(split)]
         return np.flatnonzero(np.isin(self.arrays["index"][:, 0], numbers))
 
 

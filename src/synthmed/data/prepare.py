@@ -7,7 +7,7 @@ memory-mapped ``.npy`` array per role under ``slices/``:
 - ``source.npy`` / ``target.npy``: float32 (n, size, size) in [-1, 1];
 - ``mask.npy``: uint8 foreground of the source (what metrics are computed inside);
 - ``label.npy``: uint8 label map, when ``--label`` is given;
-- ``index.npy``: int32 (n, 2) = (subject number in ``plan['subjects']``, slice number).
+- ``index.npy``: int32 (n, 2) = (subject number in ``plan.subjects``, slice number).
 
 Slices are kept at native resolution by default: every pixel is one in-plane voxel at the data's median
 spacing (``--spacing`` another), and ``size`` is the smallest multiple of 16 that holds the largest head, so
@@ -39,104 +39,32 @@ from synthmed.data.discovery import (
     FileRef, Subject, canonical_modality, discover, parse_aliases, patient_key, require_modalities,
 )
 from synthmed.data.geometry import (
-    AFFINE_TOLERANCE_MM, INTERPOLATION, INTERPOLATIONS, crop_slices, fit_geometry, fit_native_geometry,
+    AFFINE_TOLERANCE_MM, INTERPOLATION, crop_slices, fit_geometry, fit_native_geometry,
     foreground_side_mm, in_plane_spacing, native_size, resample_onto, slice_axis,
 )
-from synthmed.data.input_profile import HISTOGRAM_BINS, training_profile
+from synthmed.data.input_profile import training_profile
 from synthmed.data.input_profile import measure as measure_input
 from synthmed.data.io import Volume, ensure_writable_folder, read_volume
 from synthmed.data.normalize import (
-    SCALE_MODELS, Normalization, fit_normalization, fit_target_scale, median_normalization, modality_kind,
+    Normalization, fit_normalization, fit_target_scale, median_normalization, modality_kind,
 )
 from synthmed.data.splits import parse_ratios, split_subjects
 from synthmed.errors import SynthmedError
+from synthmed.data.plan import PLAN_VERSION, Plan, load_plan
 from synthmed.files import (
-    finite_json, json_text, output_lock, ownership_problem, read_json_record, refuse_overlap,
+    finite_json, json_text, output_lock, ownership_problem, refuse_overlap,
     remove_stale_temporaries, require_free_space, temporary_path, write_marker,
 )
 from synthmed.data.foreground import foreground_mask
-from synthmed.records import Choice, Int, ListOf, MapOf, Maybe, Num, Record, Str, invalid, validate
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 3  # 2: bicubic slice resampling (plan key "interpolation"); 3: native resolution ("resolution")
 MAX_SIZE = 1024
 MIN_FOREGROUND_FRACTION = 0.01
 
 
 def read_ref(ref: FileRef) -> Volume:
     return read_volume(ref.path, key=ref.key, channel=ref.channel)
-
-
-_NORMALIZATION = Record({"kind": Choice("mr", "ct"), "lo": Num(), "hi": Num()})
-_GEOMETRY = Record({"axis": Int(0, 2), "shape": ListOf(Int(1, 100_000), length=3), "row0": Int(-100_000, 100_000),
-                    "col0": Int(-100_000, 100_000), "side": Int(1, 200_000), "size": Int(16, 1024)})
-_VOLUME = Record({"number": Int(0), "files": MapOf(Str()), "geometry": _GEOMETRY,
-                  "normalization": MapOf(_NORMALIZATION), "n_slices": Int(0)})
-PLAN_SCHEMA = Record(
-    {
-        "synthmed_plan": Int(1, PLAN_VERSION),
-        "source": Str(100),
-        "target": Maybe(Str(100)),
-        "label": Maybe(Str(100)),
-        "axis": Str(20),
-        "size": Int(16, 1024, multiple=16),
-        "normalization_kind": MapOf(Choice("mr", "ct")),
-        "reference_normalization": MapOf(_NORMALIZATION),
-        "split": Record({name: ListOf(Str()) for name in ("train", "val", "test")}),
-        "subjects": ListOf(Str()),
-        "volumes": MapOf(_VOLUME),
-        "n_slices": MapOf(Int(0)),
-    },
-    optional={"interpolation": Choice(*INTERPOLATIONS),
-              "resolution": Record({"mode": Choice("native", "resized"), "spacing_mm": Maybe(Num(1e-6))}), "aliases": Maybe(MapOf(Str(100))), "inputs_hash": Str(),
-              "seed": Int(), "data": Maybe(Str()), "skipped": MapOf(Str()),
-              "input_profile": Maybe(Record({
-                  "version": Int(1), "subjects": Int(1), "padding": ListOf(Num(0, 1), length=2),
-                  "foreground_ml": ListOf(Num(0), length=2), "spacing": ListOf(Num(0), length=2),
-                  "histogram": ListOf(Num(0, 1), length=HISTOGRAM_BINS), "histogram_distance_max": Num(0)})),
-              "target_scale": Maybe(Record({"model": Choice(*SCALE_MODELS), "lo": Num(), "hi": Num(),
-                                            "offset_per_range": Num(), "range_ratio": Num(),
-                                            "loo_error": MapOf(Maybe(Num(0))), "subjects": Int(1)}))},
-)
-
-
-def check_plan(plan: dict, path: str | Path) -> dict:
-    """``plan`` (a parsed plan.json) if every field the toolkit uses is present and sane; else a one-line
-    :class:`SynthmedError` naming the field. Used for every plan read back (prepared folders, run folders)."""
-    fix = "re-run prepare with --overwrite (a run folder's plan.json is a copy of it)"
-    validate(plan, PLAN_SCHEMA, path, fix)
-    roles = [plan["source"]] + ([plan["target"]] if plan["target"] else [])
-    for role in roles:
-        for table in ("normalization_kind", "reference_normalization"):
-            if role not in plan[table]:
-                raise invalid(path, f"{table}.{role}", "is missing", fix)
-        reference = plan["reference_normalization"][role]
-        if not reference["hi"] > reference["lo"]:
-            raise invalid(path, f"reference_normalization.{role}", "has hi <= lo", fix)
-    for split, subjects in plan["split"].items():
-        for subject in subjects:
-            if subject not in plan["volumes"]:
-                raise invalid(path, f"split.{split}", f"names {subject!r}, which volumes does not hold", fix)
-    for subject, record in plan["volumes"].items():
-        for role in roles:
-            if role not in record["normalization"]:
-                raise invalid(path, f"volumes.{subject}.normalization.{role}", "is missing", fix)
-    return plan
-
-
-def plan_digest(plan: dict) -> str:
-    """A fingerprint of a plan's content: a checkpoint records the one it was trained on, so a checkpoint of
-    another run (another data set, size or normalisation) is not applied unnoticed."""
-    return hashlib.sha256(json.dumps(finite_json(plan), sort_keys=True).encode()).hexdigest()[:32]
-
-
-def load_plan(prep: str | Path) -> dict:
-    """The checked plan of a prepared folder (see :func:`check_plan`)."""
-    path = Path(prep) / "plan.json"
-    if not path.is_file():
-        raise SynthmedError(f"{prep}: no plan.json here; run `synthmed prepare ... --out {prep}` first")
-    return check_plan(read_json_record(path, "plan", "re-run prepare with --overwrite"), path)
 
 
 def _input_hash(subjects: list[Subject], options: dict) -> str:
@@ -275,10 +203,10 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
     _check_output(out, data, manifest, subjects, overwrite)
     if out.is_dir() and (out / "plan.json").is_file() and not overwrite and _owned(out):
         try:
-            if json.loads((out / "plan.json").read_text()).get("inputs_hash") == inputs_hash:
+            if load_plan(out).inputs_hash == inputs_hash:
                 log.info("%s is up to date (same inputs and options); nothing to do", out)
                 return out
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except SynthmedError:  # a damaged plan is not up to date: prepared again below
             pass
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SynthmedError(f"{out} exists and holds something else; pass --overwrite to replace it or choose another --out")
@@ -387,7 +315,7 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
             (Normalization.from_dict(records[s]["normalization"][source_mod]),
              Normalization.from_dict(records[s]["normalization"][target_mod])) for s in fitted_on
         ]).to_dict()
-    plan = {
+    record = {
         "synthmed_plan": PLAN_VERSION,
         "inputs_hash": inputs_hash,
         "data": str(Path(data).resolve()) if data else None,
@@ -415,6 +343,8 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
         "volumes": records,
         "n_slices": {name: int(sum(records[s]["n_slices"] for s in ids)) for name, ids in split_ids.items()},
     }
+    # Checked as every reader checks it: a plan that its readers would refuse is never written.
+    plan = Plan.from_record(finite_json(record), out / "plan.json")
     _write_prepared(out, plan, stacks, subject_ids, overwrite)
     return out
 
@@ -480,7 +410,7 @@ def _refuse_duplicate(seen: dict[str, tuple[str, str, str]], subject: str, role:
         )
 
 
-def _write_prepared(out: Path, plan: dict, stacks: dict[str, dict[str, np.ndarray]], order: list[str], overwrite: bool) -> None:
+def _write_prepared(out: Path, plan: Plan, stacks: dict[str, dict[str, np.ndarray]], order: list[str], overwrite: bool) -> None:
     """Write the arrays and plan.json into a temporary folder beside ``out``, then move it into place (an
     existing prepared folder is moved aside first and deleted last). Plain writes, not memory maps: a full disk
     is then an error (with the temporary folder removed), not a crash."""
@@ -495,7 +425,7 @@ def _write_prepared(out: Path, plan: dict, stacks: dict[str, dict[str, np.ndarra
         (tmp / "slices").mkdir(parents=True)
         for name, parts in arrays.items():
             _write_npy(tmp / "slices" / f"{_array_file(plan, name)}.npy", parts)
-        (tmp / "plan.json").write_text(json_text(plan), encoding="utf-8")
+        (tmp / "plan.json").write_text(json_text(plan.to_record()), encoding="utf-8")
         write_marker(tmp, "prepare")
         if out.exists():
             old = temporary_path(out, "old")
@@ -528,9 +458,9 @@ def _write_npy(path: Path, parts: list[np.ndarray]) -> None:
             np.ascontiguousarray(part, dtype=dtype).tofile(stream)
 
 
-def _array_file(plan: dict, name: str) -> str:
-    if name == plan["source"]:
+def _array_file(plan: Plan, name: str) -> str:
+    if name == plan.source:
         return "source"
-    if name == plan["target"]:
+    if name == plan.target:
         return "target"
     return name

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from synthmed.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from synthmed.engine.ema import EMA
+from synthmed.engine.run_folder import RunFolder
 from synthmed.errors import SynthmedError
 from synthmed.metrics import psnr, ssim
 from synthmed.models.base import SynthesisModel
@@ -97,6 +98,7 @@ class Trainer:
         self.train_set = train_set
         self.val_set = val_set
         self.run_dir = Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.settings = settings
         self.run_info = run_info
         self.dist = distributed.context()
@@ -141,8 +143,8 @@ class Trainer:
         decay = float(getattr(self.model.config, "ema_decay", 0.0) or 0.0)
         if decay > 0 and self.model.ema_modules:
             self.ema = EMA(self.model, self.model.ema_modules, decay)
-        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "samples").mkdir(exist_ok=True)
+        self.folder.checkpoints.mkdir(parents=True, exist_ok=True)
+        self.folder.samples.mkdir(exist_ok=True)
 
     def _checkpoint_payload(self) -> dict[str, Any]:
         return {
@@ -166,7 +168,7 @@ class Trainer:
 
     def save(self, name: str = "last.pt") -> Path:
         """Write a checkpoint (rank 0 only; see :meth:`save_last` for the one every rank takes part in)."""
-        path = self.run_dir / "checkpoints" / name
+        path = self.folder.checkpoint(name)
         if self.dist.is_main:
             save_checkpoint(path, self._checkpoint_payload())
         return path
@@ -174,7 +176,7 @@ class Trainer:
     def save_last(self) -> Path:
         """``last.pt`` with every rank's RNG state (each rank resumes its own noise stream); all ranks call it."""
         rng_ranks = distributed.gather_objects(rng_state())
-        path = self.run_dir / "checkpoints" / "last.pt"
+        path = self.folder.checkpoint("last")
         if self.dist.is_main:
             payload = self._checkpoint_payload()
             if self.dist.world_size > 1:
@@ -183,10 +185,10 @@ class Trainer:
         return path
 
     def resume(self) -> None:
-        path = self.run_dir / "checkpoints" / "last.pt"
+        path = self.folder.checkpoint("last")
         record = load_checkpoint(path, map_location=self.device)
         if self.dist.is_main:  # temporary files of a write cut short by a kill (the checkpoints themselves are intact)
-            for stale in (self.run_dir / "checkpoints").glob(".*.pt.*.tmp"):
+            for stale in self.folder.checkpoints.glob(".*.pt.*.tmp"):
                 stale.unlink(missing_ok=True)
         missing = [k for k in ("model", "config", "step", "state", "optimizers", "rng", "best") if k not in record]
         if missing:
@@ -401,12 +403,12 @@ class Trainer:
     def _save_grid(self, rows: list[torch.Tensor]) -> Path:
         grid = torch.cat([torch.cat(list(row[:, 0]), dim=1) for row in rows], dim=0)
         pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-        path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
+        path = self.folder.samples / f"step_{self.step:07d}.png"
         Image.fromarray(pixels).save(path)
         return path
 
     def _log(self, row: dict[str, Any]) -> None:
-        path = self.run_dir / "log.csv"
+        path = self.folder.log_csv
         if self._log_fields is None:
             if path.exists() and path.stat().st_size:
                 with path.open() as stream:
@@ -431,7 +433,7 @@ class Trainer:
             except ImportError:
                 self._tensorboard = False
             else:
-                self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self._tensorboard = SummaryWriter(str(self.folder.tensorboard))
         return self._tensorboard or None
 
     # --- signals ------------------------------------------------------------------

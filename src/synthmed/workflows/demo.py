@@ -16,13 +16,15 @@ import numpy as np
 
 from synthmed.data.io import ensure_writable_folder, read_volume, volume_suffix
 from synthmed.data.phantom import write_phantoms
-from synthmed.data.prepare import load_plan, prepare
+from synthmed.data.plan import load_plan
+from synthmed.data.prepare import prepare
+from synthmed.engine.run_folder import is_run_entry, legacy_run
 from synthmed.errors import SynthmedError
 from synthmed.files import (
     MARKER_NAME, json_text, marked_by, output_lock, remove_owned_folder, write_marker, write_text_atomic,
 )
 from synthmed.workflows.evaluate import evaluate_pairs, format_table, match_intensity
-from synthmed.workflows.train import is_run_entry, legacy_run, train
+from synthmed.workflows.train import train
 from synthmed.workflows.translate import translate
 
 log = logging.getLogger(__name__)
@@ -74,17 +76,17 @@ def _demo(out: Path, *, subjects: int, size: int, steps: int | None, model: str,
     prepare(phantoms, source=source, target=target, out=prep, size=size, split=(0.6, 0.2, 0.2), seed=seed,
             overwrite=overwrite, progress=progress)
     plan = load_plan(prep)
-    print(f"      split by subject: train {plan['split']['train']}, val {plan['split']['val']}, test {plan['split']['test']}")
+    print(f"      split by subject: train {list(plan.train_subjects)}, val {list(plan.val_subjects)}, "
+          f"test {list(plan.test_subjects)}")
     print(f"[3/5] train {model} (small preset) -> {run}")
     summary = train(prep, model=model, preset="small", out=run, steps=steps, seed=seed, progress=progress, device=device)
     print(f"      {summary['steps']} steps in {summary['seconds']:.0f} s")
-    print(f"[4/5] translate the {len(plan['split']['test'])} test subjects -> {translations}")
+    print(f"[4/5] translate the {len(plan.test_subjects)} test subjects -> {translations}")
     model_pairs, identity_pairs = [], []
     ensure_writable_folder(translations)
     write_marker(translations, "demo")
-    for subject in plan["split"]["test"]:
-        record = plan["volumes"][subject]
-        source_file, target_file = Path(record["files"][plan["source"]]), Path(record["files"][plan["target"]])
+    for subject in plan.test_subjects:
+        source_file, target_file = plan.file_of(subject, plan.source), plan.file_of(subject, plan.target)
         output = translations / subject / target_file.name
         translate(run, source_file, output, reference=target_file, device=device, progress=False)
         model_pairs.append((subject, output, target_file))
@@ -103,7 +105,7 @@ def _demo(out: Path, *, subjects: int, size: int, steps: int | None, model: str,
     figure = write_figure(out / "demo.png", model_pairs, identity_pairs, model)
     seconds = time.perf_counter() - started
     report = {
-        "model": model, "source": plan["source"], "target": plan["target"], "subjects": subjects, "size": size,
+        "model": model, "source": plan.source, "target": plan.target, "subjects": subjects, "size": size,
         "train_steps": summary["steps"], "train_seconds": summary["seconds"], "total_seconds": round(seconds, 1),
         "results": {name: {"mean": r["mean"], "sd": r["sd"], "n": r["n"]} for name, r in results.items()},
         "gain_psnr_db": gain_psnr, "gain_ssim": gain_ssim, "figure": str(figure),

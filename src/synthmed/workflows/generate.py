@@ -59,7 +59,7 @@ def generate(
     loaded = load_run(run, device=device, checkpoint=checkpoint, amp=amp)
     model = loaded.model
     if model.task != "generate":
-        raise SynthmedError(f"{run} holds a {loaded.info.get('model')} translator; use `synthmed translate`")
+        raise SynthmedError(f"{run} holds a {loaded.info.model} translator; use `synthmed translate`")
     try:
         model.check_sampling(sampler=sampler, steps=steps, eta=eta)
     except ValueError as error:
@@ -118,7 +118,7 @@ def _generate(loaded, run, n: int, out: Path, *, steps, sampler, eta, fmt: str, 
     config = model.config
     info = {
         "run": str(Path(run).resolve()),
-        "model": loaded.info.get("model"),
+        "model": loaded.info.model,
         "checkpoint": loaded.checkpoint.name,
         "n": n,
         "sampler": sampler or config.sampler,
@@ -131,8 +131,8 @@ def _generate(loaded, run, n: int, out: Path, *, steps, sampler, eta, fmt: str, 
         "autocast": str(model.amp_dtype or "off"),
         "format": fmt,
         "size": int(config.image_size),
-        "source": loaded.plan.get("source"),
-        "label": loaded.plan.get("label"),
+        "source": loaded.plan.source,
+        "label": loaded.plan.label,
         "masks": bool(model.makes_masks),
         "mask_threshold": getattr(config, "mask_threshold", None),
         "mask_rule": "mask = final mask estimate > mask_threshold (in [-1, 1] units)" if model.makes_masks else None,

@@ -1,6 +1,6 @@
 """``synthmed train``: train a registered method on a prepared folder into a run folder.
 
-A run folder holds ``run.json`` (model, preset, config, settings, versions),
+A run folder (:mod:`synthmed.engine.run_folder`) holds ``run.json`` (model, preset, config, settings, versions),
 ``plan.json`` (a copy of the data plan, so translation needs nothing else),
 ``checkpoints/{best,last}.pt``, ``log.csv`` and ``samples/``.
 
@@ -17,15 +17,14 @@ from typing import Any
 
 from synthmed.data.datasets import PreparedData, SliceDataset
 from synthmed.data.io import ensure_writable_folder
-from synthmed.data.prepare import check_plan, plan_digest
+from synthmed.data.plan import Plan
+from synthmed.engine.run_folder import RunFolder, legacy_run
 from synthmed.engine.trainer import Trainer, TrainSettings
 from synthmed.errors import SynthmedError
 from synthmed.files import (
-    MARKER_NAME, json_text, marked_by, output_lock, read_json_record, remove_stale_temporaries, write_marker,
-    write_text_atomic,
+    MARKER_NAME, json_text, marked_by, output_lock, remove_stale_temporaries, write_marker, write_text_atomic,
 )
 from synthmed.models.registry import available_models, build_model, make_config, model_class
-from synthmed.records import Bool, Choice, Int, Maybe, Record, Str, validate
 from synthmed.runtime import distributed
 from synthmed.runtime.devices import pick_device, seed_everything
 from synthmed.runtime.versions import versions
@@ -33,38 +32,7 @@ from synthmed.runtime.versions import versions
 log = logging.getLogger(__name__)
 
 
-RUN_SCHEMA = Record(
-    {"model": Str(100), "preset": Str(100), "task": Choice("translate", "generate"), "config": Record({}),
-     "source": Str(100), "target": Maybe(Str(100)), "label": Maybe(Str(100))},
-    optional={"paired": Bool(), "settings": Record({}), "prepared": Str(), "processes": Int(1),
-              "plan_digest": Str(100), "training_slice_count": Int(0), "patch": Maybe(Int(16, 1024))},
-)
 GENERATOR_MULTIPLE = 32  # the paper PIG U-Net halves the image 5 times
-RUN_FILES = ("run.json", "plan.json", "checkpoints", "samples", "log.csv", "train_summary.json", "tensorboard")
-
-
-def load_run_record(run: str | Path) -> tuple[dict, dict]:
-    """(run.json, plan.json) of a run folder, both checked against their schemas (one-line errors naming the
-    field of a damaged or crafted file)."""
-    run = Path(run)
-    info_path, plan_path = run / "run.json", run / "plan.json"
-    if not info_path.is_file() or not plan_path.is_file():
-        raise SynthmedError(f"{run}: not a synthmed run folder (no run.json/plan.json); train one with `synthmed train`")
-    fix = "the run folder is damaged; train it again"
-    info = validate(read_json_record(info_path, "run record", fix), RUN_SCHEMA, info_path, fix)
-    model_class(info["model"])  # a model this version knows
-    plan = check_plan(read_json_record(plan_path, "plan", fix), plan_path)
-    return info, plan
-
-
-def is_run_entry(entry: Path) -> bool:
-    """Whether ``entry`` is something ``train`` writes into a run folder."""
-    return entry.name in RUN_FILES
-
-
-def legacy_run(folder: Path) -> bool:
-    """A run folder written before folders carried markers: run.json and checkpoints/."""
-    return (folder / "run.json").is_file() and (folder / "checkpoints").is_dir()
 
 
 def train(
@@ -122,19 +90,20 @@ def _train(
     **settings: Any,
 ) -> dict[str, Any]:
     out = Path(out)
+    folder = RunFolder(out)
     cls = model_class(model)
     data = PreparedData(prep)
     plan = data.plan
-    if cls.task == "translate" and not plan.get("target"):
+    if cls.task == "translate" and not plan.target:
         raise SynthmedError(f"{prep} was prepared without --target; {model} translates and needs a target modality")
-    if cls.makes_masks and not plan.get("label"):
+    if cls.makes_masks and not plan.label:
         raise SynthmedError(f"{prep} was prepared without --label; {model} generates image + mask pairs and trains on "
                             f"them: prepare with --label NAME (e.g. --source FLAIR --label lesion)")
 
     config_values = dict(overrides or {})
     image_size = _training_size(cls, model, preset, plan, patch, config_values)
     config_values["image_size"] = image_size
-    windows = image_size if image_size != int(plan["size"]) else None  # train on patches of the slices
+    windows = image_size if image_size != plan.size else None  # train on patches of the slices
     if context != 1:
         if not cls.takes_context:
             takers = ", ".join(name for name, c in available_models().items() if c.takes_context)
@@ -158,7 +127,7 @@ def _train(
     if settings_obj.num_workers < 0:
         raise SynthmedError(f"--workers {settings_obj.num_workers}: must be 0 or more")
     pick_device(device)
-    checkpoint = out / "checkpoints" / "last.pt"
+    checkpoint = folder.checkpoint("last")
     if resume and not checkpoint.is_file():
         raise SynthmedError(f"{out}: nothing to resume (no checkpoints/last.pt); drop --resume to start a new run")
     if not resume and checkpoint.is_file():
@@ -172,7 +141,7 @@ def _train(
         raise SynthmedError(f"{out} was not made by synthmed train; choose the run folder to resume")
     # Datasets first: nothing is written into the run folder before the inputs are known to work.
     lesion_only = getattr(net.config, "training_slices", "all") == "lesion"
-    if lesion_only and not plan.get("label"):
+    if lesion_only and not plan.label:
         raise SynthmedError(f"{prep} was prepared without --label, so {model} cannot keep the lesion slices "
                             "(training_slices=lesion); prepare with --label NAME or --set training_slices=all")
     context = int(getattr(net.config, "context", 1))
@@ -181,13 +150,13 @@ def _train(
     if cls.task == "generate":
         val_set = None  # generators are not validated against references; samples/ shows their output
     else:
-        val_set = SliceDataset(data, "val", context=context) if plan["split"]["val"] else None
+        val_set = SliceDataset(data, "val", context=context) if plan.val_subjects else None
         if val_set is None and ctx.is_main:
             log.warning("no validation subjects: best.pt will not be chosen by validation PSNR (last.pt is used)")
-    if resume and (out / "run.json").is_file():
-        saved, _ = load_run_record(out)
-        if saved["model"] != model:
-            raise SynthmedError(f"{out} holds a {saved.get('model')} run, not {model}; resume it with --model {saved.get('model')}")
+    if resume and folder.run_json.is_file():
+        saved, _ = folder.load()
+        if saved.model != model:
+            raise SynthmedError(f"{out} holds a {saved.model} run, not {model}; resume it with --model {saved.model}")
     distributed.barrier()  # every rank has checked (and read) the run folder before rank 0 writes into it
 
     run_info = {
@@ -198,49 +167,48 @@ def _train(
         "config": net.config_dict(),
         "settings": {k: v for k, v in vars(settings_obj).items()},
         "prepared": str(Path(prep).resolve()),
-        "source": plan["source"],
-        "target": plan.get("target"),
-        "label": plan.get("label"),
+        "source": plan.source,
+        "target": plan.target,
+        "label": plan.label,
         "training_slice_count": len(train_set),
         "patch": windows,
-        "plan_digest": plan_digest(plan),
+        "plan_digest": plan.digest(),
         "versions": versions(),
     }
     if ctx.world_size > 1:
         run_info["processes"] = ctx.world_size
     if ctx.is_main:
         ensure_writable_folder(out)
-        for folder in (out, out / "checkpoints"):
-            remove_stale_temporaries(folder)  # of a run killed while writing
+        for inside in (out, folder.checkpoints):
+            remove_stale_temporaries(inside)  # of a run killed while writing
         write_marker(out, "train")
-        write_text_atomic(out / "run.json", json_text(run_info))
-        write_text_atomic(out / "plan.json", json_text(plan))
+        folder.write_record(run_info, plan)
     distributed.barrier()
 
     trainer = Trainer(net, train_set, val_set, out, settings_obj, run_info)
     summary = trainer.fit(resume=resume)
     summary["parameters"] = int(sum(p.numel() for p in net.parameters()))
     if ctx.is_main:
-        write_text_atomic(out / "train_summary.json", json_text(summary))
+        write_text_atomic(folder.train_summary, json_text(summary))
     return summary
 
 
-def _training_size(cls, model: str, preset: str, plan: dict, patch: int | None, config_values: dict) -> int:
+def _training_size(cls, model: str, preset: str, plan: Plan, patch: int | None, config_values: dict) -> int:
     """The image size a model is built for and trained at: ``--patch``; else, on native-resolution data, the preset's
     image size (``paper`` 256 px, ``small`` a CPU-sized patch), on resized data the prepared slice size. Generators
     make whole slices, so they train on whole slices: native ones padded to a multiple of
     :data:`GENERATOR_MULTIPLE`, which every generator's U-Net halves down evenly."""
-    slice_size = int(plan["size"])
+    slice_size = plan.size
     if cls.task == "generate":
         if patch is not None:
             raise SynthmedError(f"{model} generates whole slices; --patch applies to translation methods")
-        if (plan.get("resolution") or {}).get("mode") == "native":
+        if plan.resolution.native:
             return -(-slice_size // GENERATOR_MULTIPLE) * GENERATOR_MULTIPLE
         return slice_size
     if patch is not None:
         if patch < 16 or patch > 1024 or patch % 16:
             raise SynthmedError(f"--patch {patch}: use a multiple of 16 between 16 and 1024 (e.g. 64, 128, 256)")
         return int(patch)
-    if (plan.get("resolution") or {}).get("mode") == "native":
+    if plan.resolution.native:
         return int(make_config(model, preset, {k: v for k, v in config_values.items() if k != "image_size"}).image_size)
     return slice_size

@@ -51,9 +51,10 @@ from synthmed.data.io import (
 )
 from synthmed.data.input_profile import differences as input_differences
 from synthmed.data.input_profile import measure as measure_input
-from synthmed.data.normalize import Normalization, TargetScale, fit_normalization, modality_kind, mr_low
-from synthmed.data.prepare import plan_digest
+from synthmed.data.normalize import Normalization, fit_normalization, modality_kind, mr_low
+from synthmed.data.plan import Plan
 from synthmed.engine.checkpoint import load_checkpoint
+from synthmed.engine.run_folder import RunFolder, RunRecord
 from synthmed.runtime.devices import pick_device, set_precision
 from synthmed.errors import SynthmedError
 from synthmed.files import (
@@ -64,7 +65,6 @@ from synthmed.data.foreground import foreground_mask
 from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import config_from_dict, instantiate
 from synthmed.nn.patches import padded_to_multiple
-from synthmed.workflows.train import load_run_record
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ class Translation:
 @dataclass
 class LoadedRun:
     model: SynthesisModel
-    plan: dict  # for direction B2A, a view of the plan with source and target swapped
-    info: dict
+    plan: Plan  # for direction B2A, the plan with source and target swapped
+    info: RunRecord
     checkpoint: Path
     direction: str = "A2B"
 
@@ -107,18 +107,15 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", di
     ``direction`` B2A (models trained both ways) translates the plan's target modality back
     into its source modality: everything downstream sees a plan with the two roles swapped.
     """
-    run = Path(run)
-    info, plan = load_run_record(run)
-    names = ["best.pt", "last.pt"] if checkpoint == "best" else [f"{checkpoint}.pt" if not checkpoint.endswith(".pt") else checkpoint]
-    path = next((run / "checkpoints" / n for n in names if (run / "checkpoints" / n).is_file()), None)
-    if path is None:
-        raise SynthmedError(f"{run}: no checkpoint ({' or '.join(names)}) in {run / 'checkpoints'}; has training started?")
+    folder = RunFolder(run)
+    info, plan = folder.load()
+    path = folder.find_checkpoint(checkpoint)
     target = pick_device(device)
     record = load_checkpoint(path, map_location=target)
     missing = [key for key in ("model", "config", "state") if key not in record]
     if missing:
         raise SynthmedError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged or from another tool")
-    check_checkpoint_fits(record, info, plan, path, run)
+    check_checkpoint_fits(record, info, plan, path, folder)
     model = instantiate(record["model"], config_from_dict(record["model"], record["config"]))
     try:
         model.load_state_dict(record["state"])
@@ -129,12 +126,12 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", di
     model.to(target).eval()
     set_precision(model, amp, target, training=False)
     if direction not in ("A2B", "B2A"):
-        raise SynthmedError(f"--direction {direction}: use A2B ({plan['source']} -> {plan['target']}) or B2A (the reverse)")
+        raise SynthmedError(f"--direction {direction}: use A2B ({plan.source} -> {plan.target}) or B2A (the reverse)")
     if direction not in model.directions:
-        raise SynthmedError(f"{model.name} translates {plan['source']} -> {plan['target']} only (A2B); B2A needs a model "
+        raise SynthmedError(f"{model.name} translates {plan.source} -> {plan.target} only (A2B); B2A needs a model "
                             "trained in both directions (e.g. cyclegan)")
     if direction == "B2A":
-        plan = {**plan, "source": plan["target"], "target": plan["source"]}
+        plan = plan.swapped()
     return LoadedRun(model, plan, info, path, direction)
 
 
@@ -142,28 +139,28 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", di
 RESUMABLE_SETTINGS = ("steps",)
 
 
-def check_checkpoint_fits(record: dict, info: dict, plan: dict, path: Path, run: Path) -> None:
+def check_checkpoint_fits(record: dict, info: RunRecord, plan: Plan, path: Path, folder: RunFolder) -> None:
     """Refuse a checkpoint that is not this run's: another model, another configuration (size, channels, ...)
     or trained on another prepared data set (its plan's digest). A checkpoint copied in from elsewhere would
     otherwise translate with exit status 0 and outputs of the wrong model or scale."""
-    if record["model"] != info["model"]:
-        raise SynthmedError(f"{path} is a {record['model']} checkpoint, but {run / 'run.json'} is a {info['model']} "
+    if record["model"] != info.model:
+        raise SynthmedError(f"{path} is a {record['model']} checkpoint, but {folder.run_json} is a {info.model} "
                             "run: the checkpoint belongs to another run; copy run folders whole")
     saved = finite_json({k: v for k, v in dict(record["config"]).items() if k not in RESUMABLE_SETTINGS})
-    expected = finite_json({k: v for k, v in info["config"].items() if k not in RESUMABLE_SETTINGS})
+    expected = finite_json({k: v for k, v in info.config.items() if k not in RESUMABLE_SETTINGS})
     if saved != expected:
         changed = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
         shown = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {expected.get(k)!r} in run.json" for k in changed[:2])
-        raise SynthmedError(f"{path} was trained with another configuration than {run / 'run.json'} ({shown}"
+        raise SynthmedError(f"{path} was trained with another configuration than {folder.run_json} ({shown}"
                             f"{' ...' if len(changed) > 2 else ''}): it belongs to another run; copy run folders whole")
     digest = record.get("plan_digest")
-    if digest and digest != plan_digest(plan):
-        raise SynthmedError(f"{path} was trained on another prepared data set than {run / 'plan.json'} describes "
+    if digest and digest != plan.digest():
+        raise SynthmedError(f"{path} was trained on another prepared data set than {folder.plan_json} describes "
                             "(its plan differs): it belongs to another run; copy run folders whole")
     size = expected.get("image_size")
-    if size is not None and size != plan["size"] and info.get("patch") != size:  # patch-trained runs differ
-        raise SynthmedError(f"{run / 'run.json'} is a {size} px model, but {run / 'plan.json'} prepares "
-                            f"{plan['size']} px slices: the run folder mixes two runs")
+    if size is not None and size != plan.size and info.patch != size:  # patch-trained runs differ
+        raise SynthmedError(f"{folder.run_json} is a {size} px model, but {folder.plan_json} prepares "
+                            f"{plan.size} px slices: the run folder mixes two runs")
 
 
 def check_sampling(model: SynthesisModel, sampling: Sampling) -> None:
@@ -258,7 +255,7 @@ def translate_volume(
     data = volume.data
     if float(data.max()) == float(data.min()):
         raise SynthmedError(f"{volume.path}: constant image (all voxels {data.min():g}); nothing to translate")
-    source_kind = plan["normalization_kind"][plan["source"]]
+    source_kind = plan.normalization_kind[plan.source]
     # The MR background level copies the whole volume once: taken before the foreground mask exists, so that
     # the input, the mask and that copy are never in memory together.
     low = mr_low(data) if source_kind == "mr" else None
@@ -269,10 +266,10 @@ def translate_volume(
     normalization = fit_normalization(data, foreground, source_kind, name=str(volume.path), low=low)
     _check_like_training(plan, volume, foreground, normalization, strict)
     if target_normalization is None:  # no reference: the plan's scale model, from this input's own range
-        target_normalization = TargetScale.from_dict(plan["target_scale"]).predict(normalization)
+        target_normalization = plan.target_scale.predict(normalization)
     outside = ~_dilated(foreground, BACKGROUND_MARGIN) if mask_background else None
     del foreground
-    interpolation = plan.get("interpolation", "bilinear")  # as the training slices were made
+    interpolation = plan.interpolation  # as the training slices were made
     # From here on the only whole volumes are the input and the output: slabs of slices are normalised and
     # cropped into the model-sized stack, and the model outputs are pasted back slab by slab.
     slices = _crop_in_slabs(data, normalization, geometry, interpolation)
@@ -293,27 +290,25 @@ def translate_volume(
     return Translation(image, std_map)
 
 
-def input_geometry(plan: dict, volume: Volume, foreground: np.ndarray) -> SliceGeometry:
+def input_geometry(plan: Plan, volume: Volume, foreground: np.ndarray) -> SliceGeometry:
     """How an input volume becomes model slices, as the plan made the training slices: at native resolution a
     square at the plan's pixel size just large enough for this input's foreground (the model takes whole slices of
     any size), else the foreground box resized to the plan's size."""
-    axis = slice_axis(volume.affine, plan["axis"], volume.is_2d)
-    resolution = plan.get("resolution") or {"mode": "resized"}
-    if resolution["mode"] != "native":
-        return fit_geometry(foreground, axis, int(plan["size"]))
-    pixel_mm, target_mm = in_plane_spacing(volume.spacing, axis), float(resolution["spacing_mm"])
+    axis = slice_axis(volume.affine, plan.axis, volume.is_2d)
+    if not plan.resolution.native:
+        return fit_geometry(foreground, axis, plan.size)
+    pixel_mm, target_mm = in_plane_spacing(volume.spacing, axis), float(plan.resolution.spacing_mm)
     size = native_size(foreground_side_mm(foreground, axis, pixel_mm), target_mm)
     return fit_native_geometry(foreground, axis, size, pixel_mm, target_mm)
 
 
-def _check_like_training(plan: dict, volume: Volume, foreground: np.ndarray, normalization: Normalization,
+def _check_like_training(plan: Plan, volume: Volume, foreground: np.ndarray, normalization: Normalization,
                          strict: bool) -> None:
-    if plan.get("input_profile") is None:  # plans made before the profile was recorded
+    if plan.input_profile is None:  # plans made before the profile was recorded
         return
     found = measure_input(volume.data, foreground, volume.spacing, normalization.apply(volume.data[foreground]))
-    resolution = plan.get("resolution") or {}
-    said = input_differences(plan["input_profile"], found,
-                             resampled_to=resolution.get("spacing_mm") if resolution.get("mode") == "native" else None)
+    said = input_differences(plan.input_profile, found,
+                             resampled_to=plan.resolution.spacing_mm if plan.resolution.native else None)
     if not said:
         return
     message = f"{volume.path} is unlike the scans the model was trained on: {'; '.join(said)}"
@@ -378,11 +373,11 @@ def _uncrop_in_slabs(stack: np.ndarray, geometry: SliceGeometry, fill: float, in
 def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Normalization | None:
     """The output's scale: the reference's; without one the plan's target scale (None: it depends on the input,
     :func:`translate_volume` predicts it) or, for plans made before it existed and CT, the training median."""
-    target = loaded.plan["target"]
+    target = loaded.plan.target
     if reference is None:
-        if loaded.plan.get("target_scale") is not None:
+        if loaded.plan.target_scale is not None:
             return None  # predicted from the input's own scale: see translate_volume
-        return Normalization.from_dict(loaded.plan["reference_normalization"][target])
+        return loaded.plan.reference(target)
     volume = read_volume(reference)
     kind = modality_kind(target)
     low = mr_low(volume.data)
@@ -395,7 +390,7 @@ def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Norma
             log.warning("--reference %s does not look like a CT in Hounsfield units (0.5th percentile %g, no air "
                         "near -1000); a CT output needs no reference (its HU window is fixed) and ignores it",
                         reference, low)
-        return Normalization.from_dict(loaded.plan["reference_normalization"][target])
+        return loaded.plan.reference(target)
     return fit_normalization(volume.data, foreground_mask(volume.data), kind, name=str(reference), low=low)
 
 
@@ -408,8 +403,8 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
             raise SynthmedError(f"{output} is a folder; for a single input give an output file name like out.nii.gz")
         return [(input_path, output, reference)]
     jobs = []
-    source = loaded.plan["source"]
-    aliases = loaded.plan.get("aliases") or {}
+    source = loaded.plan.source
+    aliases = loaded.plan.aliases
     for entry in sorted(input_path.iterdir()):
         if entry.is_dir():
             files = [f for f in sorted(entry.iterdir()) if volume_suffix(f) and file_modality(f, entry.name, aliases) == source]
@@ -422,10 +417,10 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
             ref = None
             if reference is not None:
                 matches = [f for f in sorted((reference / entry.name).glob("*"))
-                           if volume_suffix(f) and file_modality(f, entry.name, aliases) == loaded.plan["target"]] if (reference / entry.name).is_dir() else []
+                           if volume_suffix(f) and file_modality(f, entry.name, aliases) == loaded.plan.target] if (reference / entry.name).is_dir() else []
                 ref = matches[0] if matches else None
                 if ref is None:
-                    raise SynthmedError(f"reference folder {reference / entry.name} has no {loaded.plan['target']} scan")
+                    raise SynthmedError(f"reference folder {reference / entry.name} has no {loaded.plan.target} scan")
             jobs.append((in_file, out_file, ref))
         elif volume_suffix(entry):
             out_file = output / (entry.name[: -len(volume_suffix(entry))] + output_suffix(entry))
@@ -446,9 +441,9 @@ def _has_subjects(folder: Path) -> bool:
 
 def _target_name(loaded: LoadedRun) -> str:
     """The user's own spelling of the target modality (e.g. 'T2', 't2w', 'T2SPACE'), from the files it was trained on."""
-    target, aliases = loaded.plan["target"], loaded.plan.get("aliases")
-    for subject, record in loaded.plan.get("volumes", {}).items():
-        path = record.get("files", {}).get(target)
+    target, aliases = loaded.plan.target, loaded.plan.aliases
+    for subject, record in loaded.plan.volumes.items():
+        path = record.files.get(target)
         if path and file_modality(path, subject, aliases) == target:
             name = Path(path).name
             return strip_subject_prefix(name[: -len(volume_suffix(Path(name)))], subject)
@@ -484,7 +479,7 @@ def translate(
     if batch_size < 1:
         raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
     if loaded.model.task != "translate":
-        raise SynthmedError(f"{run} holds a {loaded.info.get('model')} generator; use `synthmed generate`")
+        raise SynthmedError(f"{run} holds a {loaded.info.model} generator; use `synthmed generate`")
     sampling = Sampling({"sampler": sampler, "steps": steps, "eta": eta}, samples=samples, seed=seed)
     check_sampling(loaded.model, sampling)
     jobs = plan_outputs(loaded, Path(input_path), Path(output), Path(reference) if reference else None)
