@@ -44,12 +44,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from synthmed.data.foreground import foreground_mask
     from synthmed.data.io import read_volume
     from synthmed.data.phantom import write_phantoms
     from synthmed.data.prepare import prepare
-    from synthmed.runtime.devices import pick_device
-    from synthmed.data.foreground import foreground_mask
     from synthmed.metrics.image import psnr
+    from synthmed.runtime.devices import pick_device
     from synthmed.workflows.evaluate import evaluate_pairs
     from synthmed.workflows.train import train
     from synthmed.workflows.translate import translate
@@ -59,13 +59,27 @@ def main() -> None:
     shutil.rmtree(args.work, ignore_errors=True)
     phantoms = args.work / "phantoms"
     write_phantoms(phantoms, subjects=args.subjects, size=args.size, seed=3, overwrite=True)
-    prep = prepare(phantoms, source="T1", target="T2", out=args.work / "prep", size=args.size,
-                   split="0.625,0.125,0.25", seed=0, progress=False)
+    prep = prepare(
+        phantoms,
+        source="T1",
+        target="T2",
+        out=args.work / "prep",
+        size=args.size,
+        split="0.625,0.125,0.25",
+        seed=0,
+        progress=False,
+    )
     test = json.loads((prep / "plan.json").read_text())["split"]["test"]
     report: dict[str, Any] = {
-        "benchmark": "amp-quality", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device),
-        "torch": torch.__version__, "threads": args.threads, "load_at_start": load_average(),
-        "source": source_state(), "settings": {k: str(v) for k, v in vars(args).items()}, "test_subjects": test,
+        "benchmark": "amp-quality",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "load_at_start": load_average(),
+        "source": source_state(),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "test_subjects": test,
         "models": {},
     }
     identity = evaluate_pairs([(s, phantoms / s / "T1.nii.gz", phantoms / s / "T2.nii.gz") for s in test])
@@ -73,8 +87,18 @@ def main() -> None:
     for model in args.models.split(","):
         run = args.work / "runs" / model
         started = time.perf_counter()
-        train(prep, model=model, out=run, steps=args.steps, device=str(device), progress=False, amp="off",
-              val_every=args.steps, checkpoint_every=args.steps, sample_every=args.steps)
+        train(
+            prep,
+            model=model,
+            out=run,
+            steps=args.steps,
+            device=str(device),
+            progress=False,
+            amp="off",
+            val_every=args.steps,
+            checkpoint_every=args.steps,
+            sample_every=args.steps,
+        )
         entry: dict[str, Any] = {"train_seconds": round(time.perf_counter() - started, 1), "precisions": {}}
         outputs: dict[str, dict[str, Path]] = {}
         for amp in ["off", *args.precisions.split(",")]:
@@ -84,13 +108,23 @@ def main() -> None:
                 target = args.work / "translated" / model / amp / f"{subject}.nii.gz"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 started = time.perf_counter()
-                translate(run, phantoms / subject / "T1.nii.gz", target, device=str(device), amp=amp, progress=False,
-                          overwrite=True)
+                translate(
+                    run,
+                    phantoms / subject / "T1.nii.gz",
+                    target,
+                    device=str(device),
+                    amp=amp,
+                    progress=False,
+                    overwrite=True,
+                )
                 seconds.append(time.perf_counter() - started)
                 outputs[amp][subject] = target
             scores = evaluate_pairs([(s, outputs[amp][s], phantoms / s / "T2.nii.gz") for s in test])
-            record = {"psnr": round(scores["mean"]["psnr"], 3), "ssim": round(scores["mean"]["ssim"], 4),
-                      "seconds_per_volume": round(float(np.mean(seconds)), 2)}
+            record = {
+                "psnr": round(scores["mean"]["psnr"], 3),
+                "ssim": round(scores["mean"]["ssim"], 4),
+                "seconds_per_volume": round(float(np.mean(seconds)), 2),
+            }
             if amp != "off":
                 against_full = []
                 for subject in test:
@@ -98,7 +132,9 @@ def main() -> None:
                     head = foreground_mask(read_volume(phantoms / subject / "T2.nii.gz").data)
                     against_full.append(psnr(low, full, head))  # in the head, as the protocol scores
                 record["psnr_against_full_precision"] = round(float(np.mean(against_full)), 2)
-                record["speedup"] = round(entry["precisions"]["off"]["seconds_per_volume"] / record["seconds_per_volume"], 2)
+                record["speedup"] = round(
+                    entry["precisions"]["off"]["seconds_per_volume"] / record["seconds_per_volume"], 2
+                )
             entry["precisions"][amp] = record
             print(f"{model} {amp}: {record}", flush=True)
         report["models"][model] = entry

@@ -89,18 +89,63 @@ def prepared(work: Path, threads: int) -> Path:
             shutil.rmtree(stale)
     log = work / "logs" / "setup.log"
     say("making the prepared folder (4 phantoms, 64 px)")
-    run_logged(synthmed_command(["phantom", str(work / "phantoms"), "--subjects", "4", "--size", "32", "--seed", "0",
-                                 "--quiet"]), threads, log)
-    run_logged(synthmed_command(["prepare", str(work / "phantoms"), "--source", "T1", "--target", "T2", "--size",
-                                 "64", "--out", str(prep), "--quiet"]), threads, log)
+    run_logged(
+        synthmed_command(
+            ["phantom", str(work / "phantoms"), "--subjects", "4", "--size", "32", "--seed", "0", "--quiet"]
+        ),
+        threads,
+        log,
+    )
+    run_logged(
+        synthmed_command(
+            [
+                "prepare",
+                str(work / "phantoms"),
+                "--source",
+                "T1",
+                "--target",
+                "T2",
+                "--size",
+                "64",
+                "--out",
+                str(prep),
+                "--quiet",
+            ]
+        ),
+        threads,
+        log,
+    )
     return prep
 
 
-def train_arguments(args: argparse.Namespace, prep: Path, out: Path, steps: int, batch: int,
-                    resume: bool = False) -> list[str]:
-    arguments = ["train", str(prep), "--model", args.model, "--preset", args.preset, "--steps", str(steps),
-                 "--batch-size", str(batch), "--seed", "0", "--device", "cpu", "--val-every", str(args.steps),
-                 "--checkpoint-every", str(args.steps), "--log-every", str(args.steps), "--quiet", "--out", str(out)]
+def train_arguments(
+    args: argparse.Namespace, prep: Path, out: Path, steps: int, batch: int, resume: bool = False
+) -> list[str]:
+    arguments = [
+        "train",
+        str(prep),
+        "--model",
+        args.model,
+        "--preset",
+        args.preset,
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch),
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--val-every",
+        str(args.steps),
+        "--checkpoint-every",
+        str(args.steps),
+        "--log-every",
+        str(args.steps),
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     for item in args.sets:
         arguments += ["--set", item]
     return arguments + (["--resume"] if resume else [])
@@ -139,18 +184,28 @@ def measure_training(args: argparse.Namespace, prep: Path, name: str, processes:
     if first and last and args.steps > 1 and last["elapsed_s"] > first["elapsed_s"]:
         steady = (args.steps - 1) / (last["elapsed_s"] - first["elapsed_s"])
     trained, seconds = int(summary["trained_steps"]), float(summary["seconds"])
-    losses = {k: v for k, v in (last or {}).items() if k not in ("step", "epoch", "elapsed_s") and not k.startswith("val_")}
+    losses = {
+        k: v for k, v in (last or {}).items() if k not in ("step", "epoch", "elapsed_s") and not k.startswith("val_")
+    }
     return {
-        "name": name, "processes": processes, "threads_per_process": threads, "cores_used": processes * threads,
-        "batch_per_process": batch, "global_batch": batch * processes,
-        "summary_processes": summary.get("processes"), "trained_steps": trained,
-        "loop_seconds": seconds, "steps_per_s": trained / seconds if seconds > 0 else None,
+        "name": name,
+        "processes": processes,
+        "threads_per_process": threads,
+        "cores_used": processes * threads,
+        "batch_per_process": batch,
+        "global_batch": batch * processes,
+        "summary_processes": summary.get("processes"),
+        "trained_steps": trained,
+        "loop_seconds": seconds,
+        "steps_per_s": trained / seconds if seconds > 0 else None,
         "slices_per_s": trained * batch * processes / seconds if seconds > 0 else None,
-        "steady_steps_per_s": steady, "wall_seconds": round(wall, 2),
+        "steady_steps_per_s": steady,
+        "wall_seconds": round(wall, 2),
         "final_losses": losses,
         "first_step_losses": {k: v for k, v in (first or {}).items() if k not in ("step", "epoch", "elapsed_s")},
         "final_validation": {k: v for k, v in (last or {}).items() if k.startswith("val_")},
-        "run": str(run), "command": f"OMP_NUM_THREADS={threads} {shlex.join(command)}",
+        "run": str(run),
+        "command": f"OMP_NUM_THREADS={threads} {shlex.join(command)}",
     }
 
 
@@ -159,8 +214,7 @@ def loss_agreement(one: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
     for key, a in one["final_losses"].items():
         b = two["final_losses"].get(key)
         if isinstance(a, float) and isinstance(b, float):
-            out[key] = {"one_process": a, "two_processes": b,
-                        "relative_difference": abs(a - b) / max(abs(a), 1e-12)}
+            out[key] = {"one_process": a, "two_processes": b, "relative_difference": abs(a - b) / max(abs(a), 1e-12)}
     return out
 
 
@@ -178,8 +232,10 @@ def measure_resume(args: argparse.Namespace, prep: Path, finished: Path) -> dict
         resumed.append(run_logged(command, args.threads, logs / "resume.log"))
         summary = json.loads((copy / "train_summary.json").read_text())
         if int(summary["steps"]) != args.steps + 1 or int(summary["trained_steps"]) != 1:
-            fail(f"the resumed run ended at step {summary['steps']} after {summary['trained_steps']} step(s); "
-                 f"expected step {args.steps + 1} after 1")
+            fail(
+                f"the resumed run ended at step {summary['steps']} after {summary['trained_steps']} step(s); "
+                f"expected step {args.steps + 1} after 1"
+            )
         resumed_loop.append(float(summary["seconds"]))
         run = args.work / "runs" / "fresh-1-step"
         if run.exists():
@@ -202,7 +258,7 @@ def measure_resume(args: argparse.Namespace, prep: Path, finished: Path) -> dict
         "checkpoint_mb": round(checkpoint.stat().st_size / 1024**2, 2),
         "threads": args.threads,
         "what": "resume: start-up + checkpoint load + 1 step + validation/checkpoint/samples at that step; fresh: "
-                "start-up + model init + 1 step + the same; both with 1 process and the global batch",
+        "start-up + model init + 1 step + the same; both with 1 process and the global batch",
     }
 
 
@@ -210,17 +266,23 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pix2pix", help="model to train (default pix2pix)")
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE",
-                        help="config overrides for every run (default for pix2pix: generator_channels=16, "
-                             "discriminator_channels=16)")
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="config overrides for every run (default for pix2pix: generator_channels=16, discriminator_channels=16)",
+    )
     parser.add_argument("--steps", type=int, default=100, help="training steps N (default 100)")
     parser.add_argument("--batch-size", type=int, default=16, help="global batch B, even (default 16)")
     parser.add_argument("--threads", type=int, default=2, help="cores T of the 1-process run, even (default 2)")
     parser.add_argument("--oversubscribed", action="store_true", help="also run 2 processes x T threads")
     parser.add_argument("--repeats", type=int, default=3, help="resume/fresh measurements (median; default 3)")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"work folder (default {DEFAULT_WORK})")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON report (default benchmarks/results/ddp-scaling-cpu.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON report (default benchmarks/results/ddp-scaling-cpu.json)"
+    )
     args = parser.parse_args()
     if args.steps < 2:
         parser.error(f"--steps {args.steps}: must be at least 2 (the steady rate needs steps 1 and N)")
@@ -264,19 +326,35 @@ def main() -> None:
         "benchmark": "ddp-scaling",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "complete": False,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "load_average_at_start": load_start},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "load_average_at_start": load_start,
+        },
         "versions": versions(),
         "source_state_at_start": source_state(),
-        "settings": {"model": args.model, "preset": args.preset, "sets": args.sets, "steps": args.steps,
-                     "global_batch": args.batch_size, "threads": args.threads, "seed": 0,
-                     "oversubscribed": args.oversubscribed, "repeats": args.repeats, "work": str(args.work)},
+        "settings": {
+            "model": args.model,
+            "preset": args.preset,
+            "sets": args.sets,
+            "steps": args.steps,
+            "global_batch": args.batch_size,
+            "threads": args.threads,
+            "seed": 0,
+            "oversubscribed": args.oversubscribed,
+            "repeats": args.repeats,
+            "work": str(args.work),
+        },
         "runs": [],
     }
     if max(load_start) > LOADED:
-        report["warning"] = (f"load average {load_start} at the start: other jobs were running, so the timings "
-                             "(and the efficiency) are not representative; rerun on an idle machine")
+        report["warning"] = (
+            f"load average {load_start} at the start: other jobs were running, so the timings "
+            "(and the efficiency) are not representative; rerun on an idle machine"
+        )
         say(f"warning: {report['warning']}")
 
     def refresh() -> None:
@@ -286,8 +364,10 @@ def main() -> None:
     plan = json.loads((prep / "plan.json").read_text())
     train_slices = int(plan["n_slices"]["train"])
     if args.batch_size > train_slices:
-        fail(f"--batch-size {args.batch_size} is more than the {train_slices} training slices; the runs would "
-             "clamp it differently")
+        fail(
+            f"--batch-size {args.batch_size} is more than the {train_slices} training slices; the runs would "
+            "clamp it differently"
+        )
     report["data"] = {"prepared": str(prep), "training_slices": train_slices, "slice_size": int(plan["size"])}
     refresh()
 
@@ -298,8 +378,10 @@ def main() -> None:
     for name, processes, threads in configurations:
         row = measure_training(args, prep, name, processes, threads)
         report["runs"].append(row)
-        say(f"{name}: {row['steps_per_s']:.3f} steps/s (loop), steady {row['steady_steps_per_s'] or float('nan'):.3f}, "
-            f"wall {row['wall_seconds']} s, final losses {row['final_losses']}")
+        say(
+            f"{name}: {row['steps_per_s']:.3f} steps/s (loop), steady {row['steady_steps_per_s'] or float('nan'):.3f}, "
+            f"wall {row['wall_seconds']} s, final losses {row['final_losses']}"
+        )
         refresh()
 
     one = report["runs"][0]
@@ -307,21 +389,30 @@ def main() -> None:
     for row in report["runs"][1:]:
         entry = {
             "efficiency_loop": row["steps_per_s"] / one["steps_per_s"],
-            "efficiency_steady": (row["steady_steps_per_s"] / one["steady_steps_per_s"]
-                                  if row["steady_steps_per_s"] and one["steady_steps_per_s"] else None),
+            "efficiency_steady": (
+                row["steady_steps_per_s"] / one["steady_steps_per_s"]
+                if row["steady_steps_per_s"] and one["steady_steps_per_s"]
+                else None
+            ),
             "efficiency_wall": one["wall_seconds"] / row["wall_seconds"],
             "final_losses": loss_agreement(one, row),
         }
         report["scaling"][f"{row['name']} vs {one['name']}"] = entry
-        say(f"{row['name']} vs {one['name']}: efficiency {entry['efficiency_loop']:.3f} (loop), "
-            f"{(entry['efficiency_steady'] or float('nan')):.3f} (steady), {entry['efficiency_wall']:.3f} (wall)")
-    report["scaling_definition"] = ("throughput with 2 processes / throughput with 1 at the same global batch "
-                                    "(loop: train_summary seconds; steady: log.csv steps 1..N; wall: whole command)")
+        say(
+            f"{row['name']} vs {one['name']}: efficiency {entry['efficiency_loop']:.3f} (loop), "
+            f"{(entry['efficiency_steady'] or float('nan')):.3f} (steady), {entry['efficiency_wall']:.3f} (wall)"
+        )
+    report["scaling_definition"] = (
+        "throughput with 2 processes / throughput with 1 at the same global batch "
+        "(loop: train_summary seconds; steady: log.csv steps 1..N; wall: whole command)"
+    )
     refresh()
 
     report["resume"] = measure_resume(args, prep, Path(one["run"]))
-    say(f"resume: {report['resume']['resume_wall_seconds']} s vs fresh 1 step "
-        f"{report['resume']['fresh_one_step_wall_seconds']} s (difference {report['resume']['resume_minus_fresh_seconds']} s)")
+    say(
+        f"resume: {report['resume']['resume_wall_seconds']} s vs fresh 1 step "
+        f"{report['resume']['fresh_one_step_wall_seconds']} s (difference {report['resume']['resume_minus_fresh_seconds']} s)"
+    )
     report["machine"]["load_average_at_end"] = load_average()
     report["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     report["complete"] = True

@@ -86,19 +86,35 @@ def prepare_data(kind: str, work: Path) -> tuple[Path, dict]:
             say(f"writing {PHANTOMS['subjects']} phantoms ({PHANTOMS['size']}^3) to {folder}")
             write_phantoms(folder, PHANTOMS["subjects"], PHANTOMS["size"], PHANTOMS["seed"], overwrite=True)
             marker.write_text(json.dumps(PHANTOMS))
-        prepare(folder, source="T1", target="T2", out=prep, size=SIZE, split=PHANTOM_SPLIT, seed=SPLIT_SEED,
-                progress=False)
+        prepare(
+            folder, source="T1", target="T2", out=prep, size=SIZE, split=PHANTOM_SPLIT, seed=SPLIT_SEED, progress=False
+        )
         inputs = {"kind": "phantoms", "folder": str(folder), "phantoms": PHANTOMS, "split_ratios": list(PHANTOM_SPLIT)}
     else:
-        prepare(REAL_DATA / "brats", source="t1", target="t2", out=prep, size=SIZE, split=BRATS_SPLIT,
-                seed=SPLIT_SEED, aliases=BRATS_ALIASES, progress=False)
-        inputs = {"kind": "brats", "folder": str(REAL_DATA / "brats"), "aliases": BRATS_ALIASES,
-                  "split_ratios": list(BRATS_SPLIT)}
+        prepare(
+            REAL_DATA / "brats",
+            source="t1",
+            target="t2",
+            out=prep,
+            size=SIZE,
+            split=BRATS_SPLIT,
+            seed=SPLIT_SEED,
+            aliases=BRATS_ALIASES,
+            progress=False,
+        )
+        inputs = {
+            "kind": "brats",
+            "folder": str(REAL_DATA / "brats"),
+            "aliases": BRATS_ALIASES,
+            "split_ratios": list(BRATS_SPLIT),
+        }
         split = load_plan(prep).split
         counts = {name: len(split[name]) for name in ("train", "val", "test")}
         if counts != {"train": 2, "val": 0, "test": 1}:
-            fail(f"{prep}: expected 2 train / 0 val / 1 test subjects, the plan has {counts}; "
-                 "remove that folder (the BraTS folder changed?) or check the split")
+            fail(
+                f"{prep}: expected 2 train / 0 val / 1 test subjects, the plan has {counts}; "
+                "remove that folder (the BraTS folder changed?) or check the split"
+            )
     inputs["split_seed"] = SPLIT_SEED
     return prep, inputs
 
@@ -113,12 +129,27 @@ def train_run(prep: Path, kind: str, args) -> Path:
         return run
     resume = (run / "checkpoints" / "last.pt").is_file()
     every = max(args.train_steps // 8, min(args.train_steps, 250))
-    say(f"{'resuming' if resume else 'training'} ddpm (small) for {args.train_steps} steps, batch {args.batch_size}, "
-        f"into {run}")
+    say(
+        f"{'resuming' if resume else 'training'} ddpm (small) for {args.train_steps} steps, batch {args.batch_size}, "
+        f"into {run}"
+    )
     start = time.perf_counter()
-    train(prep, model="ddpm", preset="small", out=run, steps=args.train_steps, batch_size=args.batch_size,
-          seed=args.seed, device=args.device, resume=resume, progress=False,
-          val_every=every, checkpoint_every=every, sample_every=every, log_every=min(every, 50))
+    train(
+        prep,
+        model="ddpm",
+        preset="small",
+        out=run,
+        steps=args.train_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        resume=resume,
+        progress=False,
+        val_every=every,
+        checkpoint_every=every,
+        sample_every=every,
+        log_every=min(every, 50),
+    )
     if resume:  # the summary's seconds cover this session only
         summary = json.loads((run / "train_summary.json").read_text())
         summary["resumed"] = True
@@ -135,8 +166,10 @@ def check_run_against_data(run_plan: dict, plan: dict, run: Path) -> bool:
     seen = set(run_plan["split"]["train"]) | set(run_plan["split"]["val"])
     leaked = sorted(seen & set(plan["split"]["test"]))
     if leaked:
-        fail(f"{run} was trained or validated on {', '.join(leaked)}, a test subject here; "
-             "evaluate it on data prepared with its own split")
+        fail(
+            f"{run} was trained or validated on {', '.join(leaked)}, a test subject here; "
+            "evaluate it on data prepared with its own split"
+        )
     return run_plan.get("inputs_hash") == plan.get("inputs_hash")
 
 
@@ -164,8 +197,14 @@ def pick_slices(data, count: int):
     described = []
     for row in picks:
         volume, slice_index = (int(v) for v in data.arrays["index"][row])
-        described.append({"row": int(row), "subject": subject_of[volume], "slice": slice_index,
-                          "mask_fraction": number(cover[np.searchsorted(rows, row)], 3)})
+        described.append(
+            {
+                "row": int(row),
+                "subject": subject_of[volume],
+                "slice": slice_index,
+                "mask_fraction": number(cover[np.searchsorted(rows, row)], 3),
+            }
+        )
     return picks, described, int(len(eligible))
 
 
@@ -181,8 +220,12 @@ def score(pred, ref, mask) -> dict:
     p = np.asarray(pred, dtype=np.float32)
     psnrs = [psnr(p[i], ref[i], mask[i], data_range=2.0) for i in range(len(p))]
     ssims = [ssim(p[i], ref[i], mask[i], data_range=2.0) for i in range(len(p))]
-    return {"psnr": number(np.mean(psnrs)), "ssim": number(np.mean(ssims)),
-            "psnr_slices": [number(v) for v in psnrs], "ssim_slices": [number(v) for v in ssims]}
+    return {
+        "psnr": number(np.mean(psnrs)),
+        "ssim": number(np.mean(ssims)),
+        "psnr_slices": [number(v) for v in psnrs],
+        "ssim_slices": [number(v) for v in ssims],
+    }
 
 
 def recommend(rows: list[dict], tolerance: float = TOLERANCE_DB) -> dict:
@@ -205,9 +248,11 @@ def recommend(rows: list[dict], tolerance: float = TOLERANCE_DB) -> dict:
         per_sampler[sampler] = cheapest([r for r in usable if r["sampler"] == sampler])
     return {
         "tolerance_db": tolerance,
-        "rule": (f"per sampler: the smallest NFE whose PSNR is within {tolerance} dB of that sampler's best; "
-                 f"overall: the lowest NFE among all rows within {tolerance} dB of the overall best PSNR "
-                 "(ties: higher PSNR, then faster)"),
+        "rule": (
+            f"per sampler: the smallest NFE whose PSNR is within {tolerance} dB of that sampler's best; "
+            f"overall: the lowest NFE among all rows within {tolerance} dB of the overall best PSNR "
+            "(ties: higher PSNR, then faster)"
+        ),
         "per_sampler": per_sampler,
         "overall": cheapest(usable) if usable else None,
     }
@@ -221,8 +266,12 @@ def parse_args():
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", choices=("phantoms", "brats"), default="phantoms")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
-                        help=f"cache for phantoms, prepared data and trained runs (default {DEFAULT_WORK})")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=DEFAULT_WORK,
+        help=f"cache for phantoms, prepared data and trained runs (default {DEFAULT_WORK})",
+    )
     parser.add_argument("--train-steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=8, help="training batch size")
     parser.add_argument("--slices", type=int, default=8, help="test slices translated (one batch)")
@@ -234,8 +283,12 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--run", type=Path, default=None, help="evaluate this trained run instead of training one")
     parser.add_argument("--checkpoint", default="best", help="best (falls back to last) or last")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default benchmarks/results/diffusion-samplers-<data>-<device>.json)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/diffusion-samplers-<data>-<device>.json)",
+    )
     args = parser.parse_args()
     args.samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     unknown = [s for s in args.samplers if s not in SAMPLERS]
@@ -256,8 +309,10 @@ def parse_args():
 def main() -> None:
     args = parse_args()
     if args.data == "brats" and not (REAL_DATA / "brats").is_dir():
-        print(f"diffusion_samplers: {REAL_DATA / 'brats'} is absent; skipping the brats benchmark (nothing written)",
-              file=sys.stderr)
+        print(
+            f"diffusion_samplers: {REAL_DATA / 'brats'} is absent; skipping the brats benchmark (nothing written)",
+            file=sys.stderr,
+        )
         return
     if args.data == "brats" and inside(args.work, REPO):
         fail(f"--work {args.work} is inside the repository; prepared real scans must stay outside it")
@@ -268,8 +323,8 @@ def main() -> None:
 
     from synthmed.data.datasets import PreparedData
     from synthmed.diffusion.samplers import evaluations
-    from synthmed.runtime.devices import pick_device
     from synthmed.errors import SynthmedError
+    from synthmed.runtime.devices import pick_device
     from synthmed.runtime.versions import versions
     from synthmed.workflows.translate import Sampling, load_run, translate_slices
 
@@ -281,9 +336,14 @@ def main() -> None:
     out = args.out or RESULTS / f"diffusion-samplers-{args.data}-{device.type}.json"
     started = time.perf_counter()
     machine = {
-        "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "device": str(device), "load_average_at_start": load_average(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "load_average_at_start": load_average(),
     }
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
@@ -319,7 +379,9 @@ def main() -> None:
         "batch_size": info.get("settings", {}).get("batch_size"),
         "seed": info.get("settings", {}).get("seed"),
         "device": summary.get("device"),
-        "best_validation": best if best and best.get("value") is not None and math.isfinite(best["value"]) else None,  # None: no val split
+        "best_validation": best
+        if best and best.get("value") is not None and math.isfinite(best["value"])
+        else None,  # None: no val split
         "summary_file": str(summary_path) if summary else None,
     }
 
@@ -339,8 +401,10 @@ def main() -> None:
         "n_subjects": {name: len(plan["split"][name]) for name in ("train", "val", "test")},
         "n_slices": plan["n_slices"],
         "run_prepared_from_same_inputs": same_inputs,
-        "slice_rule": (f"{args.slices} requested: evenly spaced over the {eligible} test-split slices whose mask "
-                       f"covers at least {MIN_MASK_FRACTION:.0%} of the slice"),
+        "slice_rule": (
+            f"{args.slices} requested: evenly spaced over the {eligible} test-split slices whose mask "
+            f"covers at least {MIN_MASK_FRACTION:.0%} of the slice"
+        ),
         "slices": described,
     }
     identity = score(source, target, mask)
@@ -351,28 +415,48 @@ def main() -> None:
         "complete": False,
         "machine": machine,
         "versions": versions(),
-        "model": {"name": model.name, "preset": info.get("preset"), "timesteps": T,
-                  "parameters": int(sum(p.numel() for p in model.parameters())), "config": model.config_dict()},
+        "model": {
+            "name": model.name,
+            "preset": info.get("preset"),
+            "timesteps": T,
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "config": model.config_dict(),
+        },
         "training": training,
         "data": data_info,
         "evaluation": {
-            "samplers": args.samplers, "steps": args.nfe, "ddim_eta": args.eta, "seed": args.seed,
-            "batch": n, "space": "normalised [-1, 1] slices as prepared", "data_range": 2.0,
-            "mask": "prepared mask (source foreground)", "metrics": "PSNR (dB) and SSIM per slice, mean over slices",
-            "timing": ("time.perf_counter around one translate_slices call on the whole batch under "
-                       "torch.inference_mode, after one untimed warm-up; seconds_per_slice = seconds / batch"),
+            "samplers": args.samplers,
+            "steps": args.nfe,
+            "ddim_eta": args.eta,
+            "seed": args.seed,
+            "batch": n,
+            "space": "normalised [-1, 1] slices as prepared",
+            "data_range": 2.0,
+            "mask": "prepared mask (source foreground)",
+            "metrics": "PSNR (dB) and SSIM per slice, mean over slices",
+            "timing": (
+                "time.perf_counter around one translate_slices call on the whole batch under "
+                "torch.inference_mode, after one untimed warm-up; seconds_per_slice = seconds / batch"
+            ),
         },
         "identity": identity,
         "rows": [],
         "recommendation": None,
     }
-    say(f"{args.data}: {plan['source']} -> {plan['target']}, {n} test slices, run {run} ({loaded.checkpoint.name}); "
-        f"identity PSNR {identity['psnr']} dB, SSIM {identity['ssim']}")
+    say(
+        f"{args.data}: {plan['source']} -> {plan['target']}, {n} test slices, run {run} ({loaded.checkpoint.name}); "
+        f"identity PSNR {identity['psnr']} dB, SSIM {identity['ssim']}"
+    )
     write_json(out, report)
 
     with torch.inference_mode():  # warm-up: first-call allocations and kernel selection stay out of the timings
-        model.translate(torch.from_numpy(source)[:, None].to(device), sampler="ddim", steps=2, eta=0.0,
-                        generator=torch.Generator(device=device).manual_seed(args.seed))
+        model.translate(
+            torch.from_numpy(source)[:, None].to(device),
+            sampler="ddim",
+            steps=2,
+            eta=0.0,
+            generator=torch.Generator(device=device).manual_seed(args.seed),
+        )
     for sampler in args.samplers:
         for steps in args.nfe:
             options = {"sampler": sampler, "steps": steps, **({"eta": args.eta} if sampler == "ddim" else {})}
@@ -383,24 +467,45 @@ def main() -> None:
                 pred, _ = translate_slices(model, source, batch_size=n, sampling=Sampling(options, 1, args.seed))
                 sync()
                 seconds = time.perf_counter() - start
-            row = {"sampler": sampler, "steps": steps, "nfe": evaluations(sampler, steps, T),
-                   **score(pred, target, mask),
-                   "seconds_per_slice": number(seconds / n), "seconds": number(seconds, 3)}
-            row = {k: row[k] for k in ("sampler", "steps", "nfe", "psnr", "ssim", "seconds_per_slice", "seconds",
-                                       "psnr_slices", "ssim_slices")}
+            row = {
+                "sampler": sampler,
+                "steps": steps,
+                "nfe": evaluations(sampler, steps, T),
+                **score(pred, target, mask),
+                "seconds_per_slice": number(seconds / n),
+                "seconds": number(seconds, 3),
+            }
+            row = {
+                k: row[k]
+                for k in (
+                    "sampler",
+                    "steps",
+                    "nfe",
+                    "psnr",
+                    "ssim",
+                    "seconds_per_slice",
+                    "seconds",
+                    "psnr_slices",
+                    "ssim_slices",
+                )
+            }
             report["rows"].append(row)
             report["recommendation"] = recommend(report["rows"])
             write_json(out, report)
-            say(f"{sampler:>4} steps {steps:>4} (NFE {row['nfe']:>4}): PSNR {row['psnr']} dB  SSIM {row['ssim']}  "
-                f"{row['seconds_per_slice']} s/slice")
+            say(
+                f"{sampler:>4} steps {steps:>4} (NFE {row['nfe']:>4}): PSNR {row['psnr']} dB  SSIM {row['ssim']}  "
+                f"{row['seconds_per_slice']} s/slice"
+            )
 
     report["complete"] = True
     machine["load_average_at_end"] = load_average()
     report["benchmark_seconds"] = round(time.perf_counter() - started, 1)
     write_json(out, report)
     overall = report["recommendation"]["overall"]
-    say(f"recommended: {overall['sampler']} with {overall['nfe']} NFE (PSNR {overall['psnr']} dB; best "
-        f"{overall['best']['psnr']} dB with {overall['best']['sampler']} at {overall['best']['nfe']} NFE); wrote {out}")
+    say(
+        f"recommended: {overall['sampler']} with {overall['nfe']} NFE (PSNR {overall['psnr']} dB; best "
+        f"{overall['best']['psnr']} dB with {overall['best']['sampler']} at {overall['best']['nfe']} NFE); wrote {out}"
+    )
 
 
 if __name__ == "__main__":

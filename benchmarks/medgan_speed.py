@@ -49,15 +49,23 @@ def speed(args: argparse.Namespace) -> None:
         "benchmark": "medgan-speed",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "complete": False,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "device": args.device, "torch_threads": torch.get_num_threads(),
-                    "load_average_at_start": load_average()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "device": args.device,
+            "torch_threads": torch.get_num_threads(),
+            "load_average_at_start": load_average(),
+        },
         "versions": versions(),
         "method": f"model.translate(x) on one 1x1x256x256 random slice (random initial weights, seed {args.seed}), "
-                  f"eval mode, inference mode; {args.warmup} untimed warm-up runs, then the median of "
-                  f"{args.repeats} timed runs (time.perf_counter)",
-        "paper_reference": {"ms_per_slice": PAPER_MS_PER_SLICE, "hardware": "NVIDIA Titan X GPU",
-                            "model": "MedGAN, CasNet of 6 U-blocks, 256 x 256"},
+        f"eval mode, inference mode; {args.warmup} untimed warm-up runs, then the median of "
+        f"{args.repeats} timed runs (time.perf_counter)",
+        "paper_reference": {
+            "ms_per_slice": PAPER_MS_PER_SLICE,
+            "hardware": "NVIDIA Titan X GPU",
+            "model": "MedGAN, CasNet of 6 U-blocks, 256 x 256",
+        },
         "rows": [],
     }
     write_json(out, report)
@@ -81,13 +89,19 @@ def speed(args: argparse.Namespace) -> None:
                     torch.cuda.synchronize()
                 times.append((time.perf_counter() - start) * 1000)
         config = model.config_dict()
-        row = {"model": label, "name": model_name, "preset": preset,
-               "generator": {k: config.get(k) for k in ("n_ublocks", "generator_channels", "generator_depth")
-                             if k in config},
-               "generator_parameters": generator, "parameters_with_discriminator": total,
-               "ms_per_slice_median": round(statistics.median(times), 1),
-               "ms_per_slice_runs": [round(t, 1) for t in times],
-               "ratio_to_paper_115ms": round(statistics.median(times) / PAPER_MS_PER_SLICE, 2)}
+        row = {
+            "model": label,
+            "name": model_name,
+            "preset": preset,
+            "generator": {
+                k: config.get(k) for k in ("n_ublocks", "generator_channels", "generator_depth") if k in config
+            },
+            "generator_parameters": generator,
+            "parameters_with_discriminator": total,
+            "ms_per_slice_median": round(statistics.median(times), 1),
+            "ms_per_slice_runs": [round(t, 1) for t in times],
+            "ratio_to_paper_115ms": round(statistics.median(times) / PAPER_MS_PER_SLICE, 2),
+        }
         report["rows"].append(row)
         write_json(out, report)
         say(f"{label}: {row['ms_per_slice_median']} ms per 256 px slice, {generator} generator parameters")

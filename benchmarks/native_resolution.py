@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scale_without_reference import _flair_t1c, _t1t2
 
 from synthmed.benchmarking.results import write_json
 from synthmed.benchmarking.runner import inside, source_state
@@ -54,8 +55,6 @@ from synthmed.data.prepare import prepare
 from synthmed.workflows.evaluate import evaluate_pairs
 from synthmed.workflows.train import train
 from synthmed.workflows.translate import BACKGROUND_MARGIN, _dilated, load_run, translate_volume
-
-from scale_without_reference import _flair_t1c, _t1t2
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -81,28 +80,46 @@ def _means(result: dict) -> dict:
 
 def _png(path: Path, rows: list[list[np.ndarray]]) -> None:
     """Rows of 2D images side by side, each scaled by its own 0.5-99.5th percentiles (grey, 8 bit)."""
+
     def grey(image: np.ndarray) -> np.ndarray:
         lo, hi = np.percentile(image, [0.5, 99.5])
         return (np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
     lines = [np.concatenate([grey(np.rot90(image)) for image in row], axis=1) for row in rows]
     width = max(line.shape[1] for line in lines)
     lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]))) for line in lines]
     Image.fromarray(np.concatenate(lines, axis=0)).save(path)
 
 
-def run(task: str, models: list[str], minutes: float, work: Path, context: int, layouts: list[str],
-        batch_size: int) -> dict:
+def run(
+    task: str, models: list[str], minutes: float, work: Path, context: int, layouts: list[str], batch_size: int
+) -> dict:
     source_name, target_name = TASKS[task][1]
     data = link_data(work, task)
-    preps = {"native": prepare(data, source=source_name, target=target_name, out=work / "prep-native", split=SPLIT,
-                               seed=0, progress=False)}
+    preps = {
+        "native": prepare(
+            data, source=source_name, target=target_name, out=work / "prep-native", split=SPLIT, seed=0, progress=False
+        )
+    }
     if "resized" in layouts:
-        preps["resized"] = prepare(data, source=source_name, target=target_name, out=work / "prep-resized", size=64,
-                                   split=SPLIT, seed=0, progress=False)
+        preps["resized"] = prepare(
+            data,
+            source=source_name,
+            target=target_name,
+            out=work / "prep-resized",
+            size=64,
+            split=SPLIT,
+            seed=0,
+            progress=False,
+        )
     plans = {layout: json.loads((prep / "plan.json").read_text()) for layout, prep in preps.items()}
     test = plans["native"]["split"]["test"]
-    report: dict = {"subjects": plans["native"]["split"], "native_slice_size": plans["native"]["size"],
-                    "native_spacing_mm": plans["native"]["resolution"]["spacing_mm"], "models": {}}
+    report: dict = {
+        "subjects": plans["native"]["split"],
+        "native_slice_size": plans["native"]["size"],
+        "native_spacing_mm": plans["native"]["resolution"]["spacing_mm"],
+        "models": {},
+    }
     source_file = lambda subject: data / subject / f"{source_name}.nii.gz"  # noqa: E731
     target_file = lambda subject: data / subject / f"{target_name}.nii.gz"  # noqa: E731
     identity = evaluate_pairs([(s, source_file(s), target_file(s)) for s in test], match=True)
@@ -119,10 +136,19 @@ def run(task: str, models: list[str], minutes: float, work: Path, context: int, 
             summary_file = run_dir / "train_summary.json"
             if not summary_file.exists():
                 torch.manual_seed(0)
-                train(prep, model=model, preset="small", out=run_dir, steps=steps or 100_000, batch_size=batch_size,
-                      context=context if "context" in layout else 1,
-                      max_minutes=minutes if steps is None else None, val_every=100_000, checkpoint_every=500,
-                      progress=False)
+                train(
+                    prep,
+                    model=model,
+                    preset="small",
+                    out=run_dir,
+                    steps=steps or 100_000,
+                    batch_size=batch_size,
+                    context=context if "context" in layout else 1,
+                    max_minutes=minutes if steps is None else None,
+                    val_every=100_000,
+                    checkpoint_every=500,
+                    progress=False,
+                )
             summary = json.loads(summary_file.read_text())
             steps = steps or summary["steps"]
             train_seconds = summary["seconds"]
@@ -147,19 +173,26 @@ def run(task: str, models: list[str], minutes: float, work: Path, context: int, 
                 "translate_seconds_per_volume": round(translate_seconds / len(test), 1),
                 "background_voxels_off": off,
                 "scores": _means(scores),
-                "per_subject": {s: {k: round(v, 4) for k, v in m.items() if k in KEYS}
-                                for s, m in scores["per_subject"].items()},
+                "per_subject": {
+                    s: {k: round(v, 4) for k, v in m.items() if k in KEYS} for s, m in scores["per_subject"].items()
+                },
             }
             print(model, layout, entry[layout]["train_steps"], "steps", entry[layout]["scores"], flush=True)
         if "resized" in entry:
-            entry["native_minus_resized"] = {k: round(entry["native"]["scores"][k] - entry["resized"]["scores"][k], 4)
-                                             for k in KEYS if k in entry["native"]["scores"]}
+            entry["native_minus_resized"] = {
+                k: round(entry["native"]["scores"][k] - entry["resized"]["scores"][k], 4)
+                for k in KEYS
+                if k in entry["native"]["scores"]
+            }
         if context > 1:
             entry["context_minus_native"] = {
                 k: round(entry[runs[-1]]["scores"][k] - entry["native"]["scores"][k], 4)
-                for k in KEYS if k in entry["native"]["scores"]}
-        entry["native_minus_identity"] = {k: round(entry["native"]["scores"][k] - report["identity_matched"][k], 4)
-                                          for k in ("psnr", "ssim")}
+                for k in KEYS
+                if k in entry["native"]["scores"]
+            }
+        entry["native_minus_identity"] = {
+            k: round(entry["native"]["scores"][k] - report["identity_matched"][k], 4) for k in ("psnr", "ssim")
+        }
         report["models"][model] = entry
         for subject in test:
             source = read_volume(source_file(subject)).data
@@ -167,8 +200,10 @@ def run(task: str, models: list[str], minutes: float, work: Path, context: int, 
             order = sorted(runs, key=lambda layout: layout != "resized")  # source | resized | native ... | reference
             images = [source, *(outputs[subject][layout] for layout in order), reference]
             axial, sagittal = source.shape[2] // 2 + 10, source.shape[0] // 2 + 10
-            _png(work / f"{model}-{subject}.png", [[im[:, :, axial] for im in images],
-                                                  [im[sagittal, :, :] for im in images]])
+            _png(
+                work / f"{model}-{subject}.png",
+                [[im[:, :, axial] for im in images], [im[sagittal, :, :] for im in images]],
+            )
     return report
 
 
@@ -191,16 +226,35 @@ def main() -> None:
     if "native" not in layouts or not set(layouts) <= {"native", "resized"}:
         raise SystemExit(f"--layouts {args.layouts}: give native or native,resized")
     torch.set_num_threads(2)
-    report = {"benchmark": "native_resolution", "date": datetime.date.today().isoformat(),
-              "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-              "command": " ".join(["python", "native_resolution.py", *sys.argv[1:]]), **source_state(),
-              "minutes_per_training": args.minutes,
-              "task": args.task,
-              **run(args.task, [m.strip() for m in args.models.split(",")], args.minutes, args.work, args.context,
-                    layouts, args.batch_size)}
+    report = {
+        "benchmark": "native_resolution",
+        "date": datetime.date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "command": " ".join(["python", "native_resolution.py", *sys.argv[1:]]),
+        **source_state(),
+        "minutes_per_training": args.minutes,
+        "task": args.task,
+        **run(
+            args.task,
+            [m.strip() for m in args.models.split(",")],
+            args.minutes,
+            args.work,
+            args.context,
+            layouts,
+            args.batch_size,
+        ),
+    }
     write_json(args.out, report)
-    print(json.dumps({m: {k: v for k, v in e.items() if k.endswith(("_resized", "_identity", "_native"))}
-                      for m, e in report["models"].items()}, indent=1))
+    print(
+        json.dumps(
+            {
+                m: {k: v for k, v in e.items() if k.endswith(("_resized", "_identity", "_native"))}
+                for m, e in report["models"].items()
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

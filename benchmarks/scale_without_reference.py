@@ -50,13 +50,18 @@ from synthmed.workflows.translate import _reference_normalization, load_run, tra
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
 
+
 # subject folder -> (source file, target file), per task
 def _t1t2() -> dict[str, tuple[Path, Path]]:
     found = {}
     for folder in sorted((REAL / "brats").iterdir()):
         names = {f.name.lower(): f for f in folder.iterdir()}
-        source = next(f for n, f in names.items() if n in ("t1.nii.gz",) or n.endswith(("-t1n.nii.gz", "_t1_bet.nii.gz")))
-        target = next(f for n, f in names.items() if n in ("t2.nii.gz",) or n.endswith(("-t2w.nii.gz", "_t2_bet.nii.gz")))
+        source = next(
+            f for n, f in names.items() if n in ("t1.nii.gz",) or n.endswith(("-t1n.nii.gz", "_t1_bet.nii.gz"))
+        )
+        target = next(
+            f for n, f in names.items() if n in ("t2.nii.gz",) or n.endswith(("-t2w.nii.gz", "_t2_bet.nii.gz"))
+        )
         found[folder.name] = (source, target)
     ms = REAL / "ms" / "patient07"
     found["patient07"] = (next(ms.glob("T1_*.nii.gz")), next(ms.glob("T2_*.nii.gz")))
@@ -67,8 +72,12 @@ def _flair_t1c() -> dict[str, tuple[Path, Path]]:
     found = {}
     for folder in sorted((REAL / "brats").iterdir()):
         names = {f.name.lower(): f for f in folder.iterdir()}
-        source = next(f for n, f in names.items() if n == "flair.nii.gz" or n.endswith(("-t2f.nii.gz", "_fla_bet.nii.gz")))
-        target = next(f for n, f in names.items() if n == "t1c.nii.gz" or n.endswith(("-t1c.nii.gz", "_t1c_bet.nii.gz")))
+        source = next(
+            f for n, f in names.items() if n == "flair.nii.gz" or n.endswith(("-t2f.nii.gz", "_fla_bet.nii.gz"))
+        )
+        target = next(
+            f for n, f in names.items() if n == "t1c.nii.gz" or n.endswith(("-t1c.nii.gz", "_t1c_bet.nii.gz"))
+        )
         found[folder.name] = (source, target)
     for folder in sorted((REAL / "brats2013").glob("brats_*")):
         found[folder.name] = (next(folder.glob("Flair_*.nii.gz")), next(folder.glob("T1c_*.nii.gz")))
@@ -82,8 +91,10 @@ TASKS = {"t1t2": (_t1t2, ("T1", "T2"), "0.5,0.25,0.25"), "flair-t1c": (_flair_t1
 
 def _scores(pairs) -> dict:
     result = evaluate_pairs(pairs)
-    return {"per_subject": {s: {k: result["per_subject"][s][k] for k in ("psnr", "ssim")} for s in result["per_subject"]},
-            "mean": {k: result["mean"][k] for k in ("psnr", "ssim")}}
+    return {
+        "per_subject": {s: {k: result["per_subject"][s][k] for k in ("psnr", "ssim")} for s in result["per_subject"]},
+        "mean": {k: result["mean"][k] for k in ("psnr", "ssim")},
+    }
 
 
 def run_task(name: str, steps: int, work: Path) -> dict:
@@ -94,8 +105,16 @@ def run_task(name: str, steps: int, work: Path) -> dict:
         for link, path in ((f"{source_name}.nii.gz", source), (f"{target_name}.nii.gz", target)):
             if not (data / subject / link).exists():
                 (data / subject / link).symlink_to(path)
-    prep = prepare(data, source=source_name, target=target_name, out=work / name / "prep", size=64, split=split,
-                   seed=0, progress=False)
+    prep = prepare(
+        data,
+        source=source_name,
+        target=target_name,
+        out=work / name / "prep",
+        size=64,
+        split=split,
+        seed=0,
+        progress=False,
+    )
     plan = json.loads((prep / "plan.json").read_text())
     run = work / name / "run"
     started = time.monotonic()
@@ -112,8 +131,11 @@ def run_task(name: str, steps: int, work: Path) -> dict:
         source_file = data / subject / f"{source_name}.nii.gz"
         reference_file = data / subject / f"{target_name}.nii.gz"
         volume = read_volume(source_file)
-        for way, normalization in (("reference", _reference_normalization(loaded, reference_file)),
-                                   ("plan", None), ("median", median)):
+        for way, normalization in (
+            ("reference", _reference_normalization(loaded, reference_file)),
+            ("plan", None),
+            ("median", median),
+        ):
             image = translate_volume(loaded, volume, normalization).image
             out = outputs / way / subject / f"{target_name}.nii.gz"
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -139,23 +161,34 @@ def main() -> None:
     parser.add_argument("--task", default="all", choices=[*TASKS, "all"])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "synthmed" / "bench-scale")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale-without-reference-cpu.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "scale-without-reference-cpu.json"
+    )
     args = parser.parse_args()
     if not REAL.is_dir():
         raise SystemExit(f"{REAL} is absent: this benchmark needs the dev real scans")
     if inside(args.work, REPO):
         raise SystemExit(f"--work {args.work} lies inside the repository; real data must stay outside it")
     torch.set_num_threads(2)
-    report = {"benchmark": "scale_without_reference", "date": datetime.date.today().isoformat(),
-              "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-              "command": " ".join(["python", "scale_without_reference.py", *sys.argv[1:]]), **source_state(),
-              "tasks": {}}
+    report = {
+        "benchmark": "scale_without_reference",
+        "date": datetime.date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "command": " ".join(["python", "scale_without_reference.py", *sys.argv[1:]]),
+        **source_state(),
+        "tasks": {},
+    }
     for name in TASKS if args.task == "all" else [args.task]:
         report["tasks"][name] = run_task(name, args.steps, args.work)
         write_json(args.out, report)
         summary = report["tasks"][name]["scores"]
-        print(name, {way: round(s["mean"]["psnr"], 2) for way, s in summary.items()},
-              "model:", report["tasks"][name]["target_scale"]["model"])
+        print(
+            name,
+            {way: round(s["mean"]["psnr"], 2) for way, s in summary.items()},
+            "model:",
+            report["tasks"][name]["target_scale"]["model"],
+        )
 
 
 if __name__ == "__main__":

@@ -74,31 +74,56 @@ def named_folder(text: str) -> tuple[str, Path]:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--prep", type=Path, required=True, help="prepared folder with a lesion label")
-    parser.add_argument("--generated", type=named_folder, nargs="*", action="extend", default=[],
-                        metavar="NAME=DIR", help="folders written by synthmed generate (pig: with masks; image-only folders get FID only)")
-    parser.add_argument("--extra-counts", type=int_list, default=[0, 64, 128],
-                        help="numbers of generated pairs added to the real ones (0 = real only; default 0,64,128)")
+    parser.add_argument(
+        "--generated",
+        type=named_folder,
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="NAME=DIR",
+        help="folders written by synthmed generate (pig: with masks; image-only folders get FID only)",
+    )
+    parser.add_argument(
+        "--extra-counts",
+        type=int_list,
+        default=[0, 64, 128],
+        help="numbers of generated pairs added to the real ones (0 = real only; default 0,64,128)",
+    )
     parser.add_argument("--seeds", type=int_list, default=[0, 1, 2], help="training seeds (default 0,1,2)")
     parser.add_argument("--steps", type=int, default=300, help="optimiser steps per arm and seed (default 300)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lesion-fraction", type=float, default=None,
-                        help="share of each batch drawn from slices with lesion (default: segbench's, 0.5)")
-    parser.add_argument("--all-slices", action="store_true",
-                        help="headline Dice over all test slices of a subject (default: slices with lesion only)")
+    parser.add_argument(
+        "--lesion-fraction",
+        type=float,
+        default=None,
+        help="share of each batch drawn from slices with lesion (default: segbench's, 0.5)",
+    )
+    parser.add_argument(
+        "--all-slices",
+        action="store_true",
+        help="headline Dice over all test slices of a subject (default: slices with lesion only)",
+    )
     parser.add_argument("--channels", type=int_list, default=[16, 32, 64], help="U-Net channels per level")
-    parser.add_argument("--no-consistency", action="store_true",
-                        help="skip applying the real-only segmenters to the generated images")
-    parser.add_argument("--inception-weights", type=Path, default=None,
-                        help="local Inception-v3 weights for FID of each generated folder (else FID unavailable)")
+    parser.add_argument(
+        "--no-consistency", action="store_true", help="skip applying the real-only segmenters to the generated images"
+    )
+    parser.add_argument(
+        "--inception-weights",
+        type=Path,
+        default=None,
+        help="local Inception-v3 weights for FID of each generated folder (else FID unavailable)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--name", help="result name (default: the generated set names, or 'real')")
-    parser.add_argument("--out", type=Path,
-                        help="results JSON (default benchmarks/results/segbench-<name>-<device>.json)")
+    parser.add_argument(
+        "--out", type=Path, help="results JSON (default benchmarks/results/segbench-<name>-<device>.json)"
+    )
     args = parser.parse_args(argv)
     names = [name for name, _ in args.generated]
     if len(set(names)) != len(names):
@@ -113,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     import torch
 
-    from synthmed.errors import SynthmedError
     from synthmed.benchmarking.downstream import LESION_FRACTION, segbench
+    from synthmed.errors import SynthmedError
     from synthmed.runtime.versions import versions
 
     torch.set_num_threads(args.threads)
@@ -129,23 +154,41 @@ def main(argv: list[str] | None = None) -> None:
         "complete": False,
         "command": [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])],
         "machine": {
-            "platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": args.device,
-            "threads_requested": args.threads, "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "device": args.device,
+            "threads_requested": args.threads,
+            "torch_threads": torch.get_num_threads(),
             "load_average_at_start": load_average(),
         },
         "versions": versions(),
         "inputs": {"prep": str(args.prep), "generated": {k: str(v) for k, v in generated.items()}},
     }
     write_json(out, report)
-    say(f"prep {args.prep}, generated {generated or 'none'}, counts {args.extra_counts}, seeds {args.seeds}, "
-        f"{args.steps} steps; writing {out}")
+    say(
+        f"prep {args.prep}, generated {generated or 'none'}, counts {args.extra_counts}, seeds {args.seeds}, "
+        f"{args.steps} steps; writing {out}"
+    )
     try:
-        result = segbench(args.prep, generated, extra_counts=args.extra_counts, seeds=args.seeds, steps=args.steps,
-                          batch_size=args.batch_size, lr=args.lr, device=args.device,
-                          lesion_slices_only=not args.all_slices, channels=args.channels,
-                          lesion_fraction=lesion_fraction, consistency=not args.no_consistency,
-                          inception_weights=args.inception_weights, progress=True)
+        result = segbench(
+            args.prep,
+            generated,
+            extra_counts=args.extra_counts,
+            seeds=args.seeds,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            lesion_slices_only=not args.all_slices,
+            channels=args.channels,
+            lesion_fraction=lesion_fraction,
+            consistency=not args.no_consistency,
+            inception_weights=args.inception_weights,
+            progress=True,
+        )
     except SynthmedError as error:
         report["error"] = str(error)
         write_json(out, report)
@@ -167,10 +210,12 @@ def main(argv: list[str] | None = None) -> None:
             say(f"{gen_name}: {entry['segmentation']}")
             continue
         ks = entry["mask_statistics"]["ks"]
-        say(f"{gen_name} masks vs real: KS area {_fmt(ks['area']['statistic'])}, components "
+        say(
+            f"{gen_name} masks vs real: KS area {_fmt(ks['area']['statistic'])}, components "
             f"{_fmt(ks['components']['statistic'])}; empty fraction "
             f"{_fmt(entry['mask_statistics']['generated']['empty_fraction'])} (real "
-            f"{_fmt(entry['mask_statistics']['real']['empty_fraction'])})")
+            f"{_fmt(entry['mask_statistics']['real']['empty_fraction'])})"
+        )
     say(f"wrote {out}")
 
 

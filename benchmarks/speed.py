@@ -22,17 +22,18 @@ import sys
 import time
 
 
-def measure(model_name: str, preset: str, train_steps: int, device: str, volume_shape: tuple[int, int, int],
-            amp: str = "off") -> dict:
+def measure(
+    model_name: str, preset: str, train_steps: int, device: str, volume_shape: tuple[int, int, int], amp: str = "off"
+) -> dict:
     import numpy as np
     import torch
 
     from synthmed.data.io import Volume
-    from synthmed.runtime.devices import pick_device, set_precision
-    from synthmed.models.registry import build_model
-    from synthmed.data.plan import Plan
-    from synthmed.workflows.translate import LoadedRun, translate_volume
     from synthmed.data.normalize import Normalization
+    from synthmed.data.plan import Plan
+    from synthmed.models.registry import build_model
+    from synthmed.runtime.devices import pick_device, set_precision
+    from synthmed.workflows.translate import LoadedRun, translate_volume
 
     torch.manual_seed(0)
     target = pick_device(device)
@@ -59,12 +60,23 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     train_seconds = time.perf_counter() - start
 
     model.eval()
-    plan = Plan.from_record({
-        "synthmed_plan": 3, "source": "t1", "target": "t2", "label": None, "size": size, "axis": "axial",
-        "normalization_kind": {"t1": "mr", "t2": "mr"},
-        "reference_normalization": {role: {"kind": "mr", "lo": 0.0, "hi": 800.0} for role in ("t1", "t2")},
-        "split": {"train": [], "val": [], "test": []}, "subjects": [], "volumes": {}, "n_slices": {},
-    }, "speed.py")
+    plan = Plan.from_record(
+        {
+            "synthmed_plan": 3,
+            "source": "t1",
+            "target": "t2",
+            "label": None,
+            "size": size,
+            "axis": "axial",
+            "normalization_kind": {"t1": "mr", "t2": "mr"},
+            "reference_normalization": {role: {"kind": "mr", "lo": 0.0, "hi": 800.0} for role in ("t1", "t2")},
+            "split": {"train": [], "val": [], "test": []},
+            "subjects": [],
+            "volumes": {},
+            "n_slices": {},
+        },
+        "speed.py",
+    )
     loaded = LoadedRun(model=model, plan=plan, info={}, checkpoint=None)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in volume_shape], indexing="ij")
     head = (x**2 / 0.8 + y**2 / 0.9 + z**2 / 0.9) < 0.8
@@ -72,7 +84,9 @@ def measure(model_name: str, preset: str, train_steps: int, device: str, volume_
     volume = Volume(data=data, affine=np.eye(4), path="synthetic", format="nifti")
     norm = Normalization("mr", 0.0, 800.0)
     z0 = volume_shape[2] // 2 - 4
-    translate_volume(loaded, Volume(data=data[:, :, z0:z0 + 8].copy(), affine=np.eye(4), path="warm", format="nifti"), norm)
+    translate_volume(
+        loaded, Volume(data=data[:, :, z0 : z0 + 8].copy(), affine=np.eye(4), path="warm", format="nifti"), norm
+    )
     sync()
     start = time.perf_counter()
     translate_volume(loaded, volume, norm)
@@ -125,17 +139,33 @@ def main() -> None:
     for name in names:
         for preset in args.presets.split(","):
             for amp in args.amp.split(","):
-                command = [sys.executable, __file__, "--one", f"{name}:{preset}:{amp}", "--train-steps",
-                           str(args.train_steps), "--device", args.device, "--volume", args.volume]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    f"{name}:{preset}:{amp}",
+                    "--train-steps",
+                    str(args.train_steps),
+                    "--device",
+                    args.device,
+                    "--volume",
+                    args.volume,
+                ]
                 done = subprocess.run(command, capture_output=True, text=True)
                 if done.returncode != 0:
-                    results.append({"model": name, "preset": preset, "amp": amp,
-                                    "error": done.stderr.strip().splitlines()[-1:]})
+                    results.append(
+                        {"model": name, "preset": preset, "amp": amp, "error": done.stderr.strip().splitlines()[-1:]}
+                    )
                 else:
                     results.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(json.dumps(results[-1]), file=sys.stderr)
-    report = {"benchmark": "speed", "machine": platform.platform(), "processor": platform.processor(),
-              "versions": versions(), "results": results}
+    report = {
+        "benchmark": "speed",
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "versions": versions(),
+        "results": results,
+    }
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -45,8 +45,11 @@ def main() -> None:
     model = build_model("syndiff", args.preset, overrides)
     size, batch = model.config.image_size, model.config.batch_size
     ema = EMA(model, model.ema_modules, model.config.ema_decay)
-    data = {"source": torch.rand(batch, 1, size, size) * 2 - 1, "target": torch.rand(batch, 1, size, size) * 2 - 1,
-            "mask": torch.ones(batch, 1, size, size)}
+    data = {
+        "source": torch.rand(batch, 1, size, size) * 2 - 1,
+        "target": torch.rand(batch, 1, size, size) * 2 - 1,
+        "mask": torch.ones(batch, 1, size, size),
+    }
     model.train()
     times = []
     for step in range(args.iterations):
@@ -64,12 +67,16 @@ def main() -> None:
         start = time.perf_counter()
         model.translate(source, generator=generator)
         translate[f"batch_{count}_seconds_per_slice"] = round((time.perf_counter() - start) / count, 3)
-    parameters = {name: round(sum(p.numel() for p in getattr(model, name).parameters()) / 1e6, 3)
-                  for name, _ in model.named_children()}
+    parameters = {
+        name: round(sum(p.numel() for p in getattr(model, name).parameters()) / 1e6, 3)
+        for name, _ in model.named_children()
+    }
     report = {
         "benchmark": "syndiff-speed",
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "preset": args.preset, "image_size": size, "batch_size": batch,
+        "preset": args.preset,
+        "image_size": size,
+        "batch_size": batch,
         "train_seconds_with_r1": round(with_r1, 2),
         "train_seconds_median_without_r1": round(statistics.median(without_r1), 2),
         "train_seconds_amortised": round((with_r1 + (lazy - 1) * statistics.median(without_r1)) / lazy, 2),
@@ -77,8 +84,13 @@ def main() -> None:
         **translate,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
         "parameters_millions": parameters,
-        "reference": {"train_seconds_median": 91.7, "train_seconds_amortised": 94.6, "peak_memory_gb": 15.2,
-                      "translate_seconds_per_slice_batch_1": 6.49, "at": "256 px, 2 threads, torch 2.13 CPU"},
+        "reference": {
+            "train_seconds_median": 91.7,
+            "train_seconds_amortised": 94.6,
+            "peak_memory_gb": 15.2,
+            "translate_seconds_per_slice_batch_1": 6.49,
+            "at": "256 px, 2 threads, torch 2.13 CPU",
+        },
     }
     text = json.dumps(report, indent=2)
     print(text)

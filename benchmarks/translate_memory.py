@@ -157,13 +157,49 @@ def trained_run(work: Path, threads: int) -> Path:
 
             shutil.rmtree(stale)
     say("making the tiny pix2pix run")
-    synthmed_cli(["phantom", str(work / "phantoms"), "--subjects", "4", "--size", "32", "--seed", "0", "--quiet"],
-                 threads, log)
-    synthmed_cli(["prepare", str(work / "phantoms"), "--source", "T1", "--target", "T2", "--size", "64",
-                  "--out", str(work / "prep"), "--quiet"], threads, log)
-    synthmed_cli(["train", str(work / "prep"), "--model", "pix2pix", "--steps", "2", "--batch-size", "2",
-                  "--set", "generator_channels=8", "--set", "discriminator_channels=8", "--device", "cpu",
-                  "--out", str(run), "--quiet"], threads, log)
+    synthmed_cli(
+        ["phantom", str(work / "phantoms"), "--subjects", "4", "--size", "32", "--seed", "0", "--quiet"], threads, log
+    )
+    synthmed_cli(
+        [
+            "prepare",
+            str(work / "phantoms"),
+            "--source",
+            "T1",
+            "--target",
+            "T2",
+            "--size",
+            "64",
+            "--out",
+            str(work / "prep"),
+            "--quiet",
+        ],
+        threads,
+        log,
+    )
+    synthmed_cli(
+        [
+            "train",
+            str(work / "prep"),
+            "--model",
+            "pix2pix",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--set",
+            "generator_channels=8",
+            "--set",
+            "discriminator_channels=8",
+            "--device",
+            "cpu",
+            "--out",
+            str(run),
+            "--quiet",
+        ],
+        threads,
+        log,
+    )
     return run
 
 
@@ -214,7 +250,9 @@ def depth_list(text: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers separated by commas, e.g. 50,100,200,400") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give whole numbers separated by commas, e.g. 50,100,200,400"
+        ) from None
     if any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: every depth must be at least 1 slice")
     if len(set(values)) < 2:
@@ -224,18 +262,27 @@ def depth_list(text: str) -> list[int]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", type=depth_list, default=depth_list("50,100,200,400"),
-                        help="numbers of slices Z, comma-separated (default 50,100,200,400)")
+    parser.add_argument(
+        "--depths",
+        type=depth_list,
+        default=depth_list("50,100,200,400"),
+        help="numbers of slices Z, comma-separated (default 50,100,200,400)",
+    )
     parser.add_argument("--size", type=int, default=512, help="in-plane size of the volumes (default 512)")
     parser.add_argument("--batch-size", type=int, default=32, help="translate --batch-size (default 32)")
     parser.add_argument("--repeats", type=int, default=1, help="measurements per depth (the lowest peak is used)")
     parser.add_argument("--threads", type=int, default=1, help="OMP/MKL threads of every child (default 1)")
-    parser.add_argument("--profile-depth", type=int, default=None,
-                        help="depth of the per-step attribution run (default the largest depth; 0: none)")
+    parser.add_argument(
+        "--profile-depth",
+        type=int,
+        default=None,
+        help="depth of the per-step attribution run (default the largest depth; 0: none)",
+    )
     parser.add_argument("--suffix", choices=(".nii.gz", ".nii"), default=".nii.gz", help="input/output file type")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"work folder (default {DEFAULT_WORK})")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON report (default benchmarks/results/translate-memory-cpu.json)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON report (default benchmarks/results/translate-memory-cpu.json)"
+    )
     args = parser.parse_args()
     if args.size < 32:
         parser.error(f"--size {args.size}: must be at least 32")
@@ -275,17 +322,28 @@ def main() -> None:
         "benchmark": "translate-memory",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "complete": False,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "threads_per_child": args.threads, "load_average_at_start": load_average(),
-                    "note": "peak RSS does not depend on CPU load; wall times were measured on a machine whose "
-                            "load average is given here (other jobs running), so they are indicative only"},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "threads_per_child": args.threads,
+            "load_average_at_start": load_average(),
+            "note": "peak RSS does not depend on CPU load; wall times were measured on a machine whose "
+            "load average is given here (other jobs running), so they are indicative only",
+        },
         "versions": versions(),
         "source_state_at_start": source_state(),
         "units": "MB = MiB (2^20 bytes); peak RSS = the child's ru_maxrss (os.wait4)",
-        "settings": {"size": args.size, "depths": args.depths, "batch_size": args.batch_size,
-                     "repeats": args.repeats, "suffix": args.suffix, "work": str(args.work),
-                     "command": "python -m synthmed translate RUN IN OUT --batch-size B --device cpu --quiet --overwrite"},
+        "settings": {
+            "size": args.size,
+            "depths": args.depths,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "suffix": args.suffix,
+            "work": str(args.work),
+            "command": "python -m synthmed translate RUN IN OUT --batch-size B --device cpu --quiet --overwrite",
+        },
         "float32_slice_mb": round(volume_mb, 4),
         "rows": [],
     }
@@ -298,10 +356,15 @@ def main() -> None:
     report["run"] = {"folder": str(run), "model": "pix2pix", "generator_channels": 8, "slice_size": 64}
     refresh()
 
-    baseline = [measured([sys.executable, "-c", BASELINE_CHILD, str(run)], args.threads, logs / "baseline.log")
-                for _ in range(args.repeats)]
-    report["baseline"] = {"what": "python + imports + torch + load_run (the model), no volume",
-                          "peak_rss_mb": min(b["peak_rss_mb"] for b in baseline), "measurements": baseline}
+    baseline = [
+        measured([sys.executable, "-c", BASELINE_CHILD, str(run)], args.threads, logs / "baseline.log")
+        for _ in range(args.repeats)
+    ]
+    report["baseline"] = {
+        "what": "python + imports + torch + load_run (the model), no volume",
+        "peak_rss_mb": min(b["peak_rss_mb"] for b in baseline),
+        "measurements": baseline,
+    }
     base = report["baseline"]["peak_rss_mb"]
     say(f"baseline (load only): {base} MB")
     refresh()
@@ -311,19 +374,43 @@ def main() -> None:
         source = head_volume(args.size, depth, args.work / "volumes" / f"{name}{args.suffix}")
         target = args.work / "outputs" / f"{name}-T2{args.suffix}"
         target.parent.mkdir(parents=True, exist_ok=True)
-        runs = [synthmed_cli(["translate", str(run), str(source), str(target), "--batch-size", str(args.batch_size),
-                              "--device", "cpu", "--quiet", "--overwrite"], args.threads, logs / "translate.log")
-                for _ in range(args.repeats)]
+        runs = [
+            synthmed_cli(
+                [
+                    "translate",
+                    str(run),
+                    str(source),
+                    str(target),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--device",
+                    "cpu",
+                    "--quiet",
+                    "--overwrite",
+                ],
+                args.threads,
+                logs / "translate.log",
+            )
+            for _ in range(args.repeats)
+        ]
         peak = min(r["peak_rss_mb"] for r in runs)
         one_volume = depth * volume_mb
-        row = {"depth": depth, "shape": [args.size, args.size, depth], "float32_volume_mb": round(one_volume, 1),
-               "input_file_mb": round(source.stat().st_size / MIB, 1), "peak_rss_mb": peak,
-               "peak_minus_baseline_mb": round(peak - base, 1),
-               "peak_minus_baseline_in_volumes": round((peak - base) / one_volume, 2),
-               "wall_seconds": min(r["wall_seconds"] for r in runs), "measurements": runs}
+        row = {
+            "depth": depth,
+            "shape": [args.size, args.size, depth],
+            "float32_volume_mb": round(one_volume, 1),
+            "input_file_mb": round(source.stat().st_size / MIB, 1),
+            "peak_rss_mb": peak,
+            "peak_minus_baseline_mb": round(peak - base, 1),
+            "peak_minus_baseline_in_volumes": round((peak - base) / one_volume, 2),
+            "wall_seconds": min(r["wall_seconds"] for r in runs),
+            "measurements": runs,
+        }
         report["rows"].append(row)
-        say(f"Z={depth}: peak {peak} MB (baseline + {peak - base:.0f} MB = {(peak - base) / one_volume:.2f} volumes), "
-            f"{row['wall_seconds']} s")
+        say(
+            f"Z={depth}: peak {peak} MB (baseline + {peak - base:.0f} MB = {(peak - base) / one_volume:.2f} volumes), "
+            f"{row['wall_seconds']} s"
+        )
         refresh()
 
     depths = [r["depth"] for r in report["rows"]]
@@ -336,8 +423,8 @@ def main() -> None:
         "slope_in_float32_volumes": round(volumes, 2),
         "required_mb_per_slice": round(required, 3),
         "required_arrays": "input volume (float32, volume.data) + output volume (float32, the translation); "
-                           "no whole-volume float64 copy exists on this path (foreground_mask's float64 array is "
-                           "a sample of at most 2 million voxels)",
+        "no whole-volume float64 copy exists on this path (foreground_mask's float64 array is "
+        "a sample of at most 2 million voxels)",
         "excess_mb_per_slice": round(slope - required, 3),
         "excess_mb_at_512x512x400": round((volumes - 2) * 400 * 512 * 512 * 4 / MIB),
     }
@@ -346,9 +433,12 @@ def main() -> None:
         f"The memory that grows with Z is {'' if accounted else 'NOT '}accounted for by the whole-volume arrays: "
         f"peak RSS grows by {slope:.2f} MB per {args.size}x{args.size} slice = {volumes:.2f} float32 volumes, against "
         f"{required:.2f} MB (2 volumes: input + output) that must exist"
-        + ("." if accounted else
-           f"; about {volumes - 2:.1f} further whole-volume copies are alive at the peak "
-           "(the slices themselves are streamed: the model's share does not grow with Z).")
+        + (
+            "."
+            if accounted
+            else f"; about {volumes - 2:.1f} further whole-volume copies are alive at the peak "
+            "(the slices themselves are streamed: the model's share does not grow with Z)."
+        )
     )
     say(report["verdict"])
     refresh()
@@ -358,8 +448,11 @@ def main() -> None:
         source = head_volume(args.size, args.profile_depth, args.work / "volumes" / f"{name}{args.suffix}")
         target = args.work / "outputs" / f"{name}-T2-profile{args.suffix}"
         log = logs / "profile.log"
-        measured([sys.executable, "-c", PROFILE_CHILD, str(run), str(source), str(target), str(args.batch_size)],
-                 args.threads, log)
+        measured(
+            [sys.executable, "-c", PROFILE_CHILD, str(run), str(source), str(target), str(args.batch_size)],
+            args.threads,
+            log,
+        )
         record = json.loads(log.read_text().strip().splitlines()[-1])
         one_volume = args.profile_depth * volume_mb
         loaded = record["steps"][0]["rss_before_mb"]  # before the first read: imports and the model loaded
@@ -369,10 +462,11 @@ def main() -> None:
             step["step_extra_in_volumes"] = round((step["peak_mb"] - step["rss_before_mb"]) / one_volume, 2)
         worst = max(record["steps"], key=lambda s: s["peak_mb"])
         report["attribution"] = {
-            "depth": args.profile_depth, "float32_volume_mb": round(one_volume, 1),
+            "depth": args.profile_depth,
+            "float32_volume_mb": round(one_volume, 1),
             "how": "each step of translate.py wrapped in a child process; RSS before the step, and the step's own "
-                   "peak (VmHWM reset to the current RSS before it); *_in_volumes: above the RSS before the first "
-                   "step (run loaded), in float32 volumes",
+            "peak (VmHWM reset to the current RSS before it); *_in_volumes: above the RSS before the first "
+            "step (run loaded), in float32 volumes",
             # not the child's ru_maxrss: resetting VmHWM resets that too
             "peak_rss_mb_whole_run": max(step["peak_mb"] for step in record["steps"]),
             "rss_after_imports_mb": record["rss_after_imports_mb"],
@@ -381,8 +475,10 @@ def main() -> None:
             "peak_step": worst["step"],
             "peak_reset_per_step": record.get("peak_reset_per_step"),
         }
-        say(f"attribution at Z={args.profile_depth}: peak in {worst['step']} "
-            f"({worst['peak_in_volumes']} volumes above the loaded run)")
+        say(
+            f"attribution at Z={args.profile_depth}: peak in {worst['step']} "
+            f"({worst['peak_in_volumes']} volumes above the loaded run)"
+        )
         for step in record["steps"]:
             say(f"  {step['step']}: held {step['held_before_in_volumes']}, peak {step['peak_in_volumes']} volumes")
 

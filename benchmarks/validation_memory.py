@@ -47,8 +47,8 @@ def main() -> None:
     from synthmed.data.phantom import write_phantoms
     from synthmed.data.prepare import prepare
     from synthmed.engine.trainer import Trainer, TrainSettings
-    from synthmed.runtime.devices import seed_everything
     from synthmed.models.registry import build_model, model_class
+    from synthmed.runtime.devices import seed_everything
 
     torch.set_num_threads(args.threads)
     rss_after_round: list[float] = []
@@ -67,32 +67,59 @@ def main() -> None:
         net = build_model(args.model, args.preset)
         size = int(net.config.image_size)
         write_phantoms(work_dir / "phantoms", subjects=4, size=size, seed=0, overwrite=True)
-        prepare(work_dir / "phantoms", source="T1", target="T2", out=work_dir / "prep", size=size,
-                split="0.5,0.5,0", seed=0, progress=False)
+        prepare(
+            work_dir / "phantoms",
+            source="T1",
+            target="T2",
+            out=work_dir / "prep",
+            size=size,
+            split="0.5,0.5,0",
+            seed=0,
+            progress=False,
+        )
         data = PreparedData(work_dir / "prep")
         train_set = SliceDataset(data, "train", unpaired=not model_cls.paired, seed=0)
         val_set = SliceDataset(data, "val")
         steps = args.rounds * args.val_every
-        settings = TrainSettings(steps=steps, batch_size=int(net.config.batch_size), val_every=args.val_every,
-                                 checkpoint_every=steps, sample_every=steps, log_every=args.val_every,
-                                 max_val_slices=args.val_slices, progress=False, device="cpu")
-        trainer = RecordingTrainer(net, train_set, val_set, work_dir / "run", settings,
-                                   {"model": args.model, "preset": args.preset})
+        settings = TrainSettings(
+            steps=steps,
+            batch_size=int(net.config.batch_size),
+            val_every=args.val_every,
+            checkpoint_every=steps,
+            sample_every=steps,
+            log_every=args.val_every,
+            max_val_slices=args.val_slices,
+            progress=False,
+            device="cpu",
+        )
+        trainer = RecordingTrainer(
+            net, train_set, val_set, work_dir / "run", settings, {"model": args.model, "preset": args.preset}
+        )
         rss_before = round(current_rss_mb(), 1)
         trainer.fit()
     later = rss_after_round[1:] if len(rss_after_round) > 2 else rss_after_round
     mean_x, mean_y = (len(later) - 1) / 2, sum(later) / len(later)
-    slope = (sum((x - mean_x) * (y - mean_y) for x, y in enumerate(later))
-             / max(sum((x - mean_x) ** 2 for x in range(len(later))), 1e-12))
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in enumerate(later)) / max(
+        sum((x - mean_x) ** 2 for x in range(len(later))), 1e-12
+    )
     growth = slope * (len(later) - 1)
     report = {
         "benchmark": "validation-memory",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
-        "model": args.model, "preset": args.preset, "image_size": size, "batch_size": settings.batch_size,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "model": args.model,
+        "preset": args.preset,
+        "image_size": size,
+        "batch_size": settings.batch_size,
         "parameters_millions": round(sum(p.numel() for p in net.parameters()) / 1e6, 3),
-        "training_steps": steps, "val_every": args.val_every, "val_slices": min(args.val_slices, len(val_set)),
+        "training_steps": steps,
+        "val_every": args.val_every,
+        "val_slices": min(args.val_slices, len(val_set)),
         "rss_mb_before_training": rss_before,
         "rss_mb_after_each_validation": rss_after_round,
         "slope_mb_per_round": round(slope, 2),

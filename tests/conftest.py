@@ -34,9 +34,20 @@ def trained_run(prepared, tmp_path_factory) -> Path:
     from synthmed.workflows.train import train
 
     out = tmp_path_factory.mktemp("run") / "run"
-    train(prepared, model="pix2pix", preset="small", out=out, steps=6, batch_size=4, progress=False,
-          overrides={"generator_channels": 8, "discriminator_channels": 8}, val_every=3, checkpoint_every=3,
-          sample_every=3, log_every=2)
+    train(
+        prepared,
+        model="pix2pix",
+        preset="small",
+        out=out,
+        steps=6,
+        batch_size=4,
+        progress=False,
+        overrides={"generator_channels": 8, "discriminator_channels": 8},
+        val_every=3,
+        checkpoint_every=3,
+        sample_every=3,
+        log_every=2,
+    )
     return out
 
 
@@ -53,11 +64,33 @@ def tiny_benchmark(tmp_path_factory) -> Path:
     weights = root / "random_inception.pth"
     torch.save(InceptionV3Features("torchvision", num_classes=1000).state_dict(), weights)
     out = root / "bench"
-    code = main(["benchmark", "--suite", "quick", "--out", str(out), "--models", "pix2pix,ddpm",
-                 "--budget-steps", "2", "--budget-minutes", "5", "--batch-size", "2", "--threads", "1", "--samples", "2",
-                 "--inception-weights", str(weights), "--quiet"])
+    code = main(
+        [
+            "benchmark",
+            "--suite",
+            "quick",
+            "--out",
+            str(out),
+            "--models",
+            "pix2pix,ddpm",
+            "--budget-steps",
+            "2",
+            "--budget-minutes",
+            "5",
+            "--batch-size",
+            "2",
+            "--threads",
+            "1",
+            "--samples",
+            "2",
+            "--inception-weights",
+            str(weights),
+            "--quiet",
+        ]
+    )
     assert code == 0
     return out
+
 
 @pytest.fixture
 def real_data() -> Path:

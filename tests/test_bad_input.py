@@ -206,36 +206,49 @@ class Exploit:
 def test_checkpoint_with_code_is_not_executed(trained_run, phantoms, tmp_path, capsys):
     run = _run_copy(trained_run, tmp_path)
     marker = tmp_path / "executed"
-    torch.save({"format": "synthmed-checkpoint", "version": 1, "model": "pix2pix", "payload": Exploit(marker)},
-               run / "checkpoints" / "last.pt")
+    torch.save(
+        {"format": "synthmed-checkpoint", "version": 1, "model": "pix2pix", "payload": Exploit(marker)},
+        run / "checkpoints" / "last.pt",
+    )
     code, err = run_cli(["translate", run, next(phantoms.glob("*/T1.nii.gz")), tmp_path / "o.nii.gz"], capsys)
     assert_clean_error(code, err, "last.pt")
     assert not marker.exists()
 
 
 def test_console_script_prints_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "synthmed", "translate", str(tmp_path / "norun"), "in.nii.gz", "out.nii.gz"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "synthmed", "translate", str(tmp_path / "norun"), "in.nii.gz", "out.nii.gz"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "norun" in result.stderr
 
 
-@pytest.mark.parametrize("setting", ["generator_channels=abc", "norm=foo", "lr=-1", "betas=0.5", "generator_channels=0"])
+@pytest.mark.parametrize(
+    "setting", ["generator_channels=abc", "norm=foo", "lr=-1", "betas=0.5", "generator_channels=0"]
+)
 def test_bad_settings(prepared, tmp_path, capsys, setting):
-    code, err = run_cli(["train", prepared, "--model", "pix2pix", "--out", tmp_path / "run", "--set", setting, "--quiet"], capsys)
+    code, err = run_cli(
+        ["train", prepared, "--model", "pix2pix", "--out", tmp_path / "run", "--set", setting, "--quiet"], capsys
+    )
     assert_clean_error(code, err, setting.split("=")[0] if "channels=0" not in setting else "generator_channels")
     assert not (tmp_path / "run").exists()
 
 
 def test_size_must_suit_the_networks(dataset, tmp_path, capsys):
-    code, err = run_cli(["prepare", dataset, "--source", "T1", "--target", "T2", "--out", tmp_path / "p", "--size", "40"], capsys)
+    code, err = run_cli(
+        ["prepare", dataset, "--source", "T1", "--target", "T2", "--out", tmp_path / "p", "--size", "40"], capsys
+    )
     assert_clean_error(code, err, "--size 40", "multiple of 16")
 
 
 def test_missing_cuda_device(prepared, tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    code, err = run_cli(["train", prepared, "--model", "pix2pix", "--out", tmp_path / "run", "--device", "cuda"], capsys)
+    code, err = run_cli(
+        ["train", prepared, "--model", "pix2pix", "--out", tmp_path / "run", "--device", "cuda"], capsys
+    )
     assert_clean_error(code, err, "--device cuda")
     assert not (tmp_path / "run").exists()
 
@@ -254,7 +267,14 @@ def test_a_failing_volume_in_a_folder_leaves_no_outputs(trained_run, phantoms, t
 def test_set_takes_json_or_plain_comma_lists():
     from synthmed.cli import _parse_overrides
 
-    parsed = _parse_overrides(["channels=16,32", "attention_levels=false,true", "betas=[0.5, 0.9]", "sampler=ddim",
-                               "lr=0.5", "name=a,b"])
-    assert parsed == {"channels": [16, 32], "attention_levels": [False, True], "betas": [0.5, 0.9],
-                      "sampler": "ddim", "lr": 0.5, "name": ["a", "b"]}
+    parsed = _parse_overrides(
+        ["channels=16,32", "attention_levels=false,true", "betas=[0.5, 0.9]", "sampler=ddim", "lr=0.5", "name=a,b"]
+    )
+    assert parsed == {
+        "channels": [16, 32],
+        "attention_levels": [False, True],
+        "betas": [0.5, 0.9],
+        "sampler": "ddim",
+        "lr": 0.5,
+        "name": ["a", "b"],
+    }

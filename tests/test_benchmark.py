@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synthmed.benchmarking.protocol import benchmark, translation_models
 from synthmed.cli import main
 from synthmed.errors import SynthmedError
-from synthmed.benchmarking.protocol import benchmark, translation_models
 
 
 def test_quick_suite_records_every_figure_for_every_method(tiny_benchmark):
@@ -52,8 +52,12 @@ def test_quick_suite_records_every_figure_for_every_method(tiny_benchmark):
     assert "--max-minutes 5.0" in (out / "logs" / "train-pix2pix-seed0.log").read_text()
     rows = list(csv.DictReader((out / "benchmark.csv").open()))
     assert [r["method"] for r in rows] == ["identity", "pix2pix", "ddpm"]
-    assert {"ssim3d", "nmse", "lesion_psnr", "max_normalised_psnr", "max_normalised_ssim", "fid", "samples"} <= set(rows[0])
-    assert float(rows[1]["psnr"]) == pytest.approx(report["methods"]["pix2pix"]["repeats"][0]["scores"]["overall"]["mean"]["psnr"])
+    assert {"ssim3d", "nmse", "lesion_psnr", "max_normalised_psnr", "max_normalised_ssim", "fid", "samples"} <= set(
+        rows[0]
+    )
+    assert float(rows[1]["psnr"]) == pytest.approx(
+        report["methods"]["pix2pix"]["repeats"][0]["scores"]["overall"]["mean"]["psnr"]
+    )
     # the same folder again is refused without --overwrite
     assert main(["benchmark", "--out", str(out), "--models", "pix2pix", "--budget-steps", "2", "--quiet"]) == 2
 
@@ -147,8 +151,8 @@ def test_report_in_the_max_normalised_convention_says_so_and_shows_those_scores(
 
 
 def test_max_normalised_scores_ignore_scale_but_not_structure():
-    from synthmed.metrics import PSNR_CAP_DB, image_metrics
     from synthmed.benchmarking.scoring import max_normalised_scores
+    from synthmed.metrics import PSNR_CAP_DB, image_metrics
 
     rng = np.random.default_rng(0)
     reference = np.zeros((24, 24, 6), np.float32)
@@ -167,8 +171,16 @@ def test_a_time_budget_stops_training_like_a_last_step(prepared, tmp_path):
     from synthmed.workflows.train import train
 
     run = tmp_path / "run"
-    summary = train(prepared, model="pix2pix", out=run, steps=100_000, batch_size=2, progress=False,
-                    overrides={"generator_channels": 8, "discriminator_channels": 8}, max_minutes=0.03)
+    summary = train(
+        prepared,
+        model="pix2pix",
+        out=run,
+        steps=100_000,
+        batch_size=2,
+        progress=False,
+        overrides={"generator_channels": 8, "discriminator_channels": 8},
+        max_minutes=0.03,
+    )
     assert 1 <= summary["steps"] < 100_000 and "time budget of 0.03 min" in summary["stopped"]
     assert json.loads((run / "train_summary.json").read_text())["steps"] == summary["steps"]
     assert (run / "checkpoints" / "last.pt").is_file()  # saved as after the last step
@@ -221,14 +233,26 @@ def test_report_of_a_suite_of_tasks_has_a_section_and_a_table_per_task(tiny_benc
 def test_real_suite_runs_one_task_end_to_end(real_data, tmp_path):
     """The real scans' own file names and geometries through the whole protocol (one method, one step)."""
     out = tmp_path / "real"
-    index = benchmark(out, suite="real", data=real_data, models=["pix2pix"], source="t2", target="flair",
-                      budget_steps=1, batch_size=2, threads=1, progress=False)
+    index = benchmark(
+        out,
+        suite="real",
+        data=real_data,
+        models=["pix2pix"],
+        source="t2",
+        target="flair",
+        budget_steps=1,
+        batch_size=2,
+        threads=1,
+        progress=False,
+    )
     assert index["complete"] and list(index["tasks"]) == ["t2-to-flair"]
     task = json.loads((out / "t2-to-flair" / "benchmark.json").read_text())
     assert task["data"]["split"]["test"] == ["TCGA-DU-7294", "patient07"]
     assert task["data"]["lesion_subjects"] == ["TCGA-DU-7294", "patient07"]  # from the manifest's label column
     scores = task["methods"]["pix2pix"]["repeats"][0]["scores"]
-    assert set(scores["overall"]["per_subject"]) == set(scores["lesion"]["per_subject"]) == {"TCGA-DU-7294", "patient07"}
+    assert (
+        set(scores["overall"]["per_subject"]) == set(scores["lesion"]["per_subject"]) == {"TCGA-DU-7294", "patient07"}
+    )
     assert main(["report", str(out), "--out", str(tmp_path / "real.html"), "--quiet"]) == 0
 
 

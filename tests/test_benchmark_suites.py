@@ -23,10 +23,21 @@ def _register(monkeypatch, suite: Suite) -> str:
 
 
 def test_a_reversed_task_scores_the_methods_trained_both_ways_with_the_forward_runs(monkeypatch, tmp_path):
-    name = _register(monkeypatch, Suite(
-        "test-reverse", "cyclegan and pix2pix, T1 -> T2 and back", tasks=(Task("T1", "T2", reverse=True),),
-        methods=(Method("cyclegan", "tiny"), Method("pix2pix", "tiny")), subjects=6, size=32, steps=2,
-        batch_size=2, claim=("cyclegan-tiny", "pix2pix-tiny"), claim_source="a test"))
+    name = _register(
+        monkeypatch,
+        Suite(
+            "test-reverse",
+            "cyclegan and pix2pix, T1 -> T2 and back",
+            tasks=(Task("T1", "T2", reverse=True),),
+            methods=(Method("cyclegan", "tiny"), Method("pix2pix", "tiny")),
+            subjects=6,
+            size=32,
+            steps=2,
+            batch_size=2,
+            claim=("cyclegan-tiny", "pix2pix-tiny"),
+            claim_source="a test",
+        ),
+    )
     out = tmp_path / "bench"
     index = benchmark(out, suite=name, threads=1, progress=False)
     assert index["complete"] and list(index["tasks"]) == ["t1-to-t2", "t2-to-t1-reversed"]
@@ -56,9 +67,19 @@ def test_a_reversed_task_scores_the_methods_trained_both_ways_with_the_forward_r
 
 
 def test_a_restoration_task_degrades_the_source_and_scores_identity_both_ways(monkeypatch, tmp_path):
-    name = _register(monkeypatch, Suite(
-        "test-motion", "motion correction", tasks=(Task("T1", "T1", degrade="motion"),),
-        methods=(Method("pix2pix", "tiny"),), subjects=6, size=32, steps=2, batch_size=2))
+    name = _register(
+        monkeypatch,
+        Suite(
+            "test-motion",
+            "motion correction",
+            tasks=(Task("T1", "T1", degrade="motion"),),
+            methods=(Method("pix2pix", "tiny"),),
+            subjects=6,
+            size=32,
+            steps=2,
+            batch_size=2,
+        ),
+    )
     out = tmp_path / "bench"
     record = benchmark(out, suite=name, threads=1, progress=False)
     assert record["complete"] and (record["data"]["source"], record["data"]["target"]) == ("t1_motion", "t1")

@@ -90,21 +90,26 @@ def hold_lock(output: Path) -> subprocess.Popen:
 
 def limited_file_size(limit: int):
     """preexec_fn of a child whose writes beyond ``limit`` bytes per file fail (EFBIG), like a full disk."""
+
     def apply():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of the process being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return apply
 
 
 def synthmed_process(args, **options) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "synthmed", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, **options)
+    return subprocess.run(
+        [PYTHON, "-m", "synthmed", *map(str, args)], capture_output=True, text=True, timeout=300, **options
+    )
 
 
 def strict_json(path: Path):
     """Parse as strict JSON parsers do: NaN, Infinity and -Infinity are errors."""
+
     def refuse(name):
         raise ValueError(f"{path} holds {name}")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
@@ -181,18 +186,36 @@ def test_translate_refuses_outputs_that_resolve_to_inputs(trained_run, data, tmp
     os.link(t1, tmp_path / "hardlink.nii.gz")
     (tmp_path / "symlink.nii.gz").symlink_to(t1)
     before = snapshot(tmp_path)
-    aliases = [t1, data / "sub-001" / "." / "." / "T1.nii.gz", data / "sub-002" / ".." / "sub-001" / "T1.nii.gz",
-               tmp_path / "hardlink.nii.gz", tmp_path / "symlink.nii.gz"]
+    aliases = [
+        t1,
+        data / "sub-001" / "." / "." / "T1.nii.gz",
+        data / "sub-002" / ".." / "sub-001" / "T1.nii.gz",
+        tmp_path / "hardlink.nii.gz",
+        tmp_path / "symlink.nii.gz",
+    ]
     for output in aliases:
         code, err = run_cli(["translate", trained_run, t1, output, "--overwrite", "--quiet"], capsys)
         assert_refused(code, err, "is the input")
     assert snapshot(tmp_path) == before
-    code, err = run_cli(["translate", trained_run, t1, tmp_path / "x.nii.gz", "--reference",
-                         data / "sub-001" / "T2.nii.gz", "--quiet"], capsys)
+    code, err = run_cli(
+        ["translate", trained_run, t1, tmp_path / "x.nii.gz", "--reference", data / "sub-001" / "T2.nii.gz", "--quiet"],
+        capsys,
+    )
     assert code == 0, err
     before = snapshot(tmp_path)
-    code, err = run_cli(["translate", trained_run, t1, data / "sub-001" / "T2.nii.gz", "--reference",
-                         data / "sub-001" / "T2.nii.gz", "--overwrite", "--quiet"], capsys)
+    code, err = run_cli(
+        [
+            "translate",
+            trained_run,
+            t1,
+            data / "sub-001" / "T2.nii.gz",
+            "--reference",
+            data / "sub-001" / "T2.nii.gz",
+            "--overwrite",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert_refused(code, err, "is the input")  # the reference is an input too
     assert snapshot(tmp_path) == before
 
@@ -225,8 +248,13 @@ def test_translate_a_file_replaces_only_what_synthmed_wrote(trained_run, data, t
     (tmp_path / "link.nii.gz").symlink_to(data / "sub-002" / "T2.nii.gz")
     shutil.copy(t2, tmp_path / "mine.nii.gz")
     before = snapshot(data, tmp_path)
-    for output in (t2, data / "sub-001" / "." / "T2.nii.gz", data / "sub-002" / "T2.nii.gz",
-                   tmp_path / "mine.nii.gz", tmp_path / "link.nii.gz"):
+    for output in (
+        t2,
+        data / "sub-001" / "." / "T2.nii.gz",
+        data / "sub-002" / "T2.nii.gz",
+        tmp_path / "mine.nii.gz",
+        tmp_path / "link.nii.gz",
+    ):
         code, err = run_cli(["translate", trained_run, t1, output, "--overwrite", "--quiet"], capsys)
         assert_refused(code, err, output.name, "--overwrite replaces only synthmed's own outputs")
     assert snapshot(data, tmp_path) == before
@@ -236,8 +264,11 @@ def test_translate_a_file_replaces_only_what_synthmed_wrote(trained_run, data, t
     assert run_cli(["translate", trained_run, t1, synthetic, "--quiet"], capsys)[0] == 0
     assert run_cli(["translate", trained_run, t1, synthetic, "--overwrite", "--quiet"], capsys)[0] == 0  # its own
     synthetic.write_bytes(b"edited by the user")  # then theirs: kept
-    assert_refused(*run_cli(["translate", trained_run, t1, synthetic, "--overwrite", "--quiet"], capsys),
-                   "T2_synthetic.nii.gz", "did not write")
+    assert_refused(
+        *run_cli(["translate", trained_run, t1, synthetic, "--overwrite", "--quiet"], capsys),
+        "T2_synthetic.nii.gz",
+        "did not write",
+    )
     assert synthetic.read_bytes() == b"edited by the user"
     assert snapshot(data / "sub-001" / "T2.nii.gz") == {str(t2): before[str(t2)]}
 
@@ -300,8 +331,10 @@ def test_evaluate_on_a_full_disk_leaves_the_old_file(data, tmp_path):
     out = tmp_path / "m.json"
     assert synthmed_process(["evaluate", pred, ref, "--out", out, "--quiet"]).returncode == 0
     before = snapshot(tmp_path)
-    result = synthmed_process(["evaluate", pred, ref, "--out", out, "--overwrite", "--match-intensity", "--quiet"],
-                              preexec_fn=limited_file_size(200))
+    result = synthmed_process(
+        ["evaluate", pred, ref, "--out", out, "--overwrite", "--match-intensity", "--quiet"],
+        preexec_fn=limited_file_size(200),
+    )
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("synthmed: error: ") and "m." in last and "writing failed" in last, result.stderr
@@ -318,8 +351,7 @@ def test_a_second_prepare_into_a_locked_output_is_refused(data, tmp_path, capsys
     try:
         before = snapshot(tmp_path)
         code, err = run_cli(prepare_args(data, prep), capsys)
-        assert_refused(code, err, "in use by another synthmed command", f"process {holder.pid}",
-                       "the other user")
+        assert_refused(code, err, "in use by another synthmed command", f"process {holder.pid}", "the other user")
         assert snapshot(tmp_path) == before and not prep.exists()
     finally:
         holder.kill()  # kill -9: the operating system releases the lock with the process
@@ -330,8 +362,25 @@ def test_a_second_prepare_into_a_locked_output_is_refused(data, tmp_path, capsys
 
 def test_a_second_train_resume_on_a_locked_run_is_refused(prepared, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", prepared, "--model", "pix2pix", "--out", run, "--steps", "2", "--batch-size", "2",
-            "--set", "generator_channels=8", "--set", "discriminator_channels=8", "--log-every", "1", "--quiet"]
+    args = [
+        "train",
+        prepared,
+        "--model",
+        "pix2pix",
+        "--out",
+        run,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--set",
+        "generator_channels=8",
+        "--set",
+        "discriminator_channels=8",
+        "--log-every",
+        "1",
+        "--quiet",
+    ]
     assert run_cli(args, capsys)[0] == 0
     holder = hold_lock(run)
     try:
@@ -388,8 +437,29 @@ def test_translate_refuses_a_checkpoint_of_another_run(trained_run, prepared, da
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     other = tmp_path / "other"
-    assert run_cli(["train", prepared, "--model", "pix2pix", "--out", other, "--steps", "1", "--batch-size", "2",
-                    "--set", "generator_channels=4", "--set", "discriminator_channels=4", "--quiet"], capsys)[0] == 0
+    assert (
+        run_cli(
+            [
+                "train",
+                prepared,
+                "--model",
+                "pix2pix",
+                "--out",
+                other,
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--set",
+                "generator_channels=4",
+                "--set",
+                "discriminator_channels=4",
+                "--quiet",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     shutil.copy(other / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt")
     t1 = data / "sub-001" / "T1.nii.gz"
     code, err = run_cli(["translate", run, t1, tmp_path / "t2.nii.gz", "--quiet"], capsys)
@@ -460,15 +530,22 @@ def test_a_crafted_plan_gives_one_line_naming_the_field(prepared, tmp_path, caps
     plan = json.loads((prep / "plan.json").read_text())
     damage(plan)
     (prep / "plan.json").write_text(json.dumps(plan))
-    code, err = run_cli(["train", prep, "--model", "pix2pix", "--out", tmp_path / "run", "--steps", "1", "--quiet"],
-                        capsys)
+    code, err = run_cli(
+        ["train", prep, "--model", "pix2pix", "--out", tmp_path / "run", "--steps", "1", "--quiet"], capsys
+    )
     assert_refused(code, err, "plan.json", needle)
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("{", "not valid JSON"), ('{"size": NaN}', "NaN"), ("[1, 2]", "expected an object"), ("\xff\xfe", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("{", "not valid JSON"),
+        ('{"size": NaN}', "NaN"),
+        ("[1, 2]", "expected an object"),
+        ("\xff\xfe", "not UTF-8"),
+    ],
+)
 def test_unparsable_records_give_one_line(trained_run, prepared, tmp_path, capsys, text, needle):
     run, prep = tmp_path / "run", tmp_path / "prep"
     shutil.copytree(trained_run, run)
@@ -485,8 +562,11 @@ def test_crafted_run_and_benchmark_records(trained_run, tiny_benchmark, tmp_path
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     info = json.loads((run / "run.json").read_text())
-    for damage, needle in [({"model": 7}, "field model is 7"), ({"model": "nope"}, "unknown model 'nope'"),
-                           ({"config": "big"}, "field config")]:
+    for damage, needle in [
+        ({"model": 7}, "field model is 7"),
+        ({"model": "nope"}, "unknown model 'nope'"),
+        ({"config": "big"}, "field config"),
+    ]:
         (run / "run.json").write_text(json.dumps({**info, **damage}))
         code, err = run_cli(["translate", run, tmp_path / "in.nii.gz", tmp_path / "out.nii.gz", "--quiet"], capsys)
         assert_refused(code, err, needle)
@@ -527,8 +607,9 @@ def test_prepare_on_a_full_disk_says_so_and_leaves_nothing(data, tmp_path, monke
 
 
 def test_phantom_on_a_full_disk_names_the_file_and_leaves_no_empty_files(tmp_path):
-    result = synthmed_process(["phantom", tmp_path / "heads", "--subjects", "2", "--size", "32"],
-                              preexec_fn=limited_file_size(30_000))
+    result = synthmed_process(
+        ["phantom", tmp_path / "heads", "--subjects", "2", "--size", "32"], preexec_fn=limited_file_size(30_000)
+    )
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("synthmed: error: ") and ".nii.gz" in last and "writing failed" in last, result.stderr
@@ -567,9 +648,31 @@ def test_leftovers_of_dead_processes_are_removed_at_the_next_start(trained_run, 
 def test_sigterm_during_training_exits_143_with_a_checkpoint(prepared, tmp_path):
     run = tmp_path / "run"
     process = subprocess.Popen(
-        [PYTHON, "-m", "synthmed", "train", str(prepared), "--model", "pix2pix", "--out", str(run),
-         "--steps", "100000", "--batch-size", "2", "--set", "generator_channels=8", "--set",
-         "discriminator_channels=8", "--log-every", "1", "--quiet"], stderr=subprocess.PIPE, text=True)
+        [
+            PYTHON,
+            "-m",
+            "synthmed",
+            "train",
+            str(prepared),
+            "--model",
+            "pix2pix",
+            "--out",
+            str(run),
+            "--steps",
+            "100000",
+            "--batch-size",
+            "2",
+            "--set",
+            "generator_channels=8",
+            "--set",
+            "discriminator_channels=8",
+            "--log-every",
+            "1",
+            "--quiet",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (run / "log.csv").is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -591,7 +694,10 @@ def test_sigterm_in_any_command_unwinds_and_exits_143(monkeypatch, capsys):
     monkeypatch.setattr(synthmed.cli, "run_command", terminated)
     assert main(["models"]) == 143
     assert capsys.readouterr().err.strip() == "synthmed: terminated (SIGTERM)"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or signal.getsignal(signal.SIGTERM) != synthmed.cli._raise_terminated
+    assert (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        or signal.getsignal(signal.SIGTERM) != synthmed.cli._raise_terminated
+    )
 
 
 # ----------------------------------------------------------------------------- 16. strict JSON everywhere
@@ -601,8 +707,29 @@ def test_records_are_strict_json_with_null_for_infinities(prepared, data, tmp_pa
     prep = tmp_path / "prep"
     assert run_cli(prepare_args(data, prep, "--split", "0.75,0,0.25"), capsys)[0] == 0  # no validation subjects
     run = tmp_path / "run"
-    assert run_cli(["train", prep, "--model", "pix2pix", "--out", run, "--steps", "2", "--batch-size", "2",
-                    "--set", "generator_channels=8", "--set", "discriminator_channels=8", "--quiet"], capsys)[0] == 0
+    assert (
+        run_cli(
+            [
+                "train",
+                prep,
+                "--model",
+                "pix2pix",
+                "--out",
+                run,
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--set",
+                "generator_channels=8",
+                "--set",
+                "discriminator_channels=8",
+                "--quiet",
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
     summary = strict_json(run / "train_summary.json")
     assert summary["best"]["value"] is None  # was -Infinity
     for path in (run / "run.json", run / "plan.json", prep / "plan.json"):

@@ -9,8 +9,17 @@ from synthmed.workflows.train import train
 @pytest.mark.slow
 def test_ddpm_beats_identity_on_held_out_subjects(prepared, held_out_scores, tmp_path):
     run = tmp_path / "run"
-    train(prepared, model="ddpm", preset="small", out=run, steps=STEPS, batch_size=8, progress=False,
-          overrides={"channels": [16, 32, 32], "num_head_channels": 16, "norm_num_groups": 8}, val_every=STEPS)
+    train(
+        prepared,
+        model="ddpm",
+        preset="small",
+        out=run,
+        steps=STEPS,
+        batch_size=8,
+        progress=False,
+        overrides={"channels": [16, 32, 32], "num_head_channels": 16, "norm_num_groups": 8},
+        val_every=STEPS,
+    )
     model, identity = held_out_scores(run, sampler="ddim", steps=10)
     assert model["psnr"] > identity["psnr"] + 3.0, (model, identity)
     assert model["ssim"] > identity["ssim"], (model, identity)

@@ -9,18 +9,35 @@ import torch
 
 from synthmed.cli import main
 from synthmed.models.base import SynthesisModel
-from synthmed.workflows.translate import Sampling, std_path, translate, translate_slices
 from synthmed.workflows.train import train
+from synthmed.workflows.translate import Sampling, std_path, translate, translate_slices
 
-TINY = {"channels": [16, 16, 32], "attention_levels": [False, False, True], "num_head_channels": 16,
-        "norm_num_groups": 8, "validation_steps": 2}
+TINY = {
+    "channels": [16, 16, 32],
+    "attention_levels": [False, False, True],
+    "num_head_channels": 16,
+    "norm_num_groups": 8,
+    "validation_steps": 2,
+}
 
 
 @pytest.fixture(scope="module")
 def ddpm_run(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddpm") / "run"
-    train(prepared, model="ddpm", preset="small", out=out, steps=4, batch_size=4, progress=False, overrides=TINY,
-          val_every=2, checkpoint_every=2, sample_every=2, log_every=1)
+    train(
+        prepared,
+        model="ddpm",
+        preset="small",
+        out=out,
+        steps=4,
+        batch_size=4,
+        progress=False,
+        overrides=TINY,
+        val_every=2,
+        checkpoint_every=2,
+        sample_every=2,
+        log_every=1,
+    )
     return out
 
 
@@ -111,8 +128,26 @@ def test_std_path_names():
 def test_cli_sampling_options(ddpm_run, test_subject, tmp_path, capsys):
     source = str(test_subject / "T1.nii.gz")
     out = tmp_path / "cli.nii.gz"
-    assert main(["translate", str(ddpm_run), source, str(out), "--sampler", "ode", "--steps", "3", "--samples", "2",
-                 "--seed", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                str(ddpm_run),
+                source,
+                str(out),
+                "--sampler",
+                "ode",
+                "--steps",
+                "3",
+                "--samples",
+                "2",
+                "--seed",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert out.is_file() and (tmp_path / "cli_std.nii.gz").is_file()
     assert main(["translate", str(ddpm_run), source, str(tmp_path / "x.nii.gz"), "--sampler", "heun", "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -130,7 +165,27 @@ def test_deterministic_models_refuse_sampling_options(trained_run, test_subject,
 
 def test_resume_continues_a_ddpm_run(prepared, tmp_path):
     out = tmp_path / "run"
-    train(prepared, model="ddpm", preset="small", out=out, steps=2, batch_size=2, progress=False, overrides=TINY, val_every=2)
-    summary = train(prepared, model="ddpm", preset="small", out=out, steps=3, batch_size=2, progress=False,
-                    overrides=TINY, val_every=2, resume=True)
+    train(
+        prepared,
+        model="ddpm",
+        preset="small",
+        out=out,
+        steps=2,
+        batch_size=2,
+        progress=False,
+        overrides=TINY,
+        val_every=2,
+    )
+    summary = train(
+        prepared,
+        model="ddpm",
+        preset="small",
+        out=out,
+        steps=3,
+        batch_size=2,
+        progress=False,
+        overrides=TINY,
+        val_every=2,
+        resume=True,
+    )
     assert summary["steps"] == 3 and summary["trained_steps"] == 1

@@ -13,15 +13,21 @@ from scipy import special
 
 from synthmed.cli import main
 from synthmed.data.degrade import (
-    SegmentMotion, add_lowdose_noise, add_rician_noise, degrade, degrade_array, motion_kspace, plan_motion,
+    SegmentMotion,
+    add_lowdose_noise,
+    add_rician_noise,
+    degrade,
+    degrade_array,
+    motion_kspace,
+    plan_motion,
 )
+from synthmed.data.foreground import foreground_mask
 from synthmed.data.geometry import crop_slices
 from synthmed.data.io import read_volume
 from synthmed.data.phantom import write_phantoms
 from synthmed.data.plan import load_plan
 from synthmed.data.prepare import prepare
 from synthmed.errors import SynthmedError
-from synthmed.data.foreground import foreground_mask
 from synthmed.metrics import psnr
 
 SEVERITIES = (0.5, 1.0, 2.0, 3.0)
@@ -125,7 +131,10 @@ def test_translation_ghosts_run_along_the_phase_encode_axis_only():
     image[0, 28:36, 28:36] = 100.0
     segments = [np.asarray(s) for s in np.array_split(np.arange(64), 8)]
     segments = [(c - 32) % 64 for c in segments]
-    motions = [SegmentMotion(segment=1, shift=(2.5, 1.0), angle=0.0), SegmentMotion(segment=6, shift=(-3.5, -2.0), angle=0.0)]
+    motions = [
+        SegmentMotion(segment=1, shift=(2.5, 1.0), angle=0.0),
+        SegmentMotion(segment=6, shift=(-3.5, -2.0), angle=0.0),
+    ]
     corrupted = np.abs(scipy.fft.ifft2(motion_kspace(image, segments, motions), axes=(1, 2)))[0]
     error = np.abs(corrupted - image[0])
     columns = error.sum(axis=0)  # per readout position
@@ -152,7 +161,7 @@ def test_motion_on_a_signed_image_keeps_its_sign(heads):
 
 def _rician_mean(nu: float, sigma: float) -> float:
     """sigma sqrt(pi/2) L_1/2(-nu^2 / 2 sigma^2), with exponentially scaled Bessel functions."""
-    x = -(nu ** 2) / (2 * sigma ** 2)
+    x = -(nu**2) / (2 * sigma**2)
     laguerre = (1 - x) * special.i0e(-x / 2) - x * special.i1e(-x / 2)
     return sigma * math.sqrt(math.pi / 2) * laguerre
 
@@ -195,7 +204,7 @@ def test_lowdose_keeps_the_mean_and_variance_grows_as_the_dose_falls(t1):
     errors = []
     for severity in (0.5, 1.5, 2.5):
         out, info = degrade_array(t1, "lowdose", severity, np.random.default_rng(0))
-        assert info["dose_fraction"] == pytest.approx(4.0 ** -severity)
+        assert info["dose_fraction"] == pytest.approx(4.0**-severity)
         assert float(out[mask].mean()) == pytest.approx(float(t1[mask].mean()), rel=0.01)
         errors.append(float(np.var(out[mask] - t1[mask])))
     assert errors[0] < errors[1] < errors[2]
@@ -230,8 +239,9 @@ def test_a_folder_pairs_with_prepare_and_a_volume_round_trips(heads, tmp_path, c
     np.testing.assert_array_equal(written.data, expected)
     np.testing.assert_array_equal(written.affine, clean.affine)
 
-    prep = prepare(out, source="T1_motion", target="T1", out=tmp_path / "prep", size=32, split="0.5,0.25,0.25",
-                   progress=False)
+    prep = prepare(
+        out, source="T1_motion", target="T1", out=tmp_path / "prep", size=32, split="0.5,0.25,0.25", progress=False
+    )
     plan = load_plan(prep)
     assert plan.source == "t1_motion" and plan.target == "t1"
     assert sorted(plan.subjects) == subjects and not plan.skipped
@@ -244,7 +254,9 @@ def test_a_folder_pairs_with_prepare_and_a_volume_round_trips(heads, tmp_path, c
     target = np.load(prep / "slices" / "target.npy")[rows]
     geometry = record.geometry
     norm = record.normalization["t1_motion"]
-    np.testing.assert_allclose(source, crop_slices(norm.apply(written.data), geometry, fill=-1.0)[index[rows, 1]], atol=1e-5)
+    np.testing.assert_allclose(
+        source, crop_slices(norm.apply(written.data), geometry, fill=-1.0)[index[rows, 1]], atol=1e-5
+    )
     assert not np.allclose(source, target)
 
 
@@ -269,7 +281,9 @@ def test_cli_errors(heads, tmp_path, capsys):
     assert stop.value.code == 2
     assert "invalid choice: 'blur'" in capsys.readouterr().err
     for severity in ("0", "-1", "3.5", "nan"):
-        assert main(["degrade", str(source), str(tmp_path / "x.nii.gz"), "--kind", "noise", "--severity", severity]) == 2
+        assert (
+            main(["degrade", str(source), str(tmp_path / "x.nii.gz"), "--kind", "noise", "--severity", severity]) == 2
+        )
         assert "--severity" in capsys.readouterr().err
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"not an image at all")
@@ -281,7 +295,9 @@ def test_cli_errors(heads, tmp_path, capsys):
     assert "--name" in capsys.readouterr().err
     assert main(["degrade", str(heads), str(tmp_path / "z"), "--kind", "noise", "--name", "DWI"]) == 2
     assert "no subject folder holds a DWI scan" in capsys.readouterr().err
-    assert main(["degrade", str(heads / "sub-001" / "CT.nii.gz"), str(tmp_path / "ct.nii.gz"), "--kind", "lowdose"]) == 2
+    assert (
+        main(["degrade", str(heads / "sub-001" / "CT.nii.gz"), str(tmp_path / "ct.nii.gz"), "--kind", "lowdose"]) == 2
+    )
     assert "non-negative" in capsys.readouterr().err
     out = tmp_path / "once.nii.gz"
     assert main(["degrade", str(source), str(out), "--kind", "noise", "--quiet"]) == 0

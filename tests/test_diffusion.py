@@ -17,7 +17,15 @@ import torch
 from torch import nn
 
 from synthmed.diffusion.joint import JOINT_SAMPLERS
-from synthmed.diffusion.samplers import SAMPLERS, check_options, continuous_grid, evaluations, get_sampler, integer_grid, sample
+from synthmed.diffusion.samplers import (
+    SAMPLERS,
+    check_options,
+    continuous_grid,
+    evaluations,
+    get_sampler,
+    integer_grid,
+    sample,
+)
 from synthmed.diffusion.schedule import PREDICTIONS, NoiseSchedule, posterior_between
 from synthmed.engine.ema import EMA
 from synthmed.errors import SynthmedError
@@ -37,6 +45,7 @@ def _one_thread():
 
 # --- reference values (numpy, float64) -----------------------------------------------------
 
+
 def cosine_f(t, T):
     return np.cos((np.asarray(t, dtype=np.float64) / T + 0.008) / 1.008 * np.pi / 2) ** 2
 
@@ -54,6 +63,7 @@ def reference_log_alpha_bar(schedule: NoiseSchedule, s) -> np.ndarray:
 
 
 # --- 1. schedule -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("T", [1000, 10])
 def test_linear_betas_and_alpha_bars(T):
@@ -118,8 +128,9 @@ def test_continuous_interpolation(kind, T):
         expected = float(reference_log_alpha_bar(schedule, s))
         assert schedule.log_alpha_bar_at(float(s)) == pytest.approx(expected, rel=1e-10, abs=1e-12)
         assert schedule.alpha_bar_at(float(s)) == pytest.approx(math.exp(expected), rel=1e-10)
-        assert schedule.sigma_at(float(s)) == pytest.approx(math.sqrt((1 - math.exp(expected)) / math.exp(expected)),
-                                                           rel=1e-9)
+        assert schedule.sigma_at(float(s)) == pytest.approx(
+            math.sqrt((1 - math.exp(expected)) / math.exp(expected)), rel=1e-9
+        )
         # beta(s) is the slope -d log alpha_bar / ds of the segment containing s: -log(1 - beta_i), i = ceil(s).
         segment = min(max(int(math.ceil(s)), 0), T - 1)
         assert schedule.beta_at(float(s)) == pytest.approx(-math.log(1 - betas[segment]), rel=1e-9)
@@ -165,8 +176,16 @@ def test_posterior_closed_form(kind, T):
     torch.testing.assert_close(mean[0], x0[0], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind,T,t,skip", [("linear", 1000, 500, 1), ("linear", 1000, 700, 100), ("cosine", 10, 5, 1),
-                                           ("cosine", 10, 8, 3), ("linear", 10, 0, 1)])
+@pytest.mark.parametrize(
+    "kind,T,t,skip",
+    [
+        ("linear", 1000, 500, 1),
+        ("linear", 1000, 700, 100),
+        ("cosine", 10, 5, 1),
+        ("cosine", 10, 8, 3),
+        ("linear", 10, 0, 1),
+    ],
+)
 def test_posterior_between_is_gaussian_conditioning(kind, T, t, skip):
     """posterior_between(ab_t, ab_prev) against conditioning the joint Gaussian of (x_prev, x_t) given x0."""
     schedule = NoiseSchedule(T, kind)
@@ -202,8 +221,11 @@ def test_posterior_matches_monte_carlo_regression(kind, T, t):
 
     # The implementation's coefficients: mean(x0, x_t) = c0 x0 + c1 x_t.
     def impl(x0_value, xt_value):
-        mean, var = schedule.posterior(torch.tensor([[[[x0_value]]]], dtype=torch.float64),
-                                       torch.tensor([[[[xt_value]]]], dtype=torch.float64), torch.tensor([t]))
+        mean, var = schedule.posterior(
+            torch.tensor([[[[x0_value]]]], dtype=torch.float64),
+            torch.tensor([[[[xt_value]]]], dtype=torch.float64),
+            torch.tensor([t]),
+        )
         return mean.item(), var.item()
 
     c0, var = impl(1.0, 0.0)
@@ -235,8 +257,10 @@ def test_q_sample_moments(kind):
     small_t = torch.tensor([3, 600])
     x0s = torch.tensor([0.5, -0.25]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2)
     eps = torch.tensor([1.5, -0.75]).reshape(2, 1, 1, 1).expand(2, 1, 2, 2)
-    expected = torch.tensor([math.sqrt(ab[s]) * a + math.sqrt(1 - ab[s]) * e for s, a, e in
-                             [(3, 0.5, 1.5), (600, -0.25, -0.75)]], dtype=torch.float32).reshape(2, 1, 1, 1)
+    expected = torch.tensor(
+        [math.sqrt(ab[s]) * a + math.sqrt(1 - ab[s]) * e for s, a, e in [(3, 0.5, 1.5), (600, -0.25, -0.75)]],
+        dtype=torch.float32,
+    ).reshape(2, 1, 1, 1)
     torch.testing.assert_close(schedule.q_sample(x0s, small_t, eps), expected.expand(2, 1, 2, 2), rtol=1e-6, atol=1e-6)
 
 
@@ -258,9 +282,9 @@ def test_training_target_split_prediction_round_trip(prediction, dtype, tol):
     torch.testing.assert_close(noise_hat, noise, rtol=0, atol=tol)
     # A Python float alpha_bar (what the samplers pass) works the same way.
     for i in range(4):
-        x0_i, noise_i = NoiseSchedule.split_prediction(prediction, target[i:i + 1], x_t[i:i + 1], float(ab[i]))
-        torch.testing.assert_close(x0_i, x0[i:i + 1], rtol=0, atol=tol)
-        torch.testing.assert_close(noise_i, noise[i:i + 1], rtol=0, atol=tol)
+        x0_i, noise_i = NoiseSchedule.split_prediction(prediction, target[i : i + 1], x_t[i : i + 1], float(ab[i]))
+        torch.testing.assert_close(x0_i, x0[i : i + 1], rtol=0, atol=tol)
+        torch.testing.assert_close(noise_i, noise[i : i + 1], rtol=0, atol=tol)
 
 
 def test_unknown_prediction_and_schedule_raise():
@@ -278,6 +302,7 @@ def test_unknown_prediction_and_schedule_raise():
 
 
 # --- 2. samplers ---------------------------------------------------------------------------------
+
 
 def oracle(schedule: NoiseSchedule, x0: torch.Tensor, calls: list | None = None):
     """The perfect denoiser for a single known clean image."""
@@ -326,8 +351,14 @@ def test_oracle_denoiser_recovers_clean_image(sampler, steps):
     schedule = NoiseSchedule(1000, "linear")
     x0 = _clean_image()
     calls = []
-    out = sample(oracle(schedule, x0, calls), schedule, tuple(x0.shape), sampler=sampler, steps=steps,
-                 generator=torch.Generator().manual_seed(0))
+    out = sample(
+        oracle(schedule, x0, calls),
+        schedule,
+        tuple(x0.shape),
+        sampler=sampler,
+        steps=steps,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.shape == x0.shape and out.dtype == torch.float32
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-4)
     s_values = [s for s, _ in calls]
@@ -339,34 +370,53 @@ def test_oracle_denoiser_recovers_clean_image(sampler, steps):
         assert s_values[-1] == 0
     # The first evaluation sees pure noise, drawn from the caller's generator.
     # (the ODE goes through y = x / sqrt(ab) and back, hence one rounding)
-    torch.testing.assert_close(calls[0][1], torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        calls[0][1], torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)), rtol=0, atol=1e-6
+    )
 
 
-@pytest.mark.parametrize("sampler", [
-    "ddim",
-    "ode",
-])
-@pytest.mark.parametrize("kind", [
-    "linear",
-    "cosine",
-])
+@pytest.mark.parametrize(
+    "sampler",
+    [
+        "ddim",
+        "ode",
+    ],
+)
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "linear",
+        "cosine",
+    ],
+)
 def test_deterministic_samplers_follow_oracle_trajectory(kind, sampler):
     """With the oracle the probability-flow trajectory is a straight line in (sigma, y): every state the
     sampler visits is sqrt(ab) x0 + sqrt(1-ab) z' for the one noise z' implied by the starting point."""
     schedule = NoiseSchedule(1000, kind)
     x0 = _clean_image()
     calls = []
-    sample(oracle(schedule, x0, calls), schedule, tuple(x0.shape), sampler=sampler, steps=11, eta=0.0,
-           generator=torch.Generator().manual_seed(4))
+    sample(
+        oracle(schedule, x0, calls),
+        schedule,
+        tuple(x0.shape),
+        sampler=sampler,
+        steps=11,
+        eta=0.0,
+        generator=torch.Generator().manual_seed(4),
+    )
     z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
     ab_start = schedule.alpha_bar_at(999)
     z_implied = (z - math.sqrt(ab_start) * x0) / math.sqrt(1 - ab_start)
     assert len(calls) == 11
     for s, x in calls:
         ab = schedule.alpha_bar_at(s)
-        torch.testing.assert_close(x, math.sqrt(ab) * x0 + math.sqrt(1 - ab) * z_implied, rtol=0, atol=1e-4,
-                                   msg=lambda m: f"{sampler} at s={s}: {m}")
+        torch.testing.assert_close(
+            x,
+            math.sqrt(ab) * x0 + math.sqrt(1 - ab) * z_implied,
+            rtol=0,
+            atol=1e-4,
+            msg=lambda m: f"{sampler} at s={s}: {m}",
+        )
 
 
 DISTRIBUTION_CASES = [
@@ -393,8 +443,15 @@ def test_exact_gaussian_denoiser_reproduces_data_distribution(kind, sampler, ste
     budgets are far outside (e.g. ddim/ddpm with 10 steps: std off by 0.11-0.18).
     """
     schedule = NoiseSchedule(1000, kind)
-    out = sample(gaussian_denoiser(schedule), schedule, (16, 1, 16, 16), sampler=sampler, steps=steps,
-                 generator=torch.Generator().manual_seed(0), **options)
+    out = sample(
+        gaussian_denoiser(schedule),
+        schedule,
+        (16, 1, 16, 16),
+        sampler=sampler,
+        steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        **options,
+    )
     assert out.shape == (16, 1, 16, 16) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     assert out.mean().item() == pytest.approx(MU, abs=0.035)
@@ -417,8 +474,16 @@ def test_pc_corrector_step_hits_the_target_snr(snr, predictor):
         calls.append((s, x.clone()))
         return inner(x, s)
 
-    sample(denoise, schedule, shape, sampler="pc", steps=9, snr=snr, predictor=predictor,
-           generator=torch.Generator().manual_seed(9))
+    sample(
+        denoise,
+        schedule,
+        shape,
+        sampler="pc",
+        steps=9,
+        snr=snr,
+        predictor=predictor,
+        generator=torch.Generator().manual_seed(9),
+    )
     assert len(calls) == 9  # 4 x (corrector, predictor) + final
     replay = torch.Generator().manual_seed(9)
     draws = [torch.randn(shape, generator=replay) for _ in range(1 + 2 * 4)]
@@ -446,8 +511,14 @@ def test_coarse_budgets_are_measurably_off():
     """The distribution test above can fail: few-step ancestral sampling under-disperses."""
     schedule = NoiseSchedule(1000, "linear")
     for sampler in ("ddpm", "ddim"):
-        out = sample(gaussian_denoiser(schedule), schedule, (16, 1, 16, 16), sampler=sampler, steps=10,
-                     generator=torch.Generator().manual_seed(0))
+        out = sample(
+            gaussian_denoiser(schedule),
+            schedule,
+            (16, 1, 16, 16),
+            sampler=sampler,
+            steps=10,
+            generator=torch.Generator().manual_seed(0),
+        )
         assert out.std().item() < S0 - 0.1
 
 
@@ -458,26 +529,42 @@ def test_ddim_follows_the_exact_probability_flow(kind):
     exact = exact_flow(schedule, z)
     errors = {}
     for steps in (50, 100, 200):
-        out = sample(gaussian_denoiser(schedule), schedule, tuple(z.shape), sampler="ddim", steps=steps, eta=0.0,
-                     generator=torch.Generator().manual_seed(2))
+        out = sample(
+            gaussian_denoiser(schedule),
+            schedule,
+            tuple(z.shape),
+            sampler="ddim",
+            steps=steps,
+            eta=0.0,
+            generator=torch.Generator().manual_seed(2),
+        )
         errors[steps] = (out.double() - exact).abs().max().item()
     assert errors[200] < 0.04
     # First order (DDIM is Euler's method for the probability-flow ODE): halving the step halves the error.
     assert 1.6 < errors[50] / errors[100] < 2.5 and 1.6 < errors[100] / errors[200] < 2.5
 
 
-@pytest.mark.parametrize("kind", [
-    "linear",
-    "cosine",
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "linear",
+        "cosine",
+    ],
+)
 def test_ode_follows_the_exact_probability_flow_at_second_order(kind):
     schedule = NoiseSchedule(1000, kind)
     z = torch.randn(16, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     exact = exact_flow(schedule, z)
     errors = {}
     for steps in (41, 81, 161):
-        out = sample(gaussian_denoiser(schedule), schedule, tuple(z.shape), sampler="ode", steps=steps,
-                     generator=torch.Generator().manual_seed(2))
+        out = sample(
+            gaussian_denoiser(schedule),
+            schedule,
+            tuple(z.shape),
+            sampler="ode",
+            steps=steps,
+            generator=torch.Generator().manual_seed(2),
+        )
         errors[steps] = (out.double() - exact).abs().max().item()
     assert errors[161] < 0.02
     # Heun is second order: halving the step (20 -> 40 -> 80 intervals) divides the error by ~4 in the limit;
@@ -506,8 +593,15 @@ def test_same_seed_same_output(sampler):
     denoise = gaussian_denoiser(schedule)
 
     def run(seed):
-        return sample(denoise, schedule, (2, 1, 4, 4), sampler=sampler, steps=9, eta=0.0,
-                      generator=torch.Generator().manual_seed(seed))
+        return sample(
+            denoise,
+            schedule,
+            (2, 1, 4, 4),
+            sampler=sampler,
+            steps=9,
+            eta=0.0,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
     assert torch.equal(run(5), run(5))
     assert (run(5) - run(6)).abs().max().item() > 1e-2
@@ -543,8 +637,14 @@ def test_evaluations_counts_denoiser_calls(sampler):
                 count += 1
                 return denoise_inner(x, s)
 
-            sample(denoise, schedule, (1, 1, 2, 2), sampler=sampler, steps=steps,
-                   generator=torch.Generator().manual_seed(0))
+            sample(
+                denoise,
+                schedule,
+                (1, 1, 2, 2),
+                sampler=sampler,
+                steps=steps,
+                generator=torch.Generator().manual_seed(0),
+            )
             expected = evaluations(sampler, steps, T)
             assert count == expected, f"{sampler} T={T} steps={steps}: {count} calls, evaluations() says {expected}"
             assert expected <= steps, "a sampler must not exceed its budget"
@@ -629,10 +729,21 @@ def test_models_noise_their_training_targets_with_the_schedules_forward_process(
         return original(self, x0, t, noise)
 
     monkeypatch.setattr(NoiseSchedule, "q_sample", counting)
-    tiny = {"image_size": 16, "channels": (8, 8), "attention_levels": (False, False), "num_res_blocks": 1,
-            "norm_num_groups": 8, "num_head_channels": 8, "timesteps": 20, "batch_size": 2}
-    batch = {"source": torch.rand(2, 1, 16, 16) * 2 - 1, "target": torch.rand(2, 1, 16, 16) * 2 - 1,
-             "label": (torch.rand(2, 1, 16, 16) > 0.8).float()}
+    tiny = {
+        "image_size": 16,
+        "channels": (8, 8),
+        "attention_levels": (False, False),
+        "num_res_blocks": 1,
+        "norm_num_groups": 8,
+        "num_head_channels": 8,
+        "timesteps": 20,
+        "batch_size": 2,
+    }
+    batch = {
+        "source": torch.rand(2, 1, 16, 16) * 2 - 1,
+        "target": torch.rand(2, 1, 16, 16) * 2 - 1,
+        "label": (torch.rand(2, 1, 16, 16) > 0.8).float(),
+    }
     for name, expected in (("ddpm", 1), ("ddpm-gen", 1), ("pig", 2)):
         calls.clear()
         model = build_model(name, "small", tiny)
@@ -641,6 +752,7 @@ def test_models_noise_their_training_targets_with_the_schedules_forward_process(
 
 
 # --- 3. the model --------------------------------------------------------------------------------
+
 
 def build_tiny(**overrides):
     from synthmed.models.registry import build_model
@@ -672,14 +784,17 @@ def test_translate_ddim_depends_on_the_seed(tiny_model):
     source = _source()
 
     def run(seed):
-        return tiny_model.translate(source, sampler="ddim", steps=3, eta=0.0, generator=torch.Generator().manual_seed(seed))
+        return tiny_model.translate(
+            source, sampler="ddim", steps=3, eta=0.0, generator=torch.Generator().manual_seed(seed)
+        )
 
     first, repeat, other = run(0), run(0), run(1)
     assert torch.equal(first, repeat)
     assert (first - other).abs().max().item() > 1e-3
     # validation_translate is the cheap deterministic sampler with its own fixed seed.
-    torch.testing.assert_close(tiny_model.validation_translate(source), tiny_model.validation_translate(source),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        tiny_model.validation_translate(source), tiny_model.validation_translate(source), rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
@@ -764,13 +879,20 @@ def test_model_conventions_with_a_perfect_network(prediction):
 
 
 def test_model_rejects_invalid_configs():
-    for overrides in ({"attention_levels": [False]}, {"image_size": 15}, {"norm_num_groups": 5},
-                      {"prediction": "score"}, {"sampler": "heun"}, {"schedule": "quadratic"}):
+    for overrides in (
+        {"attention_levels": [False]},
+        {"image_size": 15},
+        {"norm_num_groups": 5},
+        {"prediction": "score"},
+        {"sampler": "heun"},
+        {"schedule": "quadratic"},
+    ):
         with pytest.raises((ValueError, SynthmedError)):
             build_tiny(**overrides)
 
 
 # --- 4. EMA -----------------------------------------------------------------------------------
+
 
 class Holder(nn.Module):
     def __init__(self):

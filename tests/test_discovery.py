@@ -94,10 +94,22 @@ def test_patient_key():
 
 
 def test_folder_layout_prefixed_names(tmp_path):
-    touch(tmp_path, "BraTS-X-001/BraTS-X-001-t1n.nii.gz", "BraTS-X-001/BraTS-X-001-t2w.nii.gz",
-          "BraTS-X-001/BraTS-X-001-t2f.nii.gz", "BraTS-X-001/BraTS-X-001-seg.nii.gz", "BraTS-X-001/notes.txt",
-          "sub-02/sub-02_T1w.nii", "sub-02/sub-02_T2w.NII.GZ", "sub-02/.hidden.nii.gz",
-          "sub-01/T1.nrrd", "sub-01/PD.mha", "sub-01/t2.npy", "loose.nii.gz", "empty/readme.md")
+    touch(
+        tmp_path,
+        "BraTS-X-001/BraTS-X-001-t1n.nii.gz",
+        "BraTS-X-001/BraTS-X-001-t2w.nii.gz",
+        "BraTS-X-001/BraTS-X-001-t2f.nii.gz",
+        "BraTS-X-001/BraTS-X-001-seg.nii.gz",
+        "BraTS-X-001/notes.txt",
+        "sub-02/sub-02_T1w.nii",
+        "sub-02/sub-02_T2w.NII.GZ",
+        "sub-02/.hidden.nii.gz",
+        "sub-01/T1.nrrd",
+        "sub-01/PD.mha",
+        "sub-01/t2.npy",
+        "loose.nii.gz",
+        "empty/readme.md",
+    )
     subjects = discover(tmp_path)
     assert ids(subjects) == ["BraTS-X-001", "sub-01", "sub-02"]
     by_id = {s.id: s for s in subjects}
@@ -111,8 +123,14 @@ def test_folder_layout_prefixed_names(tmp_path):
 
 
 def test_folder_layout_aliases_and_dicom_series(tmp_path):
-    touch(tmp_path, "s1/SEQ_A.nii.gz", "s1/t2.nii.gz", "s1/dwi_series/IM0001.dcm", "s1/dwi_series/IM0002.dcm",
-          "s1/not_dicom/readme")
+    touch(
+        tmp_path,
+        "s1/SEQ_A.nii.gz",
+        "s1/t2.nii.gz",
+        "s1/dwi_series/IM0001.dcm",
+        "s1/dwi_series/IM0002.dcm",
+        "s1/not_dicom/readme",
+    )
     (tmp_path / "s1" / "ct").mkdir()
     (tmp_path / "s1" / "ct" / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
     [subject] = discover(tmp_path, aliases="seq_a=t1")
@@ -147,8 +165,14 @@ def test_folder_layout_errors(tmp_path):
 
 
 def test_pattern_file_name_any_depth(tmp_path):
-    touch(tmp_path, "site1/TCGA-AA-0001_t1_bet.nii.gz", "site1/TCGA-AA-0001_fla_bet.nii.gz",
-          "site2/deep/TCGA-BB-0002_t1_bet.nii.gz", "site2/TCGA-BB-0002_seg_fused.nii.gz", "TCGA-CC-0003_t2_bet.nii.gz")
+    touch(
+        tmp_path,
+        "site1/TCGA-AA-0001_t1_bet.nii.gz",
+        "site1/TCGA-AA-0001_fla_bet.nii.gz",
+        "site2/deep/TCGA-BB-0002_t1_bet.nii.gz",
+        "site2/TCGA-BB-0002_seg_fused.nii.gz",
+        "TCGA-CC-0003_t2_bet.nii.gz",
+    )
     subjects = discover(tmp_path, pattern="{subject}_{modality}_bet.nii.gz")
     assert ids(subjects) == ["TCGA-AA-0001", "TCGA-BB-0002", "TCGA-CC-0003"]
     assert mods(subjects[0]) == ["flair", "t1"]
@@ -168,9 +192,17 @@ def test_pattern_prefers_longest_subject_and_folder_name(tmp_path):
 
 
 def test_pattern_nested_folders_and_wildcards(tmp_path):
-    touch(tmp_path, "p01/T1_N4_noneck_brain_N4_reg.nii.gz", "p01/T1POST_N4_x.nii.gz", "p01/FLAIR_N4_x.nii.gz",
-          "p01/GOLD_STANDARD_N4_x.nii.gz", "p01/T2_raw.nii.gz", "p02/T2_N4_y.nii.gz", "p02/sub/T1_N4_z.nii.gz",
-          "T1_N4_top.nii.gz")
+    touch(
+        tmp_path,
+        "p01/T1_N4_noneck_brain_N4_reg.nii.gz",
+        "p01/T1POST_N4_x.nii.gz",
+        "p01/FLAIR_N4_x.nii.gz",
+        "p01/GOLD_STANDARD_N4_x.nii.gz",
+        "p01/T2_raw.nii.gz",
+        "p02/T2_N4_y.nii.gz",
+        "p02/sub/T1_N4_z.nii.gz",
+        "T1_N4_top.nii.gz",
+    )
     subjects = discover(tmp_path, pattern="{subject}/{modality}_N4_*.nii.gz")
     assert ids(subjects) == ["p01", "p02"]
     assert mods(subjects[0]) == ["flair", "gold_standard", "t1", "t1c"]
@@ -235,17 +267,31 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
 
 
 def test_csv_manifest_relative_paths_split_glob_key_channel(tmp_path):
-    touch(tmp_path, "imgs/a_t1.nii.gz", "imgs/a_t2.nii.gz", "imgs/a_mask.nii.gz", "imgs/b.mat",
-          "P1/P1_1.tif", "P1/P1_2.tif", "P1/P1_10.tif", "P1/P1_1_mask.tif", "P1/P1_2_mask.tif")
-    manifest = write_csv(tmp_path / "m.csv", ["Subject", "modality", "path", "split", "mask", "key", "channel"], [
-        ["a", "T1w", "imgs/a_t1.nii.gz", "train", "imgs/a_mask.nii.gz", "", ""],
-        ["a", "t2", "imgs/a_t2.nii.gz", "train", "", "", ""],
-        ["b", "T1", "imgs/b.mat", "Validation", "", "vol_t1", ""],
-        ["b", "T2", str(tmp_path / "imgs" / "b.mat"), "val", "", "vol_t2", ""],
-        ["P1", "t1", "P1/P1_*[0-9].tif", "test", "", "", "0"],
-        ["P1", "flair", "P1/P1_*[0-9].tif", "test", "", "", "1"],
-        ["P1", "lesion", "P1/P1_*_mask.tif", "", "", "", ""],
-    ])
+    touch(
+        tmp_path,
+        "imgs/a_t1.nii.gz",
+        "imgs/a_t2.nii.gz",
+        "imgs/a_mask.nii.gz",
+        "imgs/b.mat",
+        "P1/P1_1.tif",
+        "P1/P1_2.tif",
+        "P1/P1_10.tif",
+        "P1/P1_1_mask.tif",
+        "P1/P1_2_mask.tif",
+    )
+    manifest = write_csv(
+        tmp_path / "m.csv",
+        ["Subject", "modality", "path", "split", "mask", "key", "channel"],
+        [
+            ["a", "T1w", "imgs/a_t1.nii.gz", "train", "imgs/a_mask.nii.gz", "", ""],
+            ["a", "t2", "imgs/a_t2.nii.gz", "train", "", "", ""],
+            ["b", "T1", "imgs/b.mat", "Validation", "", "vol_t1", ""],
+            ["b", "T2", str(tmp_path / "imgs" / "b.mat"), "val", "", "vol_t2", ""],
+            ["P1", "t1", "P1/P1_*[0-9].tif", "test", "", "", "0"],
+            ["P1", "flair", "P1/P1_*[0-9].tif", "test", "", "", "1"],
+            ["P1", "lesion", "P1/P1_*_mask.tif", "", "", "", ""],
+        ],
+    )
     subjects = discover(manifest=manifest)
     assert ids(subjects) == ["P1", "a", "b"]
     p1, a, b = subjects
@@ -257,14 +303,17 @@ def test_csv_manifest_relative_paths_split_glob_key_channel(tmp_path):
     assert p1.files["t1"].channel == 0 and p1.files["flair"].channel == 1
     image_glob = p1.files["t1"].path
     assert os.path.isabs(image_glob) and sorted(glob(image_glob)) == sorted(
-        str(tmp_path / "P1" / n) for n in ("P1_1.tif", "P1_2.tif", "P1_10.tif"))
+        str(tmp_path / "P1" / n) for n in ("P1_1.tif", "P1_2.tif", "P1_10.tif")
+    )
     assert len(glob(p1.files["lesion"].path)) == 2
 
 
 def test_manifest_paths_relative_to_data_when_given(tmp_path):
     touch(tmp_path, "data/s1/t1.nii.gz")
     (tmp_path / "elsewhere").mkdir()
-    manifest = write_csv(tmp_path / "elsewhere" / "m.csv", ["subject", "modality", "path"], [["s1", "t1", "s1/t1.nii.gz"]])
+    manifest = write_csv(
+        tmp_path / "elsewhere" / "m.csv", ["subject", "modality", "path"], [["s1", "t1", "s1/t1.nii.gz"]]
+    )
     [subject] = discover(tmp_path / "data", manifest=manifest)
     assert subject.files["t1"].path == str(tmp_path / "data" / "s1" / "t1.nii.gz")
     with pytest.raises(SynthmedError, match="line 2"):
@@ -273,9 +322,11 @@ def test_manifest_paths_relative_to_data_when_given(tmp_path):
 
 def test_json_manifests(tmp_path):
     touch(tmp_path, "x/t1.nii.gz", "x/t2.nii.gz", "x/lab.nii.gz", "y/T1.mat")
-    rows = [{"subject": "x", "modality": "t1", "path": "x/t1.nii.gz", "split": "test", "label": "x/lab.nii.gz"},
-            {"subject": "x", "modality": "T2W", "path": "x/t2.nii.gz"},
-            {"subject": "y", "modality": "t1", "path": "y/T1.mat", "key": "data_fs", "channel": 2}]
+    rows = [
+        {"subject": "x", "modality": "t1", "path": "x/t1.nii.gz", "split": "test", "label": "x/lab.nii.gz"},
+        {"subject": "x", "modality": "T2W", "path": "x/t2.nii.gz"},
+        {"subject": "y", "modality": "t1", "path": "y/T1.mat", "key": "data_fs", "channel": 2},
+    ]
     (tmp_path / "list.json").write_text(json.dumps(rows))
     (tmp_path / "obj.json").write_text(json.dumps({"subjects": rows}))
     for name in ("list.json", "obj.json"):
@@ -300,28 +351,46 @@ def test_manifest_errors(tmp_path):
     bad = write_csv(tmp_path / "nocol.csv", ["subject", "path"], [["s1", "s1/t1.nii.gz"]])
     with pytest.raises(SynthmedError, match=r"line 2 has no column modality"):
         discover(manifest=bad)
-    empty = write_csv(tmp_path / "empty.csv", ["subject", "modality", "path"], [["s1", "t1", "s1/t1.nii.gz"], ["s1", "", "s1/t2.nii.gz"]])
+    empty = write_csv(
+        tmp_path / "empty.csv",
+        ["subject", "modality", "path"],
+        [["s1", "t1", "s1/t1.nii.gz"], ["s1", "", "s1/t2.nii.gz"]],
+    )
     with pytest.raises(SynthmedError, match=r"line 3 has an empty modality"):
         discover(manifest=empty)
-    missing = write_csv(tmp_path / "missing.csv", ["subject", "modality", "path"],
-                        [["s1", "t1", "s1/t1.nii.gz"], ["s1", "t2", "s1/t2.nii.gz"], ["s2", "t1", "s2/t1.nii.gz"]])
+    missing = write_csv(
+        tmp_path / "missing.csv",
+        ["subject", "modality", "path"],
+        [["s1", "t1", "s1/t1.nii.gz"], ["s1", "t2", "s1/t2.nii.gz"], ["s2", "t1", "s2/t1.nii.gz"]],
+    )
     with pytest.raises(SynthmedError, match=r"missing.csv line 4: path file 's2/t1.nii.gz' not found") as info:
         discover(manifest=missing)
     assert "\n" not in str(info.value)
     noglob = write_csv(tmp_path / "noglob.csv", ["subject", "modality", "path"], [["s1", "t1", "s1/*.png"]])
     with pytest.raises(SynthmedError, match=r"line 2: path glob 's1/\*.png' matches no file"):
         discover(manifest=noglob)
-    dup = write_csv(tmp_path / "dup.csv", ["subject", "modality", "path"], [["s1", "t1", "s1/t1.nii.gz"], ["s1", "T1n", "s1/t2.nii.gz"]])
+    dup = write_csv(
+        tmp_path / "dup.csv",
+        ["subject", "modality", "path"],
+        [["s1", "t1", "s1/t1.nii.gz"], ["s1", "T1n", "s1/t2.nii.gz"]],
+    )
     with pytest.raises(SynthmedError, match=r"line 3: subject s1 already has t1 at line 2"):
         discover(manifest=dup)
-    split = write_csv(tmp_path / "split.csv", ["subject", "modality", "path", "split"], [["s1", "t1", "s1/t1.nii.gz", "holdout"]])
+    split = write_csv(
+        tmp_path / "split.csv", ["subject", "modality", "path", "split"], [["s1", "t1", "s1/t1.nii.gz", "holdout"]]
+    )
     with pytest.raises(SynthmedError, match="not train, val or test"):
         discover(manifest=split)
-    clash = write_csv(tmp_path / "clash.csv", ["subject", "modality", "path", "split"],
-                      [["s1", "t1", "s1/t1.nii.gz", "train"], ["s1", "t2", "s1/t2.nii.gz", "test"]])
+    clash = write_csv(
+        tmp_path / "clash.csv",
+        ["subject", "modality", "path", "split"],
+        [["s1", "t1", "s1/t1.nii.gz", "train"], ["s1", "t2", "s1/t2.nii.gz", "test"]],
+    )
     with pytest.raises(SynthmedError, match="one split"):
         discover(manifest=clash)
-    channel = write_csv(tmp_path / "channel.csv", ["subject", "modality", "path", "channel"], [["s1", "t1", "s1/t1.nii.gz", "red"]])
+    channel = write_csv(
+        tmp_path / "channel.csv", ["subject", "modality", "path", "channel"], [["s1", "t1", "s1/t1.nii.gz", "red"]]
+    )
     with pytest.raises(SynthmedError, match="channel 'red'"):
         discover(manifest=channel)
     (tmp_path / "bad.json").write_text("{not json")
@@ -337,8 +406,10 @@ def test_manifest_errors(tmp_path):
 
 def test_write_manifest_roundtrip(tmp_path):
     touch(tmp_path, "s1/a.mat", "s1/b.nii.gz")
-    rows = [{"subject": "s1", "modality": "t1", "path": "s1/a.mat", "key": "data_fs"},
-            {"subject": "s1", "modality": "t2", "path": "s1/b.nii.gz", "channel": 1, "split": "train"}]
+    rows = [
+        {"subject": "s1", "modality": "t1", "path": "s1/a.mat", "key": "data_fs"},
+        {"subject": "s1", "modality": "t2", "path": "s1/b.nii.gz", "channel": 1, "split": "train"},
+    ]
     for name in ("m.csv", "m.json", "m.tsv"):
         path = write_manifest(rows, tmp_path / name)
         [subject] = discover(manifest=path)
@@ -350,11 +421,16 @@ def test_write_manifest_roundtrip(tmp_path):
 
 
 def test_lgg_and_ixi_manifests_synthetic(tmp_path):
-    touch(tmp_path, "lgg/TCGA_AA_0001_20000101/TCGA_AA_0001_20000101_1.tif",
-          "lgg/TCGA_AA_0001_20000101/TCGA_AA_0001_20000101_12.tif",
-          "lgg/TCGA_AA_0001_20000101/TCGA_AA_0001_20000101_1_mask.tif",
-          "lgg/TCGA_AA_0001_20000101/TCGA_AA_0001_20000101_12_mask.tif", "lgg/other/readme.txt",
-          "ixi/T1.mat", "ixi/T2.mat")
+    touch(
+        tmp_path,
+        "lgg/TCGA_AA_0001_20000101/TCGA_AA_0001_20000101_1.tif",
+        "lgg/TCGA_AA_0001_20000101/TCGA_AA_0001_20000101_12.tif",
+        "lgg/TCGA_AA_0001_20000101/TCGA_AA_0001_20000101_1_mask.tif",
+        "lgg/TCGA_AA_0001_20000101/TCGA_AA_0001_20000101_12_mask.tif",
+        "lgg/other/readme.txt",
+        "ixi/T1.mat",
+        "ixi/T2.mat",
+    )
     rows = lgg_manifest(tmp_path / "lgg")
     assert [(r["modality"], r.get("channel")) for r in rows] == [("t1", 0), ("flair", 1), ("t1c", 2), ("lesion", None)]
     [subject] = discover(tmp_path / "lgg", manifest=write_manifest(rows, tmp_path / "lgg.csv"))
@@ -372,9 +448,11 @@ def test_lgg_and_ixi_manifests_synthetic(tmp_path):
 
 
 def test_require_modalities_message():
-    subjects = [Subject("sub-001", {"t1": FileRef("/a"), "t2": FileRef("/b")}),
-                Subject("sub-004", {"t1": FileRef("/c"), "pd": FileRef("/d")}),
-                Subject("sub-005", {"t1": FileRef("/e")})]
+    subjects = [
+        Subject("sub-001", {"t1": FileRef("/a"), "t2": FileRef("/b")}),
+        Subject("sub-004", {"t1": FileRef("/c"), "pd": FileRef("/d")}),
+        Subject("sub-005", {"t1": FileRef("/e")}),
+    ]
     require_modalities(subjects, ["t1"])
     require_modalities(subjects, ["T1n"])
     with pytest.raises(SynthmedError) as info:
@@ -407,7 +485,9 @@ def test_real_brats_pattern():
 def test_real_tcga_pattern():
     [subject] = discover(REAL / "brats", pattern="{subject}_{modality}_bet.nii.gz")
     assert subject.id == "TCGA-DU-7294" and mods(subject) == ["flair", "t1", "t1c", "t2"]
-    [subject] = discover(REAL / "brats" / "TCGA-DU-7294", pattern="{subject}_{modality}.nii.gz", aliases="fla_bet=flair")
+    [subject] = discover(
+        REAL / "brats" / "TCGA-DU-7294", pattern="{subject}_{modality}.nii.gz", aliases="fla_bet=flair"
+    )
     assert subject.id == "TCGA-DU-7294" and "seg_fused_mav" in subject.files and "flair" in subject.files
     assert patient_key(subject.id) == "TCGA-DU-7294"
 

@@ -12,13 +12,50 @@ import torch
 
 from synthmed.engine.trainer import epoch_batches
 
-PIX2PIX_DETERMINISTIC = ["--set", "generator_channels=8", "--set", "discriminator_channels=8", "--set", "norm=instance",
-                         "--set", "dropout=0"]
-DDPM_TINY = ["--set", "channels=[16,16]", "--set", "attention_levels=[false,false]", "--set", "num_head_channels=16",
-             "--set", "norm_num_groups=8", "--set", "validation_steps=2"]
-SYNDIFF_TINY = ["--set", "generator_channels=8", "--set", "channel_mult=[1,2,2]", "--set", "nz=8", "--set", "z_embedding=16",
-                "--set", "n_mlp=1", "--set", "discriminator_channels=8", "--set", "t_embedding=16",
-                "--set", "cycle_generator_channels=8", "--set", "resnet_blocks=1", "--set", "cycle_discriminator_channels=8"]
+PIX2PIX_DETERMINISTIC = [
+    "--set",
+    "generator_channels=8",
+    "--set",
+    "discriminator_channels=8",
+    "--set",
+    "norm=instance",
+    "--set",
+    "dropout=0",
+]
+DDPM_TINY = [
+    "--set",
+    "channels=[16,16]",
+    "--set",
+    "attention_levels=[false,false]",
+    "--set",
+    "num_head_channels=16",
+    "--set",
+    "norm_num_groups=8",
+    "--set",
+    "validation_steps=2",
+]
+SYNDIFF_TINY = [
+    "--set",
+    "generator_channels=8",
+    "--set",
+    "channel_mult=[1,2,2]",
+    "--set",
+    "nz=8",
+    "--set",
+    "z_embedding=16",
+    "--set",
+    "n_mlp=1",
+    "--set",
+    "discriminator_channels=8",
+    "--set",
+    "t_embedding=16",
+    "--set",
+    "cycle_generator_channels=8",
+    "--set",
+    "resnet_blocks=1",
+    "--set",
+    "cycle_discriminator_channels=8",
+]
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -26,16 +63,48 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def train_arguments(prepared: Path, out: Path, model: str, steps: int, batch_size: int, extra: list[str]) -> list[str]:
     """``-m synthmed train ...`` as every test here runs it (after the python or torchrun launcher)."""
-    return ["-m", "synthmed", "train", str(prepared), "--model", model, "--out", str(out), "--steps", str(steps),
-            "--batch-size", str(batch_size), "--log-every", "1", "--val-every", "3", "--checkpoint-every", "3",
-            "--quiet", "--device", "cpu", *extra]
+    return [
+        "-m",
+        "synthmed",
+        "train",
+        str(prepared),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch_size),
+        "--log-every",
+        "1",
+        "--val-every",
+        "3",
+        "--checkpoint-every",
+        "3",
+        "--quiet",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
-def train(prepared: Path, out: Path, model: str, steps: int, batch_size: int, extra: list[str], processes: int = 1,
-          resume: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+def train(
+    prepared: Path,
+    out: Path,
+    model: str,
+    steps: int,
+    batch_size: int,
+    extra: list[str],
+    processes: int = 1,
+    resume: bool = False,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = [*(launcher if processes > 1 else [sys.executable]),
-               *train_arguments(prepared, out, model, steps, batch_size, extra)]
+    command = [
+        *(launcher if processes > 1 else [sys.executable]),
+        *train_arguments(prepared, out, model, steps, batch_size, extra),
+    ]
     if resume:
         command.append("--resume")
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
@@ -101,11 +170,25 @@ def test_two_nodes_joined_by_c10d_rendezvous_train_as_one(prepared, tmp_path):
     LOCAL_RANK 0, so only the global rank may decide who writes."""
     train(prepared, tmp_path / "one", "pix2pix", 4, 4, PIX2PIX_DETERMINISTIC)
     run, port = tmp_path / "nodes", free_port()
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "synthmed-test",
-               *train_arguments(prepared, run, "pix2pix", 4, 2, PIX2PIX_DETERMINISTIC)]
-    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-             for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv-id",
+        "synthmed-test",
+        *train_arguments(prepared, run, "pix2pix", 4, 2, PIX2PIX_DETERMINISTIC),
+    ]
+    nodes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)
+    ]
     outputs = [node.communicate(timeout=600) for node in nodes]
     for node, (out, err) in zip(nodes, outputs):
         assert node.returncode == 0, out + err
@@ -163,8 +246,13 @@ def test_every_model_steps_its_optimisers_through_step_optimizer():
     import synthmed.models
 
     folder = Path(synthmed.models.__file__).parent
-    sources = {path.name: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.py")) if path.name != "base.py"}
-    offenders = [f"{name}: {match}" for name, text in sources.items()
-                 for match in re.findall(r"\b\w*opt\w*\.step\(\)|[\w)\]]\.backward\(\)", text)]
+    sources = {
+        path.name: path.read_text(encoding="utf-8") for path in sorted(folder.glob("*.py")) if path.name != "base.py"
+    }
+    offenders = [
+        f"{name}: {match}"
+        for name, text in sources.items()
+        for match in re.findall(r"\b\w*opt\w*\.step\(\)|[\w)\]]\.backward\(\)", text)
+    ]
     assert not offenders, offenders
     assert sum(text.count("self.backward(") for text in sources.values()) >= 9  # the check looks at real code

@@ -28,13 +28,24 @@ class TinyPairs(Dataset):
 
 def tiny_model(**extra):
     torch.manual_seed(0)
-    return build_model("pix2pix", "small", {"image_size": 16, "generator_channels": 4, "discriminator_channels": 4, **extra})
+    return build_model(
+        "pix2pix", "small", {"image_size": 16, "generator_channels": 4, "discriminator_channels": 4, **extra}
+    )
 
 
 def make_trainer(run, steps, model=None, **settings):
     model = model or tiny_model()
-    s = TrainSettings(steps=steps, batch_size=4, seed=5, progress=False, log_every=1, val_every=2,
-                      checkpoint_every=2, sample_every=2, **settings)
+    s = TrainSettings(
+        steps=steps,
+        batch_size=4,
+        seed=5,
+        progress=False,
+        log_every=1,
+        val_every=2,
+        checkpoint_every=2,
+        sample_every=2,
+        **settings,
+    )
     return Trainer(model, TinyPairs(), TinyPairs(8, seed=1), run, s, {"model": "pix2pix", "preset": "small"})
 
 
@@ -184,13 +195,32 @@ def test_compile_leaves_out_the_networks_a_gradient_penalty_differentiates_twice
     # benchmarks/gpu_checks.py --models syndiff --device cpu); its time-conditional discriminators stay eager.
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
-    model = build_model("syndiff", "small", {"image_size": 16, "generator_channels": 8, "channel_mult": (1, 2),
-                                             "num_res_blocks": 1, "nz": 8, "z_embedding": 16, "n_mlp": 1,
-                                             "discriminator_channels": 8, "t_embedding": 16,
-                                             "cycle_generator_channels": 8, "resnet_blocks": 1,
-                                             "cycle_discriminator_channels": 8})
-    trainer = Trainer(model, TinyPairs(), None, tmp_path / "run", TrainSettings(steps=1, batch_size=2, progress=False, compile=True),
-                      {"model": "syndiff", "preset": "small"})
+    model = build_model(
+        "syndiff",
+        "small",
+        {
+            "image_size": 16,
+            "generator_channels": 8,
+            "channel_mult": (1, 2),
+            "num_res_blocks": 1,
+            "nz": 8,
+            "z_embedding": 16,
+            "n_mlp": 1,
+            "discriminator_channels": 8,
+            "t_embedding": 16,
+            "cycle_generator_channels": 8,
+            "resnet_blocks": 1,
+            "cycle_discriminator_channels": 8,
+        },
+    )
+    trainer = Trainer(
+        model,
+        TinyPairs(),
+        None,
+        tmp_path / "run",
+        TrainSettings(steps=1, batch_size=2, progress=False, compile=True),
+        {"model": "syndiff", "preset": "small"},
+    )
     trainer._prepare()
     names = {name for name, child in model.named_children() if any(child is c for c in compiled)}
     assert model.uncompiled_modules == ("discriminator_diff_a", "discriminator_diff_b")

@@ -17,10 +17,37 @@ STEPS = 60
 
 
 def train_command(prepared, out, *extra):
-    return [sys.executable, "-m", "synthmed", "train", str(prepared), "--model", "ddpm", "--out", str(out),
-            "--steps", str(STEPS), "--batch-size", "2", "--set", "channels=[8,16]",
-            "--set", "attention_levels=[false,false]", "--set", "norm_num_groups=8", "--set", "num_head_channels=8",
-            "--checkpoint-every", "1", "--val-every", "1000", "--log-every", "1", "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "synthmed",
+        "train",
+        str(prepared),
+        "--model",
+        "ddpm",
+        "--out",
+        str(out),
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "2",
+        "--set",
+        "channels=[8,16]",
+        "--set",
+        "attention_levels=[false,false]",
+        "--set",
+        "norm_num_groups=8",
+        "--set",
+        "num_head_channels=8",
+        "--checkpoint-every",
+        "1",
+        "--val-every",
+        "1000",
+        "--log-every",
+        "1",
+        "--quiet",
+        *extra,
+    ]
 
 
 def environment():
@@ -38,14 +65,14 @@ def last_step(run):
 
 def test_kill_minus_9_then_resume_gives_the_uninterrupted_weights(prepared, tmp_path):
     straight = tmp_path / "straight"
-    subprocess.run(train_command(prepared, straight), check=True, env=environment(), timeout=600,
-                   capture_output=True)
+    subprocess.run(train_command(prepared, straight), check=True, env=environment(), timeout=600, capture_output=True)
 
     killed = tmp_path / "killed"
     rng = random.Random()
     kill_after = rng.randint(3, STEPS // 2)  # a random step, then a random moment within the next one
-    process = subprocess.Popen(train_command(prepared, killed), env=environment(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        train_command(prepared, killed), env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while last_step(killed) < kill_after and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -56,8 +83,9 @@ def test_kill_minus_9_then_resume_gives_the_uninterrupted_weights(prepared, tmp_
     stopped_at = load_checkpoint(killed / "checkpoints" / "last.pt")["step"]  # intact, whatever the moment
     assert 1 <= stopped_at < STEPS
 
-    resumed = subprocess.run(train_command(prepared, killed, "--resume"), env=environment(), timeout=600,
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        train_command(prepared, killed, "--resume"), env=environment(), timeout=600, capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     final, reference = (load_checkpoint(run / "checkpoints" / "last.pt") for run in (killed, straight))
     assert final["step"] == reference["step"] == STEPS

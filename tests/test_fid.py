@@ -28,6 +28,7 @@ def random_orthogonal(d, rng):
 
 # --- Fréchet distance -----------------------------------------------------------------------
 
+
 def test_frechet_distance_diagonal_closed_form():
     rng = np.random.default_rng(0)
     mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
@@ -67,7 +68,8 @@ def test_frechet_distance_general_matches_sqrtm_zero_and_symmetric():
     assert frechet_distance(mu2, s2, mu2, s2) == pytest.approx(0, abs=1e-9 * np.trace(s2))
     # Shifting the mean adds exactly ||shift||^2.
     assert frechet_distance(mu1 + 2, s1, mu2, s2) - frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
-        np.sum((mu1 + 2 - mu2) ** 2) - np.sum((mu1 - mu2) ** 2), rel=1e-9)
+        np.sum((mu1 + 2 - mu2) ** 2) - np.sum((mu1 - mu2) ** 2), rel=1e-9
+    )
     with pytest.raises(ValueError):
         frechet_distance(mu1, s1, mu2[:3], s2[:3, :3])
 
@@ -107,6 +109,7 @@ def test_distance_of_features_equals_distance_of_statistics():
 
 
 # --- Inception-v3 -------------------------------------------------------------------------
+
 
 def random_state(seed=0, classes=1000):
     """A state dict with torchvision's names and random weights, scaled so activations neither vanish nor explode
@@ -151,9 +154,16 @@ def images():
 def test_inception_has_torchvision_names_and_size():
     net = InceptionV3Features()
     keys = net.state_dict().keys()
-    for key in ("Conv2d_1a_3x3.conv.weight", "Conv2d_1a_3x3.bn.running_mean", "Mixed_5b.branch1x1.conv.weight",
-                "Mixed_6e.branch7x7dbl_5.conv.weight", "Mixed_7c.branch3x3dbl_3b.bn.running_var",
-                "Mixed_7c.branch_pool.conv.weight", "fc.weight", "fc.bias"):
+    for key in (
+        "Conv2d_1a_3x3.conv.weight",
+        "Conv2d_1a_3x3.bn.running_mean",
+        "Mixed_5b.branch1x1.conv.weight",
+        "Mixed_6e.branch7x7dbl_5.conv.weight",
+        "Mixed_7c.branch3x3dbl_3b.bn.running_var",
+        "Mixed_7c.branch_pool.conv.weight",
+        "fc.weight",
+        "fc.bias",
+    ):
         assert key in keys
     assert not any(k.startswith("AuxLogits") or "conv.bias" in k for k in keys)
     # torchvision's inception_v3 has 27,161,264 parameters, 3,326,696 of them in AuxLogits.
@@ -164,7 +174,17 @@ def test_inception_has_torchvision_names_and_size():
     # Pool branches: torchvision averages counting the zero padding everywhere; the FID (TF) variant excludes the
     # padding in InceptionA/C/E and max-pools in Mixed_7c.
     fidnet = InceptionV3Features("fid")
-    blocks = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7b", "Mixed_7c")
+    blocks = (
+        "Mixed_5b",
+        "Mixed_5c",
+        "Mixed_5d",
+        "Mixed_6b",
+        "Mixed_6c",
+        "Mixed_6d",
+        "Mixed_6e",
+        "Mixed_7b",
+        "Mixed_7c",
+    )
     assert [getattr(net, b).pool for b in blocks] == ["avg"] * 9
     assert [getattr(fidnet, b).pool for b in blocks] == ["avg_exclude_pad"] * 8 + ["max"]
     ones = torch.ones(1, 1, 4, 4)
@@ -247,6 +267,7 @@ def test_wrong_files_are_refused(weight_files, tmp_path):
 
 
 # --- FID -------------------------------------------------------------------------------------
+
 
 def test_fid_or_unavailable_without_weights():
     result = fid_or_unavailable(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), None)

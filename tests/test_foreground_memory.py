@@ -156,8 +156,10 @@ def test_foreground_mask_matches_whole_volume_reference(small_slabs, monkeypatch
     expected = reference_foreground(volume, monkeypatch)
     assert expected.any()
     assert np.array_equal(foreground.foreground_mask(volume), expected)
-    assert np.array_equal(foreground.foreground_mask(volume, threshold=float(np.median(volume))),
-                          reference_foreground(volume, monkeypatch, threshold=float(np.median(volume))))
+    assert np.array_equal(
+        foreground.foreground_mask(volume, threshold=float(np.median(volume))),
+        reference_foreground(volume, monkeypatch, threshold=float(np.median(volume))),
+    )
 
 
 def traced_peak(function, *args) -> int:
@@ -206,8 +208,13 @@ def test_crop_and_uncrop_in_slabs_are_exact(monkeypatch, interpolation, axis, le
     outputs = np.tanh(slices * 3 + rng.normal(0, 0.5, slices.shape)).astype(np.float32)
     target = Normalization("mr", 10.0, 900.0)
     expected = target.invert(uncrop_slices(outputs, geometry, fill=-1.0, interpolation=interpolation))
-    image_out = translate._uncrop_in_slabs(outputs, geometry, fill=-1.0, interpolation=interpolation,
-                                           finish=lambda part: target.invert(part, in_place=True))
+    image_out = translate._uncrop_in_slabs(
+        outputs,
+        geometry,
+        fill=-1.0,
+        interpolation=interpolation,
+        finish=lambda part: target.invert(part, in_place=True),
+    )
     assert image_out.shape == shape and image_out.dtype == np.float32
     assert np.array_equal(image_out, expected)
 
@@ -221,6 +228,7 @@ def test_uncrop_std_in_slabs_is_exact(monkeypatch):
     std[3, 5:9, 5:9] = 1.5  # one slab with a much wider range than the others
     scale = 0.5 * (900.0 - 10.0)
     expected = (uncrop_slices(std, geometry, fill=0.0) * scale).astype(np.float32)
-    result = translate._uncrop_in_slabs(std, geometry, fill=0.0, interpolation="bicubic",
-                                        finish=lambda part: (part * scale).astype(np.float32))
+    result = translate._uncrop_in_slabs(
+        std, geometry, fill=0.0, interpolation="bicubic", finish=lambda part: (part * scale).astype(np.float32)
+    )
     assert np.array_equal(result, expected)

@@ -134,8 +134,10 @@ def test_scale_follows_the_inputs_gain_when_the_training_pairs_do():
 
     # one gain and offset per subject, applied to both of its scans (raw units, rescaled, z-scored-like)
     subjects = [(0.01, 0.0), (1.0, 0.0), (3.0, 5.0), (50.0, -900.0), (0.005, -4.0)]
-    pairs = [(Normalization("mr", 20 * g + b, 720 * g + b), Normalization("mr", -5 * g + b, 2095 * g + b))
-             for g, b in subjects]
+    pairs = [
+        (Normalization("mr", 20 * g + b, 720 * g + b), Normalization("mr", -5 * g + b, 2095 * g + b))
+        for g, b in subjects
+    ]
     scale = fit_target_scale(pairs)
     assert scale.model == "affine" and scale.loo_error["affine"] < 1e-6 < scale.loo_error["median"]
     predicted = scale.predict(Normalization("mr", 20 * 7.0 - 3.0, 720 * 7.0 - 3.0))
@@ -171,13 +173,22 @@ def test_translate_without_a_reference_takes_the_inputs_scale(phantoms, tmp_path
         (data / subject.name).mkdir(parents=True)
         for name in ("T1.nii.gz", "T2.nii.gz"):
             image = nib.load(subject / name)
-            nib.save(nib.Nifti1Image((image.get_fdata() * gain).astype(np.float32), image.affine), data / subject.name / name)
+            nib.save(
+                nib.Nifti1Image((image.get_fdata() * gain).astype(np.float32), image.affine), data / subject.name / name
+            )
     prep = prepare(data, source="T1", target="T2", out=tmp_path / "prep", size=32, split="0.67,0,0.33", progress=False)
     plan = json.loads((prep / "plan.json").read_text())
     assert plan["target_scale"]["model"] == "affine", plan["target_scale"]
     run = tmp_path / "run"
-    train(prep, model="pix2pix", out=run, steps=2, batch_size=4, progress=False,
-          overrides={"generator_channels": 8, "discriminator_channels": 8})
+    train(
+        prep,
+        model="pix2pix",
+        out=run,
+        steps=2,
+        batch_size=4,
+        progress=False,
+        overrides={"generator_channels": 8, "discriminator_channels": 8},
+    )
     held_out = plan["split"]["test"][0]
     shutil.copytree(data / held_out, tmp_path / "new")
     for name in ("T1.nii.gz", "T2.nii.gz"):  # the same subject from a scanner with 100 times the gain

@@ -25,8 +25,10 @@ from synthmed.data.formats import common
 from synthmed.data.io import read_volume, write_volume
 from synthmed.errors import SynthmedError
 
-OUTSIDE = ("lies outside the header's folder; refused (a crafted header can read any file). Move the data beside "
-           "the header, or set SYNTHMED_ALLOW_EXTERNAL_DATA=1 to allow it")
+OUTSIDE = (
+    "lies outside the header's folder; refused (a crafted header can read any file). Move the data beside "
+    "the header, or set SYNTHMED_ALLOW_EXTERNAL_DATA=1 to allow it"
+)
 TRUNCATED = "truncated, or a damaged header"
 SFORM_FIX = "fix the header's sform/qform (e.g. with fslorient or nibabel) and save it again"
 AFFINE = "its affine (voxel-to-world matrix in the header)"
@@ -34,8 +36,11 @@ AFFINE = "its affine (voxel-to-world matrix in the header)"
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (symlinks not followed) with its bytes."""
-    return {str(p.relative_to(folder)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file() or p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() or p.is_symlink()
+    }
 
 
 def cli_error(args, capsys) -> tuple[int, str]:
@@ -103,8 +108,10 @@ def test_complex_npy_mat_and_itk_are_read_as_their_magnitude(tmp_path, caplog, s
 
 
 def metaimage_header(data_file: str, size=(4, 3, 2), extra: str = "") -> str:
-    return (f"ObjectType = Image\nNDims = 3\nDimSize = {' '.join(map(str, size))}\n{extra}"
-            f"ElementType = MET_UCHAR\nElementDataFile = {data_file}\n")
+    return (
+        f"ObjectType = Image\nNDims = 3\nDimSize = {' '.join(map(str, size))}\n{extra}"
+        f"ElementType = MET_UCHAR\nElementDataFile = {data_file}\n"
+    )
 
 
 @pytest.fixture
@@ -156,7 +163,8 @@ def hostile_header(kind: str, images: Path, secret: Path) -> tuple[Path, str]:
     assert kind == "nrrd"
     name = "../../private/key.bin"
     (images / "scan.nrrd").write_text(
-        f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 3 2\nencoding: raw\ndata file: {name}\n\n")
+        f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 3 2\nencoding: raw\ndata file: {name}\n\n"
+    )
     return images / "scan.nrrd", name
 
 
@@ -195,9 +203,12 @@ def test_header_too_long_to_check_is_refused(images, monkeypatch):
     padding = "".join(f"Comment{i} = {'x' * 100}\n" for i in range(700))  # ~ 75 KB before ElementDataFile
     header = images / "long.mhd"
     header.write_text(metaimage_header("long.raw", extra=padding))
-    refused(header, f"{header}: its header does not end within the first 64 KB, so the files it names cannot be "
-                    f"checked; refused (a crafted header can read any file). Set SYNTHMED_ALLOW_EXTERNAL_DATA=1 to "
-                    f"read it anyway")
+    refused(
+        header,
+        f"{header}: its header does not end within the first 64 KB, so the files it names cannot be "
+        f"checked; refused (a crafted header can read any file). Set SYNTHMED_ALLOW_EXTERNAL_DATA=1 to "
+        f"read it anyway",
+    )
     monkeypatch.setenv("SYNTHMED_ALLOW_EXTERNAL_DATA", "1")
     assert read_volume(header).data.shape == (4, 3, 2)
 
@@ -228,23 +239,33 @@ def huge_npy(path: Path, shape=(2000, 2000, 2000)) -> Path:
 def test_truncated_nifti_declaring_a_huge_image(tmp_path, images, reference, capsys):
     path = huge_nifti(images / "huge.nii")
     assert path.stat().st_size == 352 + 70
-    assert_cli_refuses(["evaluate", path, reference], capsys, tmp_path,
-                       f"{path}: its header declares 800x800x800 float32 (1.9 GiB) but the file holds 70 bytes "
-                       f"after its 352-byte header: {TRUNCATED}")
+    assert_cli_refuses(
+        ["evaluate", path, reference],
+        capsys,
+        tmp_path,
+        f"{path}: its header declares 800x800x800 float32 (1.9 GiB) but the file holds 70 bytes "
+        f"after its 352-byte header: {TRUNCATED}",
+    )
 
 
 def test_nifti2_declaring_100000_cubed(images):
     path = huge_nifti(images / "huge2.nii", shape=(100000, 100000, 100000), data_bytes=0, cls=nib.Nifti2Header)
-    refused(path, f"{path}: its header declares 100000x100000x100000 float32 (3725290.3 GiB) but the file holds "
-                  f"0 bytes after its 544-byte header: {TRUNCATED}")
+    refused(
+        path,
+        f"{path}: its header declares 100000x100000x100000 float32 (3725290.3 GiB) but the file holds "
+        f"0 bytes after its 544-byte header: {TRUNCATED}",
+    )
 
 
 def test_gzip_nifti_declaring_more_than_deflate_can_expand_to(images):
     path = huge_nifti(images / "huge.nii.gz")
     size = path.stat().st_size
     assert 2048000000 > 1100 * size
-    refused(path, f"{path}: its header declares 800x800x800 float32 (1.9 GiB) but the file holds {size} bytes of "
-                  f"compressed data: {TRUNCATED}")
+    refused(
+        path,
+        f"{path}: its header declares 800x800x800 float32 (1.9 GiB) but the file holds {size} bytes of "
+        f"compressed data: {TRUNCATED}",
+    )
 
 
 def test_all_zero_gzip_nifti_still_reads(images):
@@ -256,16 +277,22 @@ def test_all_zero_gzip_nifti_still_reads(images):
 
 def test_npy_header_declaring_a_huge_shape(images):
     path = huge_npy(images / "huge.npy")
-    refused(path, f"{path}: its header declares 2000x2000x2000 float32 (29.8 GiB) but the file holds 0 bytes after "
-                  f"its 128-byte header: {TRUNCATED}")
+    refused(
+        path,
+        f"{path}: its header declares 2000x2000x2000 float32 (29.8 GiB) but the file holds 0 bytes after "
+        f"its 128-byte header: {TRUNCATED}",
+    )
 
 
 def test_mhd_declaring_more_than_its_raw_file(images):
     (images / "small.raw").write_bytes(bytes(24))
     header = images / "small.mhd"
     header.write_text(metaimage_header("small.raw", size=(400, 300, 200)))
-    refused(header, f"{header}: its header declares 400x300x200 uint8 (22.9 MiB) but its data file small.raw holds "
-                    f"24 bytes: {TRUNCATED}")
+    refused(
+        header,
+        f"{header}: its header declares 400x300x200 uint8 (22.9 MiB) but its data file small.raw holds "
+        f"24 bytes: {TRUNCATED}",
+    )
 
 
 def budget_sources(folder: Path) -> dict[str, tuple[Path, str]]:
@@ -277,9 +304,13 @@ def budget_sources(folder: Path) -> dict[str, tuple[Path, str]]:
         handle["image"] = data.astype(np.float32)
     nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), folder / "a.nii.gz")
     sitk.WriteImage(sitk.GetImageFromArray(data.astype(np.float32)), str(folder / "a.mha"))
-    return {"npy": (folder / "a.npy", "float32"), "mat": (folder / "a.mat", "double"),
-            "mat73": (folder / "a73.mat", "float32"), "nifti": (folder / "a.nii.gz", "float32"),
-            "itk": (folder / "a.mha", "float32")}
+    return {
+        "npy": (folder / "a.npy", "float32"),
+        "mat": (folder / "a.mat", "double"),
+        "mat73": (folder / "a73.mat", "float32"),
+        "nifti": (folder / "a.nii.gz", "float32"),
+        "itk": (folder / "a.mha", "float32"),
+    }
 
 
 @pytest.mark.parametrize("fmt", ["npy", "mat", "mat73", "nifti", "itk"])
@@ -287,9 +318,12 @@ def test_memory_budget_from_the_environment(images, monkeypatch, fmt):
     path, dtype = budget_sources(images)[fmt]
     needed = {"float32": "256.0 KiB", "double": "384.0 KiB"}[dtype]  # 32^3 voxels x (source bytes + 4)
     monkeypatch.setenv("SYNTHMED_MAX_VOLUME_GB", "0.0001")  # 104.9 KiB
-    refused(path, f"{path}: its header declares 32x32x32 {dtype} ({needed} to read as float32), more than the "
-                  f"104.9 KiB SYNTHMED_MAX_VOLUME_GB allows; refusing to allocate it (set SYNTHMED_MAX_VOLUME_GB to "
-                  f"raise the limit)")
+    refused(
+        path,
+        f"{path}: its header declares 32x32x32 {dtype} ({needed} to read as float32), more than the "
+        f"104.9 KiB SYNTHMED_MAX_VOLUME_GB allows; refusing to allocate it (set SYNTHMED_MAX_VOLUME_GB to "
+        f"raise the limit)",
+    )
     monkeypatch.setenv("SYNTHMED_MAX_VOLUME_GB", "0.001")
     assert read_volume(path).data.shape == (32, 32, 32)
 
@@ -300,10 +334,14 @@ def test_memory_budget_of_the_machine(images, monkeypatch, capsys, tmp_path):
     budget = common.memory_budget()
     assert budget is None or budget > 0
     monkeypatch.setattr(common, "memory_budget", lambda: 2**17)
-    assert_cli_refuses(["evaluate", path, path], capsys, tmp_path,
-                       f"{path}: its header declares 32x32x32 float32 (256.0 KiB to read as float32), more than the "
-                       f"128.0 KiB this machine can give; refusing to allocate it (set SYNTHMED_MAX_VOLUME_GB to "
-                       f"raise the limit)")
+    assert_cli_refuses(
+        ["evaluate", path, path],
+        capsys,
+        tmp_path,
+        f"{path}: its header declares 32x32x32 float32 (256.0 KiB to read as float32), more than the "
+        f"128.0 KiB this machine can give; refusing to allocate it (set SYNTHMED_MAX_VOLUME_GB to "
+        f"raise the limit)",
+    )
 
 
 def test_bad_memory_budget_setting(images, monkeypatch):
@@ -314,9 +352,12 @@ def test_bad_memory_budget_setting(images, monkeypatch):
 
 def test_huge_headers_allocate_nothing(images):
     """Read in a fresh process whose peak memory is its own: refusing must cost no more than the header."""
-    files = [huge_nifti(images / "huge.nii"), huge_nifti(images / "huge.nii.gz"),
-             huge_nifti(images / "huge2.nii", shape=(100000, 100000, 100000), data_bytes=0, cls=nib.Nifti2Header),
-             huge_npy(images / "huge.npy")]
+    files = [
+        huge_nifti(images / "huge.nii"),
+        huge_nifti(images / "huge.nii.gz"),
+        huge_nifti(images / "huge2.nii", shape=(100000, 100000, 100000), data_bytes=0, cls=nib.Nifti2Header),
+        huge_npy(images / "huge.npy"),
+    ]
     (images / "huge.mha").write_text(metaimage_header("LOCAL", size=(2000, 2000, 2000)))
     files.append(images / "huge.mha")
     script = (

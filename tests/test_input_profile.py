@@ -36,8 +36,15 @@ def brain_run(phantoms, tmp_path_factory) -> tuple[Path, Path, dict]:
             _strip(subject / f"{name}.nii.gz", subject / "labels.nii.gz", data / subject.name / f"{name}.nii.gz")
     prep = prepare(data, source="T1", target="T2", out=root / "prep", size=32, split="0.5,0.17,0.33", progress=False)
     run = root / "run"
-    train(prep, model="pix2pix", out=run, steps=2, batch_size=4, progress=False,
-          overrides={"generator_channels": 8, "discriminator_channels": 8})
+    train(
+        prep,
+        model="pix2pix",
+        out=run,
+        steps=2,
+        batch_size=4,
+        progress=False,
+        overrides={"generator_channels": 8, "discriminator_channels": 8},
+    )
     return run, data, json.loads((prep / "plan.json").read_text())
 
 
@@ -49,8 +56,9 @@ def test_the_plan_records_the_training_inputs(brain_run):
     assert len(profile["histogram"]) == 32 and sum(profile["histogram"]) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_a_whole_head_given_to_a_brain_model_is_named_and_strict_refuses_it(brain_run, phantoms, tmp_path, caplog,
-                                                                              capsys):
+def test_a_whole_head_given_to_a_brain_model_is_named_and_strict_refuses_it(
+    brain_run, phantoms, tmp_path, caplog, capsys
+):
     run, data, plan = brain_run
     subject = plan["split"]["test"][0]
     brain, head = data / subject / "T1.nii.gz", phantoms / subject / "T1.nii.gz"
@@ -65,7 +73,9 @@ def test_a_whole_head_given_to_a_brain_model_is_named_and_strict_refuses_it(brai
     capsys.readouterr()
     code = main(["translate", str(run), str(head), str(tmp_path / "strict.nii.gz"), "--quiet", "--strict"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("synthmed: error: ") and "not skull-stripped" in err and len(err.splitlines()) == 1
+    assert (
+        code == 2 and err.startswith("synthmed: error: ") and "not skull-stripped" in err and len(err.splitlines()) == 1
+    )
     assert not (tmp_path / "strict.nii.gz").exists()
 
 
@@ -78,7 +88,9 @@ def test_each_measure_is_named_when_it_leaves_the_training_range():
     profile = training_profile([measure(head, foreground, (1.0, 1.0, 1.0), normalized)] * 3)
     assert differences(profile, measure(head, foreground, (1.0, 1.0, 1.0), normalized)) == []
     noisy = head + rng.uniform(0.0, 0.01, head.shape)  # a native scan: noise in the background
-    assert any("not skull-stripped" in d for d in differences(profile, measure(noisy, foreground, (1, 1, 1), normalized)))
+    assert any(
+        "not skull-stripped" in d for d in differences(profile, measure(noisy, foreground, (1, 1, 1), normalized))
+    )
     assert any("spacing" in d for d in differences(profile, measure(head, foreground, (2.5, 2.5, 1.0), normalized)))
     # Native-resolution plans resample every input to their pixel size: only a much coarser input is named.
     fine = measure(head, foreground, (0.4, 0.4, 1.0), normalized)

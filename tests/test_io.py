@@ -201,7 +201,9 @@ def write_dicom_series(folder: Path, array_zyx: np.ndarray, spacing, origin, ser
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     direction = volume.GetDirection()
-    orientation = "\\".join(map(str, (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])))
+    orientation = "\\".join(
+        map(str, (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))
+    )
     for k in range(volume.GetDepth()):
         piece = volume[:, :, k]
         position = volume.TransformIndexToPhysicalPoint((0, 0, k))
@@ -235,7 +237,9 @@ def test_dicom_series(tmp_path):
     assert volume.meta["series_ids"] == [volume.meta["series_id"]]
 
     # a second, smaller series in the same folder: the larger one is read, and meta says so
-    write_dicom_series(folder, array[:2], (0.8, 0.9, 3.0), (-20.0, 10.0, 5.0), "1.2.826.0.1.3680043.2.1125.1.2", name="other")
+    write_dicom_series(
+        folder, array[:2], (0.8, 0.9, 3.0), (-20.0, 10.0, 5.0), "1.2.826.0.1.3680043.2.1125.1.2", name="other"
+    )
     volume = read_volume(folder)
     assert volume.data.shape == (5, 6, 4)
     assert volume.meta["series_id"] == "1.2.826.0.1.3680043.2.1125.1.1"
@@ -262,9 +266,15 @@ def write_mat73(path: Path, variables: dict[str, np.ndarray]):
     with h5py.File(path, "w", userblock_size=512) as handle:
         for name, array in variables.items():
             dataset = handle.create_dataset(name, data=np.ascontiguousarray(array.T))  # h5py sees reversed axes
-            dataset.attrs["MATLAB_class"] = np.bytes_({"float32": "single", "float64": "double"}.get(str(array.dtype), "uint8"))
+            dataset.attrs["MATLAB_class"] = np.bytes_(
+                {"float32": "single", "float64": "double"}.get(str(array.dtype), "uint8")
+            )
     with open(path, "r+b") as handle:
-        handle.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .".ljust(116))
+        handle.write(
+            b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .".ljust(
+                116
+            )
+        )
 
 
 def test_mat_v5_and_v73_give_the_same_volume(tmp_path):
@@ -364,7 +374,9 @@ def test_folder_and_glob_of_slices_in_natural_order(tmp_path):
     folder = tmp_path / "P1"
     folder.mkdir()
     for k in (1, 2, 10, 3):  # slice_10 must come last
-        Image.fromarray(np.stack([np.full((4, 5), k * 10 + c, np.uint8) for c in range(3)], -1)).save(folder / f"P1_{k}.tif")
+        Image.fromarray(np.stack([np.full((4, 5), k * 10 + c, np.uint8) for c in range(3)], -1)).save(
+            folder / f"P1_{k}.tif"
+        )
         Image.fromarray(np.full((4, 5), 255 if k == 10 else 0, np.uint8)).save(folder / f"P1_{k}_mask.tif")
 
     images = read_volume(str(folder / "*[0-9].tif"), channel=1)

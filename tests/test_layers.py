@@ -15,14 +15,21 @@ import synthmed
 
 PACKAGE = Path(synthmed.__file__).parent
 RANKS = {
-    "synthmed": 0, "errors": 0, "files": 0, "records": 0, "runtime": 0,
-    "data": 1, "nn": 1, "diffusion": 1,
+    "synthmed": 0,
+    "errors": 0,
+    "files": 0,
+    "records": 0,
+    "runtime": 0,
+    "data": 1,
+    "nn": 1,
+    "diffusion": 1,
     "metrics": 2,
     "models": 3,
     "engine": 4,
     "workflows": 5,
     "benchmarking": 6,
-    "cli": 7, "__main__": 7,
+    "cli": 7,
+    "__main__": 7,
 }
 
 
@@ -51,13 +58,21 @@ def test_every_module_imports_only_its_own_layer_or_lower():
         for target in _imports(path):
             target_layer = _layer(target)
             if target_layer != layer and RANKS[target_layer] > RANKS[layer]:
-                upward.append(f"{module} imports {target} ({layer} rank {RANKS[layer]} -> {target_layer} rank "
-                              f"{RANKS[target_layer]})")
+                upward.append(
+                    f"{module} imports {target} ({layer} rank {RANKS[layer]} -> {target_layer} rank "
+                    f"{RANKS[target_layer]})"
+                )
     assert not upward, "\n".join(upward)
 
 
 def test_relative_imports_are_not_used():
     """The check above reads absolute imports only; a relative one would slip past it."""
-    relative = [str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
-                if any(isinstance(node, ast.ImportFrom) and node.level > 0 for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))]
+    relative = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if any(
+            isinstance(node, ast.ImportFrom) and node.level > 0
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        )
+    ]
     assert not relative, relative

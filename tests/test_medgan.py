@@ -15,7 +15,6 @@ from synthmed.nn.unet import UNetGenerator
 from synthmed.nn.vgg import VGG19Features, load_vgg19
 
 
-
 def paired_batch(n=2, size=32, seed=1):
     g = torch.Generator().manual_seed(seed)
     source = torch.rand(n, 1, size, size, generator=g) * 2 - 1
@@ -38,6 +37,7 @@ def vgg_file(tmp_path, **changes):
 
 
 # --- CasNet ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("blocks", [1, 2, 4])
 @pytest.mark.parametrize("size,depth", [(32, 5), (64, 6)])
@@ -75,14 +75,22 @@ def test_paper_presets_build_the_published_generator():
     assert available_models()["medgan"].paired
 
 
-@pytest.mark.parametrize("overrides,message", [({"patch_size": 50}, "patch_size"), ({"image_size": 36}, "multiple of 8"),
-                                               ({"n_ublocks": 0}, "n_ublocks"), ({"style_weights": (1.0, 2.0)}, "style_weights")])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"patch_size": 50}, "patch_size"),
+        ({"image_size": 36}, "multiple of 8"),
+        ({"n_ublocks": 0}, "n_ublocks"),
+        ({"style_weights": (1.0, 2.0)}, "style_weights"),
+    ],
+)
 def test_invalid_settings_are_refused(overrides, message):
     with pytest.raises(SynthmedError, match=message):
         build_model("medgan", "tiny", overrides)
 
 
 # --- losses against hand-computed values --------------------------------------------------------
+
 
 def test_gram_matrix_by_hand():
     # one image, 2 channels, 1x2 pixels: channel 0 = (1, 2), channel 1 = (3, 4)
@@ -108,6 +116,7 @@ def test_perceptual_style_and_content_losses_by_hand():
 
 
 # --- VGG-19 from a local file --------------------------------------------------------------------
+
 
 def test_vgg19_loads_torchvision_names_from_a_file(tmp_path):
     path, state = vgg_file(tmp_path)
@@ -139,6 +148,7 @@ def test_vgg19_file_that_does_not_match_fails_clearly(tmp_path):
 
 
 # --- training step ------------------------------------------------------------------------------
+
 
 def test_generator_every_step_discriminator_every_third(caplog):
     torch.manual_seed(0)
@@ -177,8 +187,17 @@ def test_medgan_beats_identity_on_held_out_subjects(prepared, held_out_scores, t
     from synthmed.workflows.train import train
 
     run = tmp_path / "run"
-    train(prepared, model="medgan", preset="small", out=run, steps=250, batch_size=4, progress=False,
-          overrides={"n_ublocks": 2, "generator_channels": 8, "discriminator_channels": 8}, val_every=125)
+    train(
+        prepared,
+        model="medgan",
+        preset="small",
+        out=run,
+        steps=250,
+        batch_size=4,
+        progress=False,
+        overrides={"n_ublocks": 2, "generator_channels": 8, "discriminator_channels": 8},
+        val_every=125,
+    )
     model, identity = held_out_scores(run)
     # Measured (1 thread, seeds 0-2): PSNR 16.4-16.9 dB vs identity 12.1, SSIM 0.30-0.47 vs 0.015, MAE 65-74 vs 125.
     assert model["psnr"] > identity["psnr"] + 3.0, (model, identity)
@@ -199,12 +218,28 @@ def restoration_scores(data, work, name, size, split, steps=400):
 
     written = degrade(data, work / "noisy", kind="noise", severity=3, seed=0, name=name, progress=False)
     noisy_name = written[0].name
-    prepare(work / "noisy", source=noisy_name.split(".")[0], target=name, out=work / "prep", size=size, split=split,
-            seed=0, progress=False)
+    prepare(
+        work / "noisy",
+        source=noisy_name.split(".")[0],
+        target=name,
+        out=work / "prep",
+        size=size,
+        split=split,
+        seed=0,
+        progress=False,
+    )
     run = work / "run"
-    train(work / "prep", model="medgan", preset="small", out=run, steps=steps, batch_size=4, progress=False,
-          overrides={"n_ublocks": 2, "generator_channels": 8, "discriminator_channels": 8, "residual": True},
-          val_every=steps)
+    train(
+        work / "prep",
+        model="medgan",
+        preset="small",
+        out=run,
+        steps=steps,
+        batch_size=4,
+        progress=False,
+        overrides={"n_ublocks": 2, "generator_channels": 8, "discriminator_channels": 8, "residual": True},
+        val_every=steps,
+    )
     restored, noisy = [], []
     for subject in json.loads((run / "plan.json").read_text())["split"]["test"]:
         folder = work / "noisy" / subject

@@ -125,8 +125,15 @@ def test_identical_images_are_perfect():
     assert ssim(ref, ref) == pytest.approx(1.0, abs=1e-12)
     assert ssim(ref, ref, mode="3d") == pytest.approx(1.0, abs=1e-12)
     metrics = image_metrics(ref.copy(), ref)
-    expected = {"psnr": math.inf, "ssim": pytest.approx(1.0), "ssim3d": pytest.approx(1.0), "mae": 0.0, "nmse": 0.0,
-                "psnr_dz": math.inf, "ssim_fit": pytest.approx(1.0)}
+    expected = {
+        "psnr": math.inf,
+        "ssim": pytest.approx(1.0),
+        "ssim3d": pytest.approx(1.0),
+        "mae": 0.0,
+        "nmse": 0.0,
+        "psnr_dz": math.inf,
+        "ssim_fit": pytest.approx(1.0),
+    }
     assert metrics.pop("psnr_fit") > 120  # the least-squares line is the identity up to float rounding
     assert metrics == expected
 

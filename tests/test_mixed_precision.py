@@ -25,15 +25,37 @@ TRANSLATORS = {
     "cyclegan": {"generator_channels": 8, "discriminator_channels": 8, "resnet_blocks": 1},
     "unit": {"base_channels": 8, "n_res": 1, "discriminator_channels": 8},
     "gmm-unit": {"base_channels": 8, "n_res": 1, "discriminator_channels": 8, "patch_size": 16, "components": 3},
-    "ddpm": {"channels": [16, 16], "attention_levels": [False, True], "num_head_channels": 16, "norm_num_groups": 8,
-             "validation_steps": 2},
-    "syndiff": {"generator_channels": 8, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "nz": 8, "z_embedding": 16,
-                "n_mlp": 1, "discriminator_channels": 8, "t_embedding": 16, "cycle_generator_channels": 8,
-                "resnet_blocks": 1, "cycle_discriminator_channels": 8},
+    "ddpm": {
+        "channels": [16, 16],
+        "attention_levels": [False, True],
+        "num_head_channels": 16,
+        "norm_num_groups": 8,
+        "validation_steps": 2,
+    },
+    "syndiff": {
+        "generator_channels": 8,
+        "channel_mult": [1, 2, 2],
+        "num_res_blocks": 1,
+        "nz": 8,
+        "z_embedding": 16,
+        "n_mlp": 1,
+        "discriminator_channels": 8,
+        "t_embedding": 16,
+        "cycle_generator_channels": 8,
+        "resnet_blocks": 1,
+        "cycle_discriminator_channels": 8,
+    },
 }
 GENERATORS = {
-    name: {"channels": [8, 16], "attention_levels": [False, True], "norm_num_groups": 8, "num_head_channels": 8,
-           "timesteps": 64, "sampling_steps": 2, "preview_steps": 2}
+    name: {
+        "channels": [8, 16],
+        "attention_levels": [False, True],
+        "norm_num_groups": 8,
+        "num_head_channels": 8,
+        "timesteps": 64,
+        "sampling_steps": 2,
+        "preview_steps": 2,
+    }
     for name in ("ddpm-gen", "pig")
 }
 
@@ -42,8 +64,16 @@ GENERATORS = {
 def lesion_prep(phantoms, tmp_path_factory):
     from synthmed.data.prepare import prepare
 
-    return prepare(phantoms, source="FLAIR", label="lesion", out=tmp_path_factory.mktemp("amp") / "prep", size=32,
-                   split="0.5,0.25,0.25", seed=0, progress=False)
+    return prepare(
+        phantoms,
+        source="FLAIR",
+        label="lesion",
+        out=tmp_path_factory.mktemp("amp") / "prep",
+        size=32,
+        split="0.5,0.25,0.25",
+        seed=0,
+        progress=False,
+    )
 
 
 def losses(run):
@@ -60,9 +90,21 @@ def test_every_method_trains_under_mixed_precision(name, amp, prepared, lesion_p
     # fp16: the scaler starts at 2^16 and halves at each overflow (that step is skipped), so it takes a few steps
     # to find its level (up to 8 here, for unit); 12 steps end with real optimiser steps.
     steps = 12 if amp == "fp16" else 2
-    summary = train(data, model=name, out=run, steps=steps, batch_size=2, device="cpu", progress=False,
-                    overrides=overrides, amp=amp, log_every=1, val_every=steps, checkpoint_every=steps,
-                    sample_every=steps)
+    summary = train(
+        data,
+        model=name,
+        out=run,
+        steps=steps,
+        batch_size=2,
+        device="cpu",
+        progress=False,
+        overrides=overrides,
+        amp=amp,
+        log_every=1,
+        val_every=steps,
+        checkpoint_every=steps,
+        sample_every=steps,
+    )
     dtype = {"bf16": "torch.bfloat16", "fp16": "torch.float16"}[amp]
     assert summary["autocast"] == dtype
     assert json.loads((run / "train_summary.json").read_text())["autocast"] == dtype
@@ -76,7 +118,9 @@ def test_every_method_trains_under_mixed_precision(name, amp, prepared, lesion_p
         assert record["grad_scaler"] is None
     # The weights stay fp32 (autocast computes in bf16, it does not convert parameters); a GAN's image pool keeps
     # its translations in the dtype they were made in.
-    half = [k for k, t in weights.items() if t.dtype in (torch.bfloat16, torch.float16) and not k.endswith("_extra_state")]
+    half = [
+        k for k, t in weights.items() if t.dtype in (torch.bfloat16, torch.float16) and not k.endswith("_extra_state")
+    ]
     assert not half, half
     assert list((run / "samples").glob("step_*.png"))
     # Inference in the same precision: a whole volume, or generated pairs (fp16 for one method only: the CPU's
@@ -87,8 +131,8 @@ def test_every_method_trains_under_mixed_precision(name, amp, prepared, lesion_p
         plan = json.loads((data / "plan.json").read_text())
         subject = Path(plan["data"]) / plan["split"]["test"][0] / "T1.nii.gz"  # the phantoms' folder
         options = {"steps": 2} if name == "ddpm" else {}
-        full, = translate(run, subject, tmp_path / "full.nii.gz", device="cpu", progress=False, **options)
-        low, = translate(run, subject, tmp_path / "low.nii.gz", device="cpu", amp=amp, progress=False, **options)
+        (full,) = translate(run, subject, tmp_path / "full.nii.gz", device="cpu", progress=False, **options)
+        (low,) = translate(run, subject, tmp_path / "low.nii.gz", device="cpu", amp=amp, progress=False, **options)
         a, b = read_volume(full).data, read_volume(low).data
         assert a.shape == b.shape and np.isfinite(b).all()
         assert not np.array_equal(a, b)  # the networks really ran in reduced precision
@@ -101,9 +145,18 @@ def test_every_method_trains_under_mixed_precision(name, amp, prepared, lesion_p
 def test_bf16_follows_the_full_precision_losses(prepared, tmp_path):
     """Same seed, same batches: after a few steps bf16 autocast stays within a few per cent of full precision,
     and ``--amp auto`` on the CPU is full precision."""
-    common = dict(model="pix2pix", steps=4, batch_size=2, device="cpu", progress=False, log_every=1, val_every=4,
-                  checkpoint_every=4, sample_every=4, overrides={**TRANSLATORS["pix2pix"], "dropout": 0.0,
-                                                                 "norm": "instance"})
+    common = dict(
+        model="pix2pix",
+        steps=4,
+        batch_size=2,
+        device="cpu",
+        progress=False,
+        log_every=1,
+        val_every=4,
+        checkpoint_every=4,
+        sample_every=4,
+        overrides={**TRANSLATORS["pix2pix"], "dropout": 0.0, "norm": "instance"},
+    )
     full = train(prepared, out=tmp_path / "fp32", amp="auto", **common)
     half = train(prepared, out=tmp_path / "bf16", amp="bf16", **common)
     assert full["autocast"] == "off" and half["autocast"] == "torch.bfloat16"
@@ -143,8 +196,18 @@ def test_fp16_scales_the_loss_skips_an_overflowing_step_and_resumes_the_scale(pr
     torch.testing.assert_close(model.unscaled(torch.full((2,), 512.0 * 7)), torch.full((2,), 7.0))
 
     # Through the engine: the scale after 12 steps equals a 6-step run resumed for 6 more.
-    common = dict(model="pix2pix", batch_size=2, device="cpu", progress=False, amp="fp16", log_every=1, val_every=6,
-                  checkpoint_every=6, sample_every=6, overrides=TRANSLATORS["pix2pix"])
+    common = dict(
+        model="pix2pix",
+        batch_size=2,
+        device="cpu",
+        progress=False,
+        amp="fp16",
+        log_every=1,
+        val_every=6,
+        checkpoint_every=6,
+        sample_every=6,
+        overrides=TRANSLATORS["pix2pix"],
+    )
     train(prepared, out=tmp_path / "straight", steps=12, **common)
     train(prepared, out=tmp_path / "resumed", steps=6, **common)
     train(prepared, out=tmp_path / "resumed", steps=12, resume=True, **common)

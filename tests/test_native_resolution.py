@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from synthmed.data.datasets import PreparedData, SliceDataset
+from synthmed.data.foreground import foreground_mask
 from synthmed.data.geometry import box_overlap, crop_slices, fit_native_geometry, native_size, uncrop_slices
 from synthmed.data.io import read_volume
 from synthmed.data.normalize import Normalization
 from synthmed.data.prepare import prepare
 from synthmed.errors import SynthmedError
-from synthmed.data.foreground import foreground_mask
 from synthmed.metrics import image_metrics, linear_fit, through_plane_psnr
 from synthmed.nn.patches import padded_to_multiple
 from synthmed.workflows.train import train
@@ -63,11 +63,21 @@ def test_prepare_keeps_native_resolution_by_default(phantoms, tmp_path):
     r0, c0 = geometry["row0"], geometry["col0"]
     rows_in = slice(max(r0, 0), min(r0 + geometry["side"], volume.data.shape[0]))
     cols_in = slice(max(c0, 0), min(c0 + geometry["side"], volume.data.shape[1]))
-    assert np.allclose(stored[rows_in.start - r0 : rows_in.stop - r0, cols_in.start - c0 : cols_in.stop - c0],
-                       expected[rows_in, cols_in], atol=1e-6)
+    assert np.allclose(
+        stored[rows_in.start - r0 : rows_in.stop - r0, cols_in.start - c0 : cols_in.stop - c0],
+        expected[rows_in, cols_in],
+        atol=1e-6,
+    )
 
-    coarse = prepare(phantoms, source="T1", target="T2", out=tmp_path / "coarse", spacing=2 * spacing,
-                     split="0.5,0.25,0.25", progress=False)
+    coarse = prepare(
+        phantoms,
+        source="T1",
+        target="T2",
+        out=tmp_path / "coarse",
+        spacing=2 * spacing,
+        split="0.5,0.25,0.25",
+        progress=False,
+    )
     coarse_plan = json.loads((coarse / "plan.json").read_text())
     assert coarse_plan["resolution"]["spacing_mm"] == 2 * spacing and coarse_plan["size"] <= plan["size"] // 2 + 16
     with pytest.raises(SynthmedError, match="exclude each other"):
@@ -91,10 +101,15 @@ def test_patches_are_cut_at_one_place_and_hold_anatomy(phantoms, tmp_path):
         whole_source = np.asarray(data.arrays["source"][row])
         whole_target = np.asarray(data.arrays["target"][row])
         # Find the window in the whole slice: source, target and mask come from the same place.
-        found = [(r, c) for r in range(side - patch + 1) for c in range(side - patch + 1)
-                 if np.array_equal(whole_source[r : r + patch, c : c + patch], sample["source"][0].numpy())]
-        assert any(np.array_equal(whole_target[r : r + patch, c : c + patch], sample["target"][0].numpy())
-                   for r, c in found)
+        found = [
+            (r, c)
+            for r in range(side - patch + 1)
+            for c in range(side - patch + 1)
+            if np.array_equal(whole_source[r : r + patch, c : c + patch], sample["source"][0].numpy())
+        ]
+        assert any(
+            np.array_equal(whole_target[r : r + patch, c : c + patch], sample["target"][0].numpy()) for r, c in found
+        )
     padded = SliceDataset(data, "train", patch=side + 16)[0]
     assert padded["source"].shape == (1, side + 16, side + 16)
     assert float(padded["source"][0, 0, 0]) == -1.0 and float(padded["mask"][0, 0, 0]) == 0.0
@@ -121,12 +136,21 @@ def test_a_patch_trained_model_translates_whole_slices(phantoms, tmp_path, model
     prep = prepare(phantoms, source="T1", target="T2", out=tmp_path / "prep", split="0.5,0.25,0.25", progress=False)
     overrides = {"generator_channels": 8, "discriminator_channels": 8}
     if model == "syndiff":
-        overrides.update({"channel_mult": (1, 2), "num_res_blocks": 1, "nz": 8, "z_embedding": 16, "n_mlp": 1,
-                          "t_embedding": 16, "cycle_generator_channels": 8, "resnet_blocks": 1,
-                          "cycle_discriminator_channels": 8})
+        overrides.update(
+            {
+                "channel_mult": (1, 2),
+                "num_res_blocks": 1,
+                "nz": 8,
+                "z_embedding": 16,
+                "n_mlp": 1,
+                "t_embedding": 16,
+                "cycle_generator_channels": 8,
+                "resnet_blocks": 1,
+                "cycle_discriminator_channels": 8,
+            }
+        )
     run = tmp_path / "run"
-    train(prep, model=model, out=run, steps=2, batch_size=2, patch=16, progress=False, overrides=overrides,
-          val_every=2)
+    train(prep, model=model, out=run, steps=2, batch_size=2, patch=16, progress=False, overrides=overrides, val_every=2)
     info = json.loads((run / "run.json").read_text())
     assert info["patch"] == 16 and info["config"]["image_size"] == 16
     loaded = load_run(run, checkpoint="last")
@@ -140,17 +164,18 @@ def test_a_patch_trained_model_translates_whole_slices(phantoms, tmp_path, model
         image = translate_volume(loaded, scaled, Normalization("mr", 0.0, 1.0)).image
         assert image.shape == volume.data.shape and np.isfinite(image).all()
         from scipy import ndimage
+
         outside = ~ndimage.binary_dilation(foreground_mask(volume.data), np.ones((3, 3, 3), bool), iterations=2)
         assert np.all(image[outside] == 0.0)
 
 
 def test_generators_refuse_patches(tmp_path, phantoms):
-    prep = prepare(phantoms, source="FLAIR", label="lesion", out=tmp_path / "prep", split="0.5,0.25,0.25",
-                   progress=False)
+    prep = prepare(
+        phantoms, source="FLAIR", label="lesion", out=tmp_path / "prep", split="0.5,0.25,0.25", progress=False
+    )
     with pytest.raises(SynthmedError, match="whole slices"):
         train(prep, model="pig", out=tmp_path / "run", steps=1, patch=16, progress=False)
-    paired = prepare(phantoms, source="T1", target="T2", out=tmp_path / "paired", split="0.5,0.25,0.25",
-                     progress=False)
+    paired = prepare(phantoms, source="T1", target="T2", out=tmp_path / "paired", split="0.5,0.25,0.25", progress=False)
     with pytest.raises(SynthmedError, match="--patch 24"):
         train(paired, model="pix2pix", out=tmp_path / "run2", steps=1, patch=24, progress=False)
 
@@ -203,8 +228,17 @@ def test_context_gives_neighbouring_slices_in_training_and_translation(phantoms,
     assert np.array_equal(stacked_context(stack, 0, 2, 1)[:, 0], stack[:2])
 
     run = tmp_path / "run"
-    train(prep, model="pix2pix", out=run, steps=2, batch_size=2, context=3, progress=False, val_every=2,
-          overrides={"generator_channels": 8, "discriminator_channels": 8})
+    train(
+        prep,
+        model="pix2pix",
+        out=run,
+        steps=2,
+        batch_size=2,
+        context=3,
+        progress=False,
+        val_every=2,
+        overrides={"generator_channels": 8, "discriminator_channels": 8},
+    )
     assert json.loads((run / "run.json").read_text())["config"]["context"] == 3
     loaded = load_run(run, checkpoint="last")
     first_convolution = next(m for m in loaded.model.generator.modules() if isinstance(m, torch.nn.Conv2d))
@@ -236,8 +270,17 @@ def test_unpaired_context_stacks_the_targets_neighbours_and_translates_both_ways
     assert SliceDataset(data, "train", context=3)[0]["target"].shape[0] == 1  # paired: the slice itself
 
     run = tmp_path / "run"
-    train(prep, model="unit", out=run, steps=2, batch_size=2, context=3, progress=False, val_every=2,
-          overrides={"base_channels": 4, "n_res": 0, "discriminator_channels": 4})
+    train(
+        prep,
+        model="unit",
+        out=run,
+        steps=2,
+        batch_size=2,
+        context=3,
+        progress=False,
+        val_every=2,
+        overrides={"base_channels": 4, "n_res": 0, "discriminator_channels": 4},
+    )
     volume = read_volume(phantoms / data.plan.test_subjects[0] / "T1.nii.gz")
     for direction in ("A2B", "B2A"):
         loaded = load_run(run, checkpoint="last", direction=direction)
@@ -245,19 +288,46 @@ def test_unpaired_context_stacks_the_targets_neighbours_and_translates_both_ways
         assert image.shape == volume.data.shape and np.isfinite(image).all()
 
 
-@pytest.mark.parametrize("name, overrides", [
-    ("ddpm", {"image_size": 16, "channels": [16, 16], "attention_levels": [False, False], "num_head_channels": 16,
-              "norm_num_groups": 8}),
-    ("medgan", {"image_size": 16, "n_ublocks": 2, "generator_channels": 8, "discriminator_channels": 8,
-                "residual": True}),
-    ("pix2pix", {"image_size": 16, "generator_channels": 8, "discriminator_channels": 8}),
-    ("cyclegan", {"image_size": 16, "generator_channels": 8, "resnet_blocks": 1, "discriminator_channels": 8}),
-    ("unit", {"image_size": 16, "base_channels": 4, "n_res": 0, "discriminator_channels": 4}),
-    ("gmm-unit", {"image_size": 16, "patch_size": 16, "base_channels": 4, "n_res": 0, "discriminator_channels": 4}),
-    ("syndiff", {"image_size": 16, "generator_channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1, "nz": 8,
-                 "z_embedding": 16, "n_mlp": 1, "discriminator_channels": 8, "t_embedding": 16,
-                 "cycle_generator_channels": 8, "resnet_blocks": 1, "cycle_discriminator_channels": 8}),
-])
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        (
+            "ddpm",
+            {
+                "image_size": 16,
+                "channels": [16, 16],
+                "attention_levels": [False, False],
+                "num_head_channels": 16,
+                "norm_num_groups": 8,
+            },
+        ),
+        (
+            "medgan",
+            {"image_size": 16, "n_ublocks": 2, "generator_channels": 8, "discriminator_channels": 8, "residual": True},
+        ),
+        ("pix2pix", {"image_size": 16, "generator_channels": 8, "discriminator_channels": 8}),
+        ("cyclegan", {"image_size": 16, "generator_channels": 8, "resnet_blocks": 1, "discriminator_channels": 8}),
+        ("unit", {"image_size": 16, "base_channels": 4, "n_res": 0, "discriminator_channels": 4}),
+        ("gmm-unit", {"image_size": 16, "patch_size": 16, "base_channels": 4, "n_res": 0, "discriminator_channels": 4}),
+        (
+            "syndiff",
+            {
+                "image_size": 16,
+                "generator_channels": 8,
+                "channel_mult": (1, 2),
+                "num_res_blocks": 1,
+                "nz": 8,
+                "z_embedding": 16,
+                "n_mlp": 1,
+                "discriminator_channels": 8,
+                "t_embedding": 16,
+                "cycle_generator_channels": 8,
+                "resnet_blocks": 1,
+                "cycle_discriminator_channels": 8,
+            },
+        ),
+    ],
+)
 def test_context_models_take_neighbours_and_make_one_slice(name, overrides):
     from synthmed.models.registry import build_model
 

@@ -65,8 +65,10 @@ def test_anatomy_does_not_depend_on_size():
         ml_small = np.count_nonzero(small["labels"] == label) * 8.0**3 / 1000
         ml_large = np.count_nonzero(large["labels"] == label) * 4.0**3 / 1000
         assert ml_small == pytest.approx(ml_large, rel=0.25), LABELS[label]
-    brain = [np.count_nonzero(np.isin(h["labels"], (CSF, GM, WM, LESION))) * (256.0 / h["labels"].shape[0]) ** 3
-             for h in (small, large)]
+    brain = [
+        np.count_nonzero(np.isin(h["labels"], (CSF, GM, WM, LESION))) * (256.0 / h["labels"].shape[0]) ** 3
+        for h in (small, large)
+    ]
     assert brain[0] == pytest.approx(brain[1], rel=0.05)
 
 
@@ -74,8 +76,9 @@ def test_head_size_is_realistic(heads):
     for head in heads.values():
         inside = head["labels"] > AIR
         voxel = head["affine"][0, 0]
-        extent = [np.ptp(np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != ax)))) * voxel
-                  for ax in range(3)]
+        extent = [
+            np.ptp(np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != ax)))) * voxel for ax in range(3)
+        ]
         assert 120 < extent[0] < 180 and 160 < extent[1] < 225 and 140 < extent[2] < 210, extent
         brain_ml = np.count_nonzero(np.isin(head["labels"], (GM, WM, LESION))) * voxel**3 / 1000
         assert 900 < brain_ml < 1900, brain_ml
@@ -237,11 +240,13 @@ def test_subject_independent_of_count(tmp_path):
     many = write_phantoms(tmp_path / "many", subjects=4, size=16, seed=9)
     for a, b in zip(few, many):
         for name in ("T1", "CT", "labels"):
-            np.testing.assert_array_equal(nib.load(a / f"{name}.nii.gz").get_fdata(),
-                                          nib.load(b / f"{name}.nii.gz").get_fdata())
+            np.testing.assert_array_equal(
+                nib.load(a / f"{name}.nii.gz").get_fdata(), nib.load(b / f"{name}.nii.gz").get_fdata()
+            )
     other_seed = write_phantoms(tmp_path / "other", subjects=1, size=16, seed=10)
-    assert not np.array_equal(nib.load(other_seed[0] / "labels.nii.gz").get_fdata(),
-                              nib.load(few[0] / "labels.nii.gz").get_fdata())
+    assert not np.array_equal(
+        nib.load(other_seed[0] / "labels.nii.gz").get_fdata(), nib.load(few[0] / "labels.nii.gz").get_fdata()
+    )
     different = nib.load(many[2] / "labels.nii.gz").get_fdata()
     assert not np.array_equal(different, nib.load(many[0] / "labels.nii.gz").get_fdata())
 
@@ -268,11 +273,14 @@ def test_empty_folder_is_fine(tmp_path):
     assert len(write_phantoms(tmp_path / "empty", subjects=1, size=16)) == 1
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(subjects=0), "--subjects"),
-    (dict(subjects=1, size=4), "size"),
-    (dict(subjects=1, seed=-1), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(subjects=0), "--subjects"),
+        (dict(subjects=1, size=4), "size"),
+        (dict(subjects=1, seed=-1), "seed"),
+    ],
+)
 def test_bad_arguments(tmp_path, kwargs, needle):
     with pytest.raises(SynthmedError, match=needle):
         write_phantoms(tmp_path / "out", **kwargs)

@@ -50,6 +50,7 @@ def write_blob_subjects(root, subjects=6, size=32, slices=24, seed=0):
 
 # --- the joint sampler ----------------------------------------------------------------------------------
 
+
 class RecordingDenoiser:
     """A stub network: records its inputs, predicts a fixed fraction of its state as noise."""
 
@@ -103,6 +104,7 @@ def test_joint_sampler_refuses_bad_options():
 
 # --- the models -----------------------------------------------------------------------------------------
 
+
 def test_registered_as_generators_with_paper_settings():
     models = available_models()
     pig, gen = models["pig"], models["ddpm-gen"]
@@ -121,9 +123,11 @@ def test_registered_as_generators_with_paper_settings():
 
 def pair_batch(n=2, size=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"source": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
-            "label": (torch.rand(n, 1, size, size, generator=g) > 0.8).to(torch.uint8),
-            "mask": torch.ones(n, 1, size, size)}
+    return {
+        "source": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
+        "label": (torch.rand(n, 1, size, size, generator=g) > 0.8).to(torch.uint8),
+        "mask": torch.ones(n, 1, size, size),
+    }
 
 
 @pytest.mark.parametrize("guide", ["clean", "estimate"])
@@ -170,19 +174,23 @@ def test_ddpm_gen_trains_and_samples_images_only():
         model.check_sampling(sampler="nope")
 
 
-@pytest.mark.parametrize("name,overrides,message", [
-    ("pig", {"image_guide": "noisy"}, "image_guide"),
-    ("pig", {"mask_threshold": 1.0}, "mask_threshold"),
-    ("pig", {"sampler": "ode"}, "sampler"),
-    ("ddpm-gen", {"training_slices": "some"}, "training_slices"),
-    ("ddpm-gen", {"channels": (8, 12)}, "norm_num_groups"),
-])
+@pytest.mark.parametrize(
+    "name,overrides,message",
+    [
+        ("pig", {"image_guide": "noisy"}, "image_guide"),
+        ("pig", {"mask_threshold": 1.0}, "mask_threshold"),
+        ("pig", {"sampler": "ode"}, "sampler"),
+        ("ddpm-gen", {"training_slices": "some"}, "training_slices"),
+        ("ddpm-gen", {"channels": (8, 12)}, "norm_num_groups"),
+    ],
+)
 def test_invalid_generator_settings_are_refused(name, overrides, message):
     with pytest.raises(SynthmedError, match=message):
         build_model(name, "tiny", overrides)
 
 
 # --- prepare -> train -> generate -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
@@ -193,12 +201,26 @@ def blobs(tmp_path_factory):
 def blob_prep(blobs, tmp_path_factory):
     from synthmed.data.prepare import prepare
 
-    return prepare(blobs, source="FLAIR", label="lesion", out=tmp_path_factory.mktemp("blobprep") / "prep", size=32,
-                   split="0.5,0.17,0.33", progress=False)
+    return prepare(
+        blobs,
+        source="FLAIR",
+        label="lesion",
+        out=tmp_path_factory.mktemp("blobprep") / "prep",
+        size=32,
+        split="0.5,0.17,0.33",
+        progress=False,
+    )
 
 
-GEN_TINY = {"channels": (8, 16), "attention_levels": (False, True), "norm_num_groups": 8, "num_head_channels": 8,
-            "timesteps": 64, "sampling_steps": 3, "preview_steps": 2}
+GEN_TINY = {
+    "channels": (8, 16),
+    "attention_levels": (False, True),
+    "norm_num_groups": 8,
+    "num_head_channels": 8,
+    "timesteps": 64,
+    "sampling_steps": 3,
+    "preview_steps": 2,
+}
 
 
 def test_generate_writes_pairs_a_contact_sheet_and_a_record(blob_prep, tmp_path, capsys):
@@ -214,17 +236,40 @@ def test_generate_writes_pairs_a_contact_sheet_and_a_record(blob_prep, tmp_path,
     assert sorted(p.name for p in (run / "samples").iterdir())  # a preview grid was written
 
     out = tmp_path / "gen"
-    assert main(["generate", str(run), "--n", "5", "--out", str(out), "--batch-size", "2", "--steps", "2", "--quiet"]) == 0
+    assert (
+        main(["generate", str(run), "--n", "5", "--out", str(out), "--batch-size", "2", "--steps", "2", "--quiet"]) == 0
+    )
     assert "5 image + mask pairs" in capsys.readouterr().out
     images, masks, record = read_generated(out)
     assert images.shape == masks.shape == (5, 32, 32)
     assert record["n"] == 5 and record["masks"] and record["mask_threshold"] == 0.0 and record["steps"] == 2
     assert (out / "contact_sheet.png").is_file()
     # same seed and batch size: the same files; refusing to overwrite without --overwrite
-    assert main(["generate", str(run), "--n", "5", "--out", str(out), "--batch-size", "2", "--steps", "2", "--quiet"]) == 2
+    assert (
+        main(["generate", str(run), "--n", "5", "--out", str(out), "--batch-size", "2", "--steps", "2", "--quiet"]) == 2
+    )
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["generate", str(run), "--n", "3", "--out", str(out), "--batch-size", "2", "--steps", "2", "--quiet",
-                 "--overwrite", "--format", "nii"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(run),
+                "--n",
+                "3",
+                "--out",
+                str(out),
+                "--batch-size",
+                "2",
+                "--steps",
+                "2",
+                "--quiet",
+                "--overwrite",
+                "--format",
+                "nii",
+            ]
+        )
+        == 0
+    )
     again, again_masks, record = read_generated(out)
     assert again.shape == (3, 32, 32) and record["format"] == "nii"  # the 5 PNG pairs are gone
     # the first chunk of 2 drew the same noise (the third slice's chunk is smaller now, so its noise differs)
@@ -245,8 +290,15 @@ def test_pig_needs_a_label_and_ddpm_gen_does_not(blobs, tmp_path):
     with pytest.raises(SynthmedError, match="--label"):
         train(prep, model="pig", out=tmp_path / "pig", steps=1, batch_size=2, progress=False, overrides=GEN_TINY)
     with pytest.raises(SynthmedError, match="--label"):
-        train(prep, model="ddpm-gen", out=tmp_path / "lesion", steps=1, batch_size=2, progress=False,
-              overrides={**GEN_TINY, "training_slices": "lesion"})
+        train(
+            prep,
+            model="ddpm-gen",
+            out=tmp_path / "lesion",
+            steps=1,
+            batch_size=2,
+            progress=False,
+            overrides={**GEN_TINY, "training_slices": "lesion"},
+        )
     train(prep, model="ddpm-gen", out=tmp_path / "gen", steps=1, batch_size=2, progress=False, overrides=GEN_TINY)
     out = tmp_path / "out"
     from synthmed.workflows.generate import generate
@@ -269,8 +321,12 @@ def test_read_generated_refuses_incomplete_folders(tmp_path):
 
 # --- learning ---------------------------------------------------------------------------------------------
 
-LEARN = {"channels": (16, 32, 32), "attention_levels": (False, True, False), "norm_num_groups": 8,
-         "num_head_channels": 16}
+LEARN = {
+    "channels": (16, 32, 32),
+    "attention_levels": (False, True, False),
+    "norm_num_groups": 8,
+    "num_head_channels": 16,
+}
 
 
 def lesion_areas(masks):

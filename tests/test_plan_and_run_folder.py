@@ -52,7 +52,10 @@ def test_typed_fields_and_helpers(prepared):
     assert plan.test_subjects == tuple(raw["split"]["test"]) == plan.subjects_in("test")
     assert set(plan.train_subjects) | set(plan.val_subjects) | set(plan.test_subjects) == set(plan.subjects)
     subject = plan.test_subjects[0]
-    assert plan.file_of(subject, "t2") == Path(raw["volumes"][subject]["files"]["t2"]) and plan.file_of(subject, "t2").is_file()
+    assert (
+        plan.file_of(subject, "t2") == Path(raw["volumes"][subject]["files"]["t2"])
+        and plan.file_of(subject, "t2").is_file()
+    )
     volume = plan.volumes[subject]
     assert isinstance(volume.geometry, SliceGeometry) and volume.number == raw["volumes"][subject]["number"]
     assert volume.normalization["t1"] == Normalization.from_dict(raw["volumes"][subject]["normalization"]["t1"])
@@ -68,13 +71,16 @@ def test_typed_fields_and_helpers(prepared):
     assert (plan.source, plan.target) == ("t1", "t2")
 
 
-@pytest.mark.parametrize("damage, needle", [
-    (lambda plan: plan.update(size="32"), "field size is '32', expected a whole number"),
-    (lambda plan: plan.update(source=7), "field source is 7, expected text"),
-    (lambda plan: plan["volumes"][next(iter(plan["volumes"]))].update(n_slices="many"), ".n_slices is 'many'"),
-    (lambda plan: plan["resolution"].update(mode="sideways"), "field resolution.mode"),
-    (lambda plan: plan.update(fingerprint=[1]), "field fingerprint is [1], expected an object"),
-])
+@pytest.mark.parametrize(
+    "damage, needle",
+    [
+        (lambda plan: plan.update(size="32"), "field size is '32', expected a whole number"),
+        (lambda plan: plan.update(source=7), "field source is 7, expected text"),
+        (lambda plan: plan["volumes"][next(iter(plan["volumes"]))].update(n_slices="many"), ".n_slices is 'many'"),
+        (lambda plan: plan["resolution"].update(mode="sideways"), "field resolution.mode"),
+        (lambda plan: plan.update(fingerprint=[1]), "field fingerprint is [1], expected an object"),
+    ],
+)
 def test_a_crafted_plan_with_a_wrong_typed_field_names_it(prepared, tmp_path, damage, needle):
     prep = tmp_path / "prep"
     shutil.copytree(prepared, prep)

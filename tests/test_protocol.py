@@ -38,8 +38,10 @@ def _outputs(model, batch: dict[str, torch.Tensor], seed: int = 1) -> dict[str, 
             return model.sample(2, **options)
         outputs = {"A2B": model.translate(batch["source"], **options)}
         if "B2A" in model.directions:
-            outputs["B2A"] = model.translate_reverse(batch["target"][:, :1], **({} if not model.stochastic else {
-                "generator": torch.Generator().manual_seed(seed)}))
+            outputs["B2A"] = model.translate_reverse(
+                batch["target"][:, :1],
+                **({} if not model.stochastic else {"generator": torch.Generator().manual_seed(seed)}),
+            )
         return outputs
 
 

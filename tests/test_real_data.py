@@ -11,17 +11,24 @@ import pytest
 
 from synthmed.cli import main
 from synthmed.data.discovery import write_manifest
-from synthmed.data.recipes import ixi_manifest, lgg_manifest
 from synthmed.data.plan import load_plan
 from synthmed.data.prepare import prepare
+from synthmed.data.recipes import ixi_manifest, lgg_manifest
 
 pytestmark = pytest.mark.real
 
 
 def test_brats_layouts_with_aliases(real_data, tmp_path):
     # BraTS 2023 names (t1n/t2w/t2f) are built-in aliases; the TCGA files need four user aliases.
-    out = prepare(real_data / "brats", source="t1", target="t2", out=tmp_path / "prep", size=64, progress=False,
-                  aliases="t1_bet=t1,t1c_bet=t1c,t2_bet=t2,fla_bet=flair")
+    out = prepare(
+        real_data / "brats",
+        source="t1",
+        target="t2",
+        out=tmp_path / "prep",
+        size=64,
+        progress=False,
+        aliases="t1_bet=t1,t1c_bet=t1c,t2_bet=t2,fla_bet=flair",
+    )
     plan = load_plan(out)
     assert sorted(plan.subjects) == ["AURORA-MET-example", "BraTS-GLI-00001-000", "TCGA-DU-7294"]
     assert plan.fingerprint["t1"]["shapes"] == ["240x240x155"]
@@ -31,8 +38,16 @@ def test_brats_layouts_with_aliases(real_data, tmp_path):
 
 
 def test_tcga_with_a_pattern(real_data, tmp_path):
-    out = prepare(real_data / "brats" / "TCGA-DU-7294", source="flair", target="t2", out=tmp_path / "prep",
-                  pattern="{subject}_{modality}_*.nii.gz", label="seg", size=64, progress=False)
+    out = prepare(
+        real_data / "brats" / "TCGA-DU-7294",
+        source="flair",
+        target="t2",
+        out=tmp_path / "prep",
+        pattern="{subject}_{modality}_*.nii.gz",
+        label="seg",
+        size=64,
+        progress=False,
+    )
     plan = load_plan(out)
     assert plan.subjects == ("TCGA-DU-7294",)
     label = np.load(out / "slices" / "label.npy")
@@ -40,8 +55,16 @@ def test_tcga_with_a_pattern(real_data, tmp_path):
 
 
 def test_ms_with_a_pattern(real_data, tmp_path):
-    out = prepare(real_data / "ms", source="T1", target="T1POST", pattern="{subject}/{modality}_N4_*.nii.gz",
-                  label="gold_standard", out=tmp_path / "prep", size=64, progress=False)
+    out = prepare(
+        real_data / "ms",
+        source="T1",
+        target="T1POST",
+        pattern="{subject}/{modality}_N4_*.nii.gz",
+        label="gold_standard",
+        out=tmp_path / "prep",
+        size=64,
+        progress=False,
+    )
     plan = load_plan(out)
     assert plan.source == "t1" and plan.target == "t1c"
     assert plan.fingerprint["t1"]["shapes"] == ["182x218x182"]
@@ -57,8 +80,16 @@ def test_ixi_mat_slices_with_a_two_row_manifest(real_data, tmp_path):
 
 def test_lgg_tif_slices_with_a_manifest(real_data, tmp_path):
     manifest = write_manifest(lgg_manifest(real_data / "lgg", absolute=True), tmp_path / "lgg.json")
-    out = prepare(None, manifest=manifest, source="flair", target="t1c", label="lesion", out=tmp_path / "prep",
-                  size=64, progress=False)
+    out = prepare(
+        None,
+        manifest=manifest,
+        source="flair",
+        target="t1c",
+        label="lesion",
+        out=tmp_path / "prep",
+        size=64,
+        progress=False,
+    )
     plan = load_plan(out)
     kept = set(plan.subjects)
     # patients whose post-contrast channel is a copy of FLAIR are skipped, and said so

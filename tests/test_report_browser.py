@@ -21,11 +21,20 @@ import pytest
 from synthmed.cli import main
 
 # No network here (and none needed: the page is self-contained), no GPU, no profile left behind.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ATTRIBUTE = "data-browser-check"
 # Runs on `load` (after every image has loaded or failed) and leaves its findings on <body>, which --dump-dom prints.
-PROBE = """<script>
+PROBE = (
+    """<script>
 window.addEventListener("load", () => {
   const images = Array.from(document.images, (img) => ({
     loaded: img.complete && img.naturalWidth > 0, width: img.naturalWidth, height: img.naturalHeight}));
@@ -33,7 +42,9 @@ window.addEventListener("load", () => {
                           (tr) => tr.cells.length ? tr.cells[0].textContent.trim() : "");
   document.body.setAttribute("%s", JSON.stringify({images, rows}));
 });
-</script>""" % ATTRIBUTE
+</script>"""
+    % ATTRIBUTE
+)
 
 
 class RenderError(Exception):
@@ -48,12 +59,23 @@ def render(chromium: str, page: str, timeout: float = 60) -> dict:
         path = Path(work) / "page.html"
         at = page.rfind("</body>")
         path.write_text(page[:at] + PROBE + page[at:] if at >= 0 else page + PROBE, encoding="utf-8")
-        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={Path(work) / 'profile'}",
-                   "--virtual-time-budget=10000", "--dump-dom", path.as_uri()]
+        command = [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={Path(work) / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            path.as_uri(),
+        ]
         try:
             # Own process group, so that a hung browser is ended with all of its helper processes.
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as error:
             raise RenderError(f"cannot run {chromium}: {error}") from error
         try:
@@ -65,9 +87,11 @@ def render(chromium: str, page: str, timeout: float = 60) -> dict:
     found = _body_attribute(out.decode("utf-8", "replace"))
     if process.returncode != 0 or found is None:
         tail = "\n".join(err.decode("utf-8", "replace").strip().splitlines()[-5:])
-        raise RenderError(f"{chromium} exited with status {process.returncode} and "
-                          f"{'its' if found is not None else 'no'} probe result"
-                          + (f"; stderr ends:\n{tail}" if tail else " (no stderr)"))
+        raise RenderError(
+            f"{chromium} exited with status {process.returncode} and "
+            f"{'its' if found is not None else 'no'} probe result"
+            + (f"; stderr ends:\n{tail}" if tail else " (no stderr)")
+        )
     return json.loads(found)
 
 
@@ -94,8 +118,10 @@ def _find_chromium() -> str:
     for name in ("chromium", "chromium-browser"):
         if found := shutil.which(name):
             return found
-    pytest.skip("no Chromium on PATH (chromium, chromium-browser) and SYNTHMED_CHROMIUM unset; "
-                "setup.sh installs Debian's chromium where it runs as root with apt-get")
+    pytest.skip(
+        "no Chromium on PATH (chromium, chromium-browser) and SYNTHMED_CHROMIUM unset; "
+        "setup.sh installs Debian's chromium where it runs as root with apt-get"
+    )
 
 
 @pytest.fixture(scope="session")  # session, like tiny_benchmark, so that a skip comes before that fixture's 20 s
@@ -126,8 +152,11 @@ def test_report_renders_in_chromium_with_every_image_and_a_row_per_method(chromi
     tags = _ImgTags()
     tags.feed(page)
     assert tags.count > 0 and len(seen["images"]) == tags.count
-    broken = [i for i, image in enumerate(seen["images"]) if not (image["loaded"] and image["width"] > 0
-                                                                   and image["height"] > 0)]
+    broken = [
+        i
+        for i, image in enumerate(seen["images"])
+        if not (image["loaded"] and image["width"] > 0 and image["height"] > 0)
+    ]
     assert not broken, f"images that did not load in Chromium (by position): {broken}"
 
     methods = list(json.loads((tiny_benchmark / "benchmark.json").read_text())["methods"])
@@ -136,10 +165,14 @@ def test_report_renders_in_chromium_with_every_image_and_a_row_per_method(chromi
 
 def test_browser_check_sees_a_broken_image(chromium):
     """The check is not vacuous: a corrupt data URI is reported as not loaded, a good one as loaded."""
-    good = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8"
-            "AAAAASUVORK5CYII=")  # 1 x 1 PNG
-    page = (f"<!DOCTYPE html><html><body><img src='{good}'><img src='data:image/png;base64,iVBORw0KGgoAAAA'>"
-            "<table id='metrics'><tr class='method'><td>identity</td></tr></table></body></html>")
+    good = (
+        "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8"
+        "AAAAASUVORK5CYII="
+    )  # 1 x 1 PNG
+    page = (
+        f"<!DOCTYPE html><html><body><img src='{good}'><img src='data:image/png;base64,iVBORw0KGgoAAAA'>"
+        "<table id='metrics'><tr class='method'><td>identity</td></tr></table></body></html>"
+    )
     seen = render(chromium, page)
     assert [image["loaded"] for image in seen["images"]] == [True, False]
     assert seen["images"][0]["width"] == 1 and seen["images"][1]["width"] == 0

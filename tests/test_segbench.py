@@ -9,11 +9,17 @@ import math
 import numpy as np
 import pytest
 
+from synthmed.benchmarking.downstream import (
+    compare_mask_statistics,
+    image_mask_consistency,
+    mask_statistics,
+    segbench,
+    segment,
+    train_segmenter,
+)
 from synthmed.data.generated import write_pair
 from synthmed.errors import SynthmedError
 from synthmed.metrics import dice_iou
-from synthmed.benchmarking.downstream import (compare_mask_statistics, image_mask_consistency, mask_statistics, segbench,
-                                         segment, train_segmenter)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +90,7 @@ def test_ks_statistic_zero_for_identical_and_large_for_different():
     large = np.zeros((40, 16, 16), np.uint8)
     for i in range(40):
         r, c = rng.integers(0, 12, 2)
-        small[i, r:r + 2, c:c + 2] = 1  # one 4 px blob
+        small[i, r : r + 2, c : c + 2] = 1  # one 4 px blob
         large[i, :10, :10] = 1  # one 100 px blob ...
         large[i, 13:15, 13:15] = 1  # ... and a second component
     same = compare_mask_statistics(small, small.copy())
@@ -103,8 +109,7 @@ def test_ks_statistic_zero_for_identical_and_large_for_different():
 def test_segbench_gives_an_image_only_folder_no_arm_and_says_why(lesion_prep, tmp_path):
     images, _ = _real_train_pairs(lesion_prep)
     folder = _write_folder(tmp_path / "ddpm", images[:4], None)
-    result = segbench(lesion_prep, {"ddpm": folder}, extra_counts=[2], seeds=[0], steps=1, batch_size=2,
-                      progress=False)
+    result = segbench(lesion_prep, {"ddpm": folder}, extra_counts=[2], seeds=[0], steps=1, batch_size=2, progress=False)
     assert [arm["arm"] for arm in result["arms"]] == ["real"]
     entry = result["generated"]["ddpm"]
     assert not entry["masks"] and "cannot supervise a segmenter" in entry["segmentation"]
@@ -129,8 +134,16 @@ def test_segbench_end_to_end_structure(lesion_prep, tmp_path):
     images, masks = _real_train_pairs(lesion_prep)
     order = np.argsort(-masks.reshape(len(masks), -1).sum(axis=1), kind="stable")  # lesion slices first
     folder = _write_folder(tmp_path / "copy", images[order[:8]], masks[order[:8]])
-    result = segbench(lesion_prep, {"copy": folder}, extra_counts=[0, 6], seeds=[0, 1], steps=4, batch_size=4,
-                      channels=(8, 16), progress=False)
+    result = segbench(
+        lesion_prep,
+        {"copy": folder},
+        extra_counts=[0, 6],
+        seeds=[0, 1],
+        steps=4,
+        batch_size=4,
+        channels=(8, 16),
+        progress=False,
+    )
     json.dumps(result, allow_nan=False)  # JSON-able, no NaN
     assert [arm["arm"] for arm in result["arms"]] == ["real", "copy+6"]
     real, extra = result["arms"]
@@ -156,8 +169,9 @@ def test_segbench_end_to_end_structure(lesion_prep, tmp_path):
     assert generated["mask_statistics"]["generated"]["slices"] == 8
     assert [c["seed"] for c in generated["consistency"]] == [0, 1]
     # the same seed gives the same result (deterministic training on CPU)
-    again = segbench(lesion_prep, None, extra_counts=[0], seeds=[1], steps=4, batch_size=4, channels=(8, 16),
-                     progress=False)
+    again = segbench(
+        lesion_prep, None, extra_counts=[0], seeds=[1], steps=4, batch_size=4, channels=(8, 16), progress=False
+    )
     assert again["arms"][0]["seeds"][0]["subjects"] == real["seeds"][1]["subjects"]
 
 
@@ -172,8 +186,16 @@ def lesion_prep_64(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("seg64")
     write_phantoms(root / "phantoms", subjects=6, size=64, seed=1, overwrite=True)
-    return prepare(root / "phantoms", source="FLAIR", label="lesion", out=root / "prep", size=64,
-                   split="0.5,0.25,0.25", seed=0, progress=False)
+    return prepare(
+        root / "phantoms",
+        source="FLAIR",
+        label="lesion",
+        out=root / "prep",
+        size=64,
+        split="0.5,0.25,0.25",
+        seed=0,
+        progress=False,
+    )
 
 
 def test_segmenter_learns_phantom_lesions(lesion_prep_64):

@@ -13,14 +13,17 @@ from synthmed.nn.latent_prior import GaussianMixturePrior, kl_to_standard_normal
 from synthmed.nn.patches import aligned_patches, sliding_window, window_starts
 
 
-
 def unpaired_batch(n=2, size=32, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return {"source": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
-            "target": torch.rand(n, 1, size, size, generator=g) * 2 - 1, "mask": torch.ones(n, 1, size, size)}
+    return {
+        "source": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
+        "target": torch.rand(n, 1, size, size, generator=g) * 2 - 1,
+        "mask": torch.ones(n, 1, size, size),
+    }
 
 
 # --- KL terms --------------------------------------------------------------------------------------
+
 
 def test_kl_to_standard_normal_matches_torch_distributions():
     mu, log_var = torch.randn(3, 4, 2, 2), torch.randn(4).view(1, 4, 1, 1) * 0.5
@@ -48,8 +51,9 @@ def test_mixture_kl_estimator_against_numeric_integration():
     mean, log_var = 0.3, math.log(0.36)
     grid = np.linspace(-12, 12, 400_001)
     q = np.exp(-0.5 * (grid - mean) ** 2 / 0.36) / math.sqrt(2 * math.pi * 0.36)
-    p = (0.3 * np.exp(-0.5 * (grid + 1) ** 2 / 0.25) / math.sqrt(2 * math.pi * 0.25)
-         + 0.7 * np.exp(-0.5 * (grid - 1.5) ** 2 / 1.44) / math.sqrt(2 * math.pi * 1.44))
+    p = 0.3 * np.exp(-0.5 * (grid + 1) ** 2 / 0.25) / math.sqrt(2 * math.pi * 0.25) + 0.7 * np.exp(
+        -0.5 * (grid - 1.5) ** 2 / 1.44
+    ) / math.sqrt(2 * math.pi * 1.44)
     numeric = float(np.trapezoid(q * np.log(q / p), grid))
     assert monte_carlo_kl(prior, mean, log_var) == pytest.approx(numeric, abs=0.01)
     assert numeric > 0.05  # the case is not trivial
@@ -75,6 +79,7 @@ def test_mixture_kl_is_differentiable_in_the_prior_and_the_encoder():
 
 
 # --- patches ---------------------------------------------------------------------------------------
+
 
 def test_aligned_patches_come_from_the_same_position_in_both_domains():
     rows, cols = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
@@ -104,8 +109,12 @@ def test_sliding_window_blends_without_seams():
     (1 across columns, 5 across rows); the cross-fade spreads it over the overlap."""
     images = torch.zeros(1, 1, 48, 48)
     counter = iter(range(1000))
-    stitched = sliding_window(lambda x: x + torch.tensor([float(next(counter)) for _ in range(x.shape[0])]).view(-1, 1, 1, 1),
-                              images, 16, batch=1)
+    stitched = sliding_window(
+        lambda x: x + torch.tensor([float(next(counter)) for _ in range(x.shape[0])]).view(-1, 1, 1, 1),
+        images,
+        16,
+        batch=1,
+    )
     assert len(window_starts(48, 16, 8)) == 5
     assert stitched.diff(dim=-1).abs().max() < 1 / 3  # measured 0.22
     assert stitched.diff(dim=-2).abs().max() < 5 / 3  # measured 1.11
@@ -115,18 +124,32 @@ def test_sliding_window_blends_without_seams():
 
 # --- models ------------------------------------------------------------------------------------------
 
+
 def test_registered_as_unpaired_two_way_translators_with_paper_weights():
     for name in ("unit", "gmm-unit"):
         cls = available_models()[name]
         assert not cls.paired and cls.directions == ("A2B", "B2A")
         cfg = cls.Config()
-        assert (cfg.lambda_gan, cfg.lambda_kl, cfg.lambda_recon, cfg.lambda_cycle_kl, cfg.lambda_cycle_recon) == (10, 0.1, 100, 0.1, 100)
+        assert (cfg.lambda_gan, cfg.lambda_kl, cfg.lambda_recon, cfg.lambda_cycle_kl, cfg.lambda_cycle_recon) == (
+            10,
+            0.1,
+            100,
+            0.1,
+            100,
+        )
         assert (cfg.lr, cfg.betas, cfg.weight_decay) == (1e-4, (0.5, 0.999), 1e-4)
     assert available_models()["gmm-unit"].Config().patch_size == 64
 
 
-@pytest.mark.parametrize("overrides,message", [({"patch_size": 18}, "patch_size"), ({"patch_size": 64}, "larger than"),
-                                               ({"components": 0}, "components"), ({"image_size": 30}, "multiple of 4")])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"patch_size": 18}, "patch_size"),
+        ({"patch_size": 64}, "larger than"),
+        ({"components": 0}, "components"),
+        ({"image_size": 30}, "multiple of 4"),
+    ],
+)
 def test_invalid_gmm_unit_settings_are_refused(overrides, message):
     with pytest.raises(SynthmedError, match=message):
         build_model("gmm-unit", "tiny", overrides)
@@ -182,16 +205,28 @@ def test_gmm_unit_translates_whole_slices_by_patches():
 
 # Measured (1 thread, seed 0) on the 32 px phantoms: unit 16.1 dB PSNR / SSIM 0.53 against identity 12.1 / 0.015;
 # gmm-unit (16 px patches) 15.2 dB / 0.23. At batch 4, unit had not got there in 600 steps (9.4 dB).
-@pytest.mark.parametrize("name,overrides,batch_size", [
-    ("unit", {"base_channels": 8, "discriminator_channels": 8}, 1),
-    ("gmm-unit", {"base_channels": 8, "discriminator_channels": 8, "patch_size": 16}, 4),
-])
+@pytest.mark.parametrize(
+    "name,overrides,batch_size",
+    [
+        ("unit", {"base_channels": 8, "discriminator_channels": 8}, 1),
+        ("gmm-unit", {"base_channels": 8, "discriminator_channels": 8, "patch_size": 16}, 4),
+    ],
+)
 def test_beats_identity_on_held_out_subjects(name, overrides, batch_size, prepared, held_out_scores, tmp_path):
     from synthmed.workflows.train import train
 
     run = tmp_path / "run"
-    train(prepared, model=name, preset="small", out=run, steps=1500, batch_size=batch_size, progress=False,
-          overrides=overrides, val_every=1500)
+    train(
+        prepared,
+        model=name,
+        preset="small",
+        out=run,
+        steps=1500,
+        batch_size=batch_size,
+        progress=False,
+        overrides=overrides,
+        val_every=1500,
+    )
     model, identity = held_out_scores(run, checkpoint="last")
     assert model["psnr"] > identity["psnr"] + 2.0, (model, identity)
     assert model["ssim"] > identity["ssim"], (model, identity)
@@ -216,13 +251,21 @@ def test_gmm_unit_non_contrast_to_contrast_ct_comes_back_in_hounsfield_units(pha
         (data / subject.name).mkdir(parents=True)
         nib.save(ct, data / subject.name / "NCCT.nii.gz")
         nib.save(nib.Nifti1Image(enhanced.astype(np.float32), ct.affine), data / subject.name / "CECT.nii.gz")
-    prep = prepare(data, source="NCCT", target="CECT", out=tmp_path / "prep", size=32, split="0.5,0.25,0.25",
-                   progress=False)
+    prep = prepare(
+        data, source="NCCT", target="CECT", out=tmp_path / "prep", size=32, split="0.5,0.25,0.25", progress=False
+    )
     plan = json.loads((prep / "plan.json").read_text())
     assert plan["reference_normalization"]["cect"] == {"kind": "ct", "lo": -1000.0, "hi": 2000.0}
     run = tmp_path / "run"
-    train(prep, model="gmm-unit", out=run, steps=3, batch_size=2, progress=False,
-          overrides={"base_channels": 8, "discriminator_channels": 8, "n_res": 1, "patch_size": 16})
+    train(
+        prep,
+        model="gmm-unit",
+        out=run,
+        steps=3,
+        batch_size=2,
+        progress=False,
+        overrides={"base_channels": 8, "discriminator_channels": 8, "n_res": 1, "patch_size": 16},
+    )
     subject = plan["split"]["test"][0]
     source = nib.load(data / subject / "NCCT.nii.gz")
     out = nib.load(translate(run, data / subject / "NCCT.nii.gz", tmp_path / "cect.nii.gz", progress=False)[0])

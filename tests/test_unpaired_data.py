@@ -33,7 +33,9 @@ def test_targets_come_from_other_subjects_every_epoch(prepared, split):
             row, partner = dataset.rows[item], dataset.partner[item]
             assert torch.equal(sample["source"][0], torch.from_numpy(np.array(data.arrays["source"][row])))
             assert torch.equal(sample["target"][0], torch.from_numpy(np.array(data.arrays["target"][partner])))
-            assert torch.equal(sample["mask"][0], torch.from_numpy(np.array(data.arrays["mask"][row], dtype=np.float32)))
+            assert torch.equal(
+                sample["mask"][0], torch.from_numpy(np.array(data.arrays["mask"][row], dtype=np.float32))
+            )
 
 
 def test_no_pairing_leaks_in(prepared):

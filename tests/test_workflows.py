@@ -44,8 +44,20 @@ def test_translate_keeps_geometry_and_evaluate_writes_metrics(trained_run, phant
     subject = plan["split"]["test"][0]
     source = phantoms / subject / "T1.nii.gz"
     out = tmp_path / "pred" / subject / "T2.nii.gz"
-    assert main(["translate", str(trained_run), str(source), str(out), "--quiet",
-                 "--reference", str(phantoms / subject / "T2.nii.gz")]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                str(trained_run),
+                str(source),
+                str(out),
+                "--quiet",
+                "--reference",
+                str(phantoms / subject / "T2.nii.gz"),
+            ]
+        )
+        == 0
+    )
     src, pred = nib.load(source), nib.load(out)
     assert pred.shape == src.shape
     np.testing.assert_array_equal(pred.affine, src.affine)
@@ -59,7 +71,9 @@ def test_translate_keeps_geometry_and_evaluate_writes_metrics(trained_run, phant
     # folder in -> folder out, subject folders mirrored
     folder_out = tmp_path / "folder_out"
     assert main(["translate", str(trained_run), str(phantoms), str(folder_out), "--quiet"]) == 0
-    assert sorted(p.name for p in folder_out.iterdir() if p.is_dir()) == sorted(p.name for p in phantoms.iterdir() if p.is_dir())
+    assert sorted(p.name for p in folder_out.iterdir() if p.is_dir()) == sorted(
+        p.name for p in phantoms.iterdir() if p.is_dir()
+    )
     assert (folder_out / subject / "T2.nii.gz").is_file()
 
     metrics = tmp_path / "metrics.json"
@@ -76,7 +90,9 @@ def _outside(t1: np.ndarray) -> np.ndarray:
     from synthmed.data.foreground import foreground_mask
     from synthmed.workflows.translate import BACKGROUND_MARGIN
 
-    grown = ndimage.binary_dilation(foreground_mask(t1), structure=np.ones((3, 3, 3), bool), iterations=BACKGROUND_MARGIN)
+    grown = ndimage.binary_dilation(
+        foreground_mask(t1), structure=np.ones((3, 3, 3), bool), iterations=BACKGROUND_MARGIN
+    )
     assert 0.05 < (~grown).mean() < 0.95  # the test has both a head and air to look at
     return ~grown
 
@@ -110,7 +126,10 @@ def test_models_lists_pix2pix(capsys):
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--subjects", "5", "--size", "32", "--steps", "20", "--quiet"]) == 0
+    assert (
+        main(["demo", "--out", str(tmp_path / "demo"), "--subjects", "5", "--size", "32", "--steps", "20", "--quiet"])
+        == 0
+    )
     report = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
     assert set(report["results"]) == {"identity (source)", "pix2pix"}
     assert (tmp_path / "demo" / "demo.png").stat().st_size > 1000
@@ -119,8 +138,23 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
 def test_identity_baseline_by_evaluating_the_sources(phantoms, tmp_path):
     out = tmp_path / "identity.json"
-    assert main(["evaluate", str(phantoms), str(phantoms), "--pred-name", "T1", "--ref-name", "T2",
-                 "--match-intensity", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(phantoms),
+                str(phantoms),
+                "--pred-name",
+                "T1",
+                "--ref-name",
+                "T2",
+                "--match-intensity",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["n"] == len([p for p in phantoms.iterdir() if p.is_dir()])
     # T1 is not T2: the identity baseline is far from perfect, but finite
@@ -133,7 +167,9 @@ def test_translate_picks_a_channel_of_a_4d_input(trained_run, phantoms, tmp_path
     nib.save(nib.Nifti1Image(np.stack([t1.get_fdata()] * 2, axis=-1).astype(np.float32), t1.affine), four_d)
     assert main(["translate", str(trained_run), str(four_d), str(tmp_path / "a.nii.gz"), "--quiet"]) == 2
     assert "--channel" in capsys.readouterr().err
-    assert main(["translate", str(trained_run), str(four_d), str(tmp_path / "b.nii.gz"), "--quiet", "--channel", "1"]) == 0
+    assert (
+        main(["translate", str(trained_run), str(four_d), str(tmp_path / "b.nii.gz"), "--quiet", "--channel", "1"]) == 0
+    )
     assert nib.load(tmp_path / "b.nii.gz").shape == t1.shape
 
 
@@ -141,13 +177,22 @@ def test_mr_to_ct_comes_back_in_hounsfield_units(phantoms, tmp_path):
     from synthmed.workflows.train import train
     from synthmed.workflows.translate import translate
 
-    prep = prepare(phantoms, source="T1", target="CT", out=tmp_path / "prep", size=32, split="0.5,0.25,0.25", progress=False)
+    prep = prepare(
+        phantoms, source="T1", target="CT", out=tmp_path / "prep", size=32, split="0.5,0.25,0.25", progress=False
+    )
     plan = json.loads((prep / "plan.json").read_text())
     assert plan["normalization_kind"]["ct"] == "ct"
     assert plan["reference_normalization"]["ct"] == {"kind": "ct", "lo": -1000.0, "hi": 2000.0}
     run = tmp_path / "run"
-    train(prep, model="pix2pix", out=run, steps=4, batch_size=4, progress=False,
-          overrides={"generator_channels": 8, "discriminator_channels": 8})
+    train(
+        prep,
+        model="pix2pix",
+        out=run,
+        steps=4,
+        batch_size=4,
+        progress=False,
+        overrides={"generator_channels": 8, "discriminator_channels": 8},
+    )
     subject = plan["split"]["test"][0]
     out = translate(run, phantoms / subject / "T1.nii.gz", tmp_path / "ct.nii.gz", progress=False)[0]
     hu = nib.load(out).get_fdata()
@@ -165,11 +210,26 @@ def test_aliases_are_kept_for_translation(phantoms, tmp_path):
         (data / subject.name).mkdir(parents=True)
         (data / subject.name / "MPRAGE.nii.gz").write_bytes((subject / "T1.nii.gz").read_bytes())
         (data / subject.name / "T2SPACE.nii.gz").write_bytes((subject / "T2.nii.gz").read_bytes())
-    prep = prepare(data, source="t1", target="t2", aliases="mprage=t1,t2space=t2", out=tmp_path / "prep", size=32,
-                   split="0.5,0.25,0.25", progress=False)
+    prep = prepare(
+        data,
+        source="t1",
+        target="t2",
+        aliases="mprage=t1,t2space=t2",
+        out=tmp_path / "prep",
+        size=32,
+        split="0.5,0.25,0.25",
+        progress=False,
+    )
     run = tmp_path / "run"
-    train(prep, model="pix2pix", out=run, steps=2, batch_size=4, progress=False,
-          overrides={"generator_channels": 8, "discriminator_channels": 8})
+    train(
+        prep,
+        model="pix2pix",
+        out=run,
+        steps=2,
+        batch_size=4,
+        progress=False,
+        overrides={"generator_channels": 8, "discriminator_channels": 8},
+    )
     written = translate(run, data, tmp_path / "out", progress=False)
     assert len(written) == len(list(data.iterdir()))
     assert all(path.name == "T2SPACE.nii.gz" for path in written)

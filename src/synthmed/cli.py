@@ -63,7 +63,9 @@ def _parse_value(text: str):
 def build_parser() -> argparse.ArgumentParser:
     from synthmed.benchmarking.suites import SUITES  # declarations only: cheap to import
 
-    parser = argparse.ArgumentParser(prog="synthmed", description="Medical image synthesis: translate modalities, generate images with masks.")
+    parser = argparse.ArgumentParser(
+        prog="synthmed", description="Medical image synthesis: translate modalities, generate images with masks."
+    )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("demo", help="phantoms -> prepare -> train pix2pix -> translate -> evaluate vs identity")
@@ -92,10 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default=None, help="label/mask modality to keep with the slices")
     p.add_argument("--out", required=True)
     res = p.add_mutually_exclusive_group()
-    res.add_argument("--spacing", type=float, default=None, metavar="MM",
-                     help="in-plane pixel size of the slices (default: the data's median; native resolution)")
-    res.add_argument("--size", type=positive_int, default=None,
-                     help="resize each foreground box to N x N pixels instead of keeping native resolution")
+    res.add_argument(
+        "--spacing",
+        type=float,
+        default=None,
+        metavar="MM",
+        help="in-plane pixel size of the slices (default: the data's median; native resolution)",
+    )
+    res.add_argument(
+        "--size",
+        type=positive_int,
+        default=None,
+        help="resize each foreground box to N x N pixels instead of keeping native resolution",
+    )
     p.add_argument("--axis", default="axial", help="axial, coronal, sagittal or 0-2")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--pattern", help="e.g. '{subject}-{modality}.nii.gz' or '{subject}/{modality}_N4_*.nii.gz'")
@@ -113,15 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="small")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=positive_int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="also stop (with a checkpoint, as after the last step) when training has run this long")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="also stop (with a checkpoint, as after the last step) when training has run this long",
+    )
     p.add_argument("--batch-size", type=positive_int, default=None)
-    p.add_argument("--patch", type=positive_int, default=None,
-                   help="train on random PATCH x PATCH windows of the slices (multiple of 16; default: the preset's "
-                        "image size on native-resolution data, the whole slice on resized data)")
-    p.add_argument("--context", type=positive_int, default=1, metavar="K",
-                   help="2.5D: give the networks K neighbouring slices (odd; the slice in the middle) as input "
-                        "(every translator; an unpaired model's reverse direction B2A stays single-slice)")
+    p.add_argument(
+        "--patch",
+        type=positive_int,
+        default=None,
+        help="train on random PATCH x PATCH windows of the slices (multiple of 16; default: the preset's "
+        "image size on native-resolution data, the whole slice on resized data)",
+    )
+    p.add_argument(
+        "--context",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="2.5D: give the networks K neighbouring slices (odd; the slice in the middle) as input "
+        "(every translator; an unpaired model's reverse direction B2A stays single-slice)",
+    )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -129,13 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=positive_int, default=250)
     p.add_argument("--log-every", type=positive_int, default=25, help="steps between log.csv rows")
     p.add_argument("--checkpoint-every", type=positive_int, default=250, help="steps between last.pt saves")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="mixed precision: bf16 autocast on GPUs that support it (auto, default); bf16 (also on the "
-                        "CPU); fp16 with a gradient scaler (GPUs without bf16: V100, T4); off")
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "off"],
+        help="mixed precision: bf16 autocast on GPUs that support it (auto, default); bf16 (also on the "
+        "CPU); fp16 with a gradient scaler (GPUs without bf16: V100, T4); off",
+    )
     p.add_argument("--channels-last", action="store_true", help="NHWC memory layout for the convolutions (GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the networks (slow first steps)")
-    p.add_argument("--vgg19-weights", metavar="PATH", default=None,
-                   help="local VGG-19 state dict (torchvision names) for medgan's style and content losses")
+    p.add_argument(
+        "--vgg19-weights",
+        metavar="PATH",
+        default=None,
+        help="local VGG-19 state dict (torchvision names) for medgan's style and content losses",
+    )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config setting")
     _add_common(p)
 
@@ -146,23 +178,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="scan(s) of the target modality whose intensity scale the output takes (MR)")
     p.add_argument("--checkpoint", default="best", help="best (default) or last")
     p.add_argument("--channel", type=int, default=None, help="channel of a 4D or RGB input to translate")
-    p.add_argument("--direction", default="A2B", choices=["A2B", "B2A"],
-                   help="A2B: the run's source -> target (default); B2A: target -> source (models trained both ways)")
+    p.add_argument(
+        "--direction",
+        default="A2B",
+        choices=["A2B", "B2A"],
+        help="A2B: the run's source -> target (default); B2A: target -> source (models trained both ways)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=32, help="slices per forward pass")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-mask", dest="mask_background", action="store_false",
-                   help="keep the network's raw output outside the source's head (default: the target's background)")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse an input unlike the training scans (default: a warning naming what differs)")
-    p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"],
-                   help="network precision: off (full, default), auto (bf16 on GPUs that have it), bf16 (also on "
-                        "the CPU), fp16; faster, outputs differ by round-off")
+    p.add_argument(
+        "--no-mask",
+        dest="mask_background",
+        action="store_false",
+        help="keep the network's raw output outside the source's head (default: the target's background)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse an input unlike the training scans (default: a warning naming what differs)",
+    )
+    p.add_argument(
+        "--amp",
+        default="off",
+        choices=["off", "auto", "bf16", "fp16"],
+        help="network precision: off (full, default), auto (bf16 on GPUs that have it), bf16 (also on "
+        "the CPU), fp16; faster, outputs differ by round-off",
+    )
     g = p.add_argument_group("sampling (diffusion models)")
     g.add_argument("--sampler", help="ddpm, ddim (default), em, pc or ode")
-    g.add_argument("--steps", type=positive_int, default=None, help="network evaluations per sample (default: the run's: 10 small, 50 paper; ddpm sampler: all T)")
+    g.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="network evaluations per sample (default: the run's: 10 small, 50 paper; ddpm sampler: all T)",
+    )
     g.add_argument("--eta", type=float, default=None, help="DDIM stochasticity: 0 deterministic (default), 1 ancestral")
-    g.add_argument("--samples", type=positive_int, default=1, help="samples per slice: writes their mean and a *_std uncertainty map")
+    g.add_argument(
+        "--samples",
+        type=positive_int,
+        default=1,
+        help="samples per slice: writes their mean and a *_std uncertainty map",
+    )
     g.add_argument("--seed", type=int, default=0, help="noise seed (same seed, batch size and device: same output)")
     _add_common(p)
 
@@ -175,39 +232,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=16, help="slices sampled together")
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--amp", default="off", choices=["off", "auto", "bf16", "fp16"],
-                   help="network precision: off (full, default), auto (bf16 on GPUs that have it), bf16 (also on "
-                        "the CPU), fp16; faster, outputs differ by round-off")
+    p.add_argument(
+        "--amp",
+        default="off",
+        choices=["off", "auto", "bf16", "fp16"],
+        help="network precision: off (full, default), auto (bf16 on GPUs that have it), bf16 (also on "
+        "the CPU), fp16; faster, outputs differ by round-off",
+    )
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", help="ddim (default) or ddpm (ancestral); ddpm-gen also em, pc, ode")
-    g.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the run's: 50 small, 256 paper; ddpm: all T)")
-    g.add_argument("--eta", type=float, default=None, help="DDIM stochasticity: 0 deterministic (default, the paper's sigma 0)")
+    g.add_argument(
+        "--steps",
+        type=positive_int,
+        default=None,
+        help="sampling steps (default: the run's: 50 small, 256 paper; ddpm: all T)",
+    )
+    g.add_argument(
+        "--eta", type=float, default=None, help="DDIM stochasticity: 0 deterministic (default, the paper's sigma 0)"
+    )
     g.add_argument("--seed", type=int, default=0, help="noise seed (same seed, batch size and device: same output)")
     _add_common(p)
 
     p = sub.add_parser("benchmark", help="every translation method, one protocol: train, translate, evaluate")
-    p.add_argument("--suite", default="quick", choices=list(SUITES),
-                   help="; ".join(f"{name}: {suite.description}" for name, suite in SUITES.items()).replace("%", "%%"))
+    p.add_argument(
+        "--suite",
+        default="quick",
+        choices=list(SUITES),
+        help="; ".join(f"{name}: {suite.description}" for name, suite in SUITES.items()).replace("%", "%%"),
+    )
     p.add_argument("--out", required=True, help="folder for benchmark.json/.csv, runs, outputs and logs")
-    p.add_argument("--models", help="comma list of MODEL or MODEL:PRESET (default: the suite's methods, else every "
-                                    "translation method at preset small)")
-    p.add_argument("--data", help="your data instead of phantoms (any layout prepare reads); --suite real: the "
-                                  "folder that holds brats/ and ms/")
+    p.add_argument(
+        "--models",
+        help="comma list of MODEL or MODEL:PRESET (default: the suite's methods, else every "
+        "translation method at preset small)",
+    )
+    p.add_argument(
+        "--data",
+        help="your data instead of phantoms (any layout prepare reads); --suite real: the "
+        "folder that holds brats/ and ms/",
+    )
     p.add_argument("--pattern")
     p.add_argument("--manifest")
     p.add_argument("--source", help="source modality (default T1; --suite real: with --target, one task only)")
     p.add_argument("--target", help="target modality (default T2)")
     p.add_argument("--label", help="lesion label modality, scored separately (phantoms: lesion)")
     p.add_argument("--budget-steps", type=positive_int, default=None, help="training steps for every method")
-    p.add_argument("--budget-minutes", type=float, default=None,
-                   help="training minutes for every method (stops at this time, or at --budget-steps if given)")
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="training minutes for every method (stops at this time, or at --budget-steps if given)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--repeats", type=positive_int, default=1, help="seeds per method (mean +/- sd over them)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=positive_int, default=1,
-                   help="samples per slice for stochastic methods (mean scored, std = uncertainty map)")
-    p.add_argument("--inception-weights", metavar="PATH", default=None,
-                   help="local Inception-v3 state dict for FID (pytorch-fid's file for published values)")
+    p.add_argument(
+        "--samples",
+        type=positive_int,
+        default=1,
+        help="samples per slice for stochastic methods (mean scored, std = uncertainty map)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        metavar="PATH",
+        default=None,
+        help="local Inception-v3 state dict for FID (pytorch-fid's file for published values)",
+    )
     p.add_argument("--inception-variant", default="auto", choices=["auto", "fid", "torchvision"])
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads per process")
     p.add_argument("--device", default="auto")
@@ -218,9 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a folder written by synthmed benchmark")
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.add_argument("--slices", type=positive_int, default=1, help="slices shown per test subject")
-    p.add_argument("--convention", default="toolkit", choices=["toolkit", "max-normalised"],
-                   help="metrics shown: the toolkit's (target units, masked) or SynDiff's test code's "
-                        "(per-slice max normalisation, whole slice), to compare with published tables")
+    p.add_argument(
+        "--convention",
+        default="toolkit",
+        choices=["toolkit", "max-normalised"],
+        help="metrics shown: the toolkit's (target units, masked) or SynDiff's test code's "
+        "(per-slice max normalisation, whole slice), to compare with published tables",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT if an earlier report wrote it")
     _add_common(p)
 
@@ -231,9 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="metrics.json (a CSV is written beside it)")
     p.add_argument("--pred-name", help="modality file to take from each prediction subject folder")
     p.add_argument("--ref-name", help="modality file to take from each reference subject folder")
-    p.add_argument("--match-intensity", action="store_true", help="map predictions onto the reference's scale first (identity baseline)")
-    p.add_argument("--resample", action="store_true",
-                   help="resample each prediction onto its reference's grid (linear) when their geometry differs")
+    p.add_argument(
+        "--match-intensity",
+        action="store_true",
+        help="map predictions onto the reference's scale first (identity baseline)",
+    )
+    p.add_argument(
+        "--resample",
+        action="store_true",
+        help="resample each prediction onto its reference's grid (linear) when their geometry differs",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and its CSV")
     _add_common(p)
 
@@ -243,8 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", required=True, choices=["motion", "noise", "lowdose"])
     p.add_argument("--severity", type=float, default=1.0, help="in (0, 3]; 1 = moderate (default), 3 = severe")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", help="modality to degrade in each subject folder, e.g. T1 (writes T1_<kind> beside a link to T1)")
-    p.add_argument("--alias", action="append", help="modality alias for finding --name, e.g. t1c_bet=t1c (as for prepare)")
+    p.add_argument(
+        "--name", help="modality to degrade in each subject folder, e.g. T1 (writes T1_<kind> beside a link to T1)"
+    )
+    p.add_argument(
+        "--alias", action="append", help="modality alias for finding --name, e.g. t1c_bet=t1c (as for prepare)"
+    )
     p.add_argument("--axis", default="axial", help="slice axis for motion: axial, coronal, sagittal or 0-2")
     p.add_argument("--overwrite", action="store_true")
     _add_common(p)
@@ -259,25 +364,53 @@ def run_command(args: argparse.Namespace) -> int:
     if args.verb == "demo":
         from synthmed.workflows.demo import demo
 
-        demo(args.out, subjects=args.subjects, size=args.size, steps=args.steps, model=args.model, seed=args.seed,
-             overwrite=args.overwrite, progress=progress, device=args.device)
+        demo(
+            args.out,
+            subjects=args.subjects,
+            size=args.size,
+            steps=args.steps,
+            model=args.model,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=progress,
+            device=args.device,
+        )
     elif args.verb == "phantom":
         from synthmed.data.phantom import write_phantoms
 
-        folders = write_phantoms(args.out, subjects=args.subjects, size=args.size, seed=args.seed, overwrite=args.overwrite)
+        folders = write_phantoms(
+            args.out, subjects=args.subjects, size=args.size, seed=args.seed, overwrite=args.overwrite
+        )
         print(f"wrote {len(folders)} phantom subjects to {args.out}")
     elif args.verb == "prepare":
         from synthmed.data.plan import load_plan
         from synthmed.data.prepare import prepare
 
-        out = prepare(args.data, source=args.source, target=args.target, label=args.label, out=args.out, size=args.size,
-                      spacing=args.spacing, axis=args.axis, pattern=args.pattern, manifest=args.manifest, split=args.split, seed=args.seed,
-                      aliases=",".join(args.alias) if args.alias else None, resample=args.resample,
-                      overwrite=args.overwrite, progress=progress)
+        out = prepare(
+            args.data,
+            source=args.source,
+            target=args.target,
+            label=args.label,
+            out=args.out,
+            size=args.size,
+            spacing=args.spacing,
+            axis=args.axis,
+            pattern=args.pattern,
+            manifest=args.manifest,
+            split=args.split,
+            seed=args.seed,
+            aliases=",".join(args.alias) if args.alias else None,
+            resample=args.resample,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
         plan = load_plan(out)
         counts = ", ".join(f"{k} {len(v)} subjects/{plan.n_slices[k]} slices" for k, v in plan.split.items())
-        at = (f"{plan.size}px slices at {plan.resolution.spacing_mm:g} mm per pixel" if plan.resolution.native
-              else f"{plan.size}px")
+        at = (
+            f"{plan.size}px slices at {plan.resolution.spacing_mm:g} mm per pixel"
+            if plan.resolution.native
+            else f"{plan.size}px"
+        )
         print(f"prepared {plan.source} -> {plan.target or '-'} at {at} in {out}: {counts}")
     elif args.verb == "train":
         from synthmed.workflows.train import train
@@ -285,92 +418,196 @@ def run_command(args: argparse.Namespace) -> int:
         overrides = _parse_overrides(args.set) or {}
         if args.vgg19_weights:
             overrides["vgg19_weights"] = str(Path(args.vgg19_weights).resolve())
-        summary = train(args.prep, model=args.model, preset=args.preset, out=args.out, steps=args.steps,
-                        batch_size=args.batch_size, patch=args.patch, context=args.context, resume=args.resume, seed=args.seed, device=args.device,
-                        overrides=overrides, progress=progress, num_workers=args.workers,
-                        val_every=args.val_every, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                        amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                        max_minutes=args.max_minutes)
+        summary = train(
+            args.prep,
+            model=args.model,
+            preset=args.preset,
+            out=args.out,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            patch=args.patch,
+            context=args.context,
+            resume=args.resume,
+            seed=args.seed,
+            device=args.device,
+            overrides=overrides,
+            progress=progress,
+            num_workers=args.workers,
+            val_every=args.val_every,
+            log_every=args.log_every,
+            checkpoint_every=args.checkpoint_every,
+            amp=args.amp,
+            channels_last=args.channels_last,
+            compile=args.compile,
+            max_minutes=args.max_minutes,
+        )
         best = summary["best"]
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line rather than one per process
             processes = f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else ""
-            validated = (f"best validation PSNR {best['value']:.2f} dB at step {best['step']}"
-                         if best["step"] else "no validation (best.pt = last.pt)")
-            print(f"trained {summary['steps']} steps in {summary['seconds']} s on {summary['device']}{processes}; "
-                  f"{validated}; run in {args.out}")
+            validated = (
+                f"best validation PSNR {best['value']:.2f} dB at step {best['step']}"
+                if best["step"]
+                else "no validation (best.pt = last.pt)"
+            )
+            print(
+                f"trained {summary['steps']} steps in {summary['seconds']} s on {summary['device']}{processes}; "
+                f"{validated}; run in {args.out}"
+            )
     elif args.verb == "translate":
         from synthmed.workflows.translate import translate
 
-        written = translate(args.run, args.input, args.output, reference=args.reference, overwrite=args.overwrite,
-                            batch_size=args.batch_size, device=args.device, checkpoint=args.checkpoint,
-                            channel=args.channel, sampler=args.sampler, steps=args.steps, eta=args.eta,
-                            samples=args.samples, seed=args.seed, direction=args.direction, amp=args.amp,
-                            mask_background=args.mask_background, strict=args.strict, progress=progress)
+        written = translate(
+            args.run,
+            args.input,
+            args.output,
+            reference=args.reference,
+            overwrite=args.overwrite,
+            batch_size=args.batch_size,
+            device=args.device,
+            checkpoint=args.checkpoint,
+            channel=args.channel,
+            sampler=args.sampler,
+            steps=args.steps,
+            eta=args.eta,
+            samples=args.samples,
+            seed=args.seed,
+            direction=args.direction,
+            amp=args.amp,
+            mask_background=args.mask_background,
+            strict=args.strict,
+            progress=progress,
+        )
         print(f"wrote {len(written)} volume(s): {written[0]}{' ...' if len(written) > 1 else ''}")
     elif args.verb == "generate":
         from synthmed.workflows.generate import generate
 
-        info = generate(args.run, args.n, args.out, steps=args.steps, sampler=args.sampler, eta=args.eta,
-                        fmt=args.format, seed=args.seed, batch_size=args.batch_size, checkpoint=args.checkpoint,
-                        device=args.device, overwrite=args.overwrite, amp=args.amp, progress=progress)
+        info = generate(
+            args.run,
+            args.n,
+            args.out,
+            steps=args.steps,
+            sampler=args.sampler,
+            eta=args.eta,
+            fmt=args.format,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            overwrite=args.overwrite,
+            amp=args.amp,
+            progress=progress,
+        )
         what = "image + mask pairs" if info["masks"] else "images (this generator makes no masks)"
         print(f"generated {info['n']} {what} in {info['seconds']} s into {args.out} (contact_sheet.png)")
     elif args.verb == "benchmark":
         from synthmed.benchmarking.protocol import benchmark
 
-        report = benchmark(args.out, suite=args.suite, models=args.models.split(",") if args.models else None,
-                           data=args.data, pattern=args.pattern, manifest=args.manifest, source=args.source,
-                           target=args.target, label=args.label, budget_steps=args.budget_steps,
-                           budget_minutes=args.budget_minutes, batch_size=args.batch_size, repeats=args.repeats,
-                           seed=args.seed, threads=args.threads, device=args.device, samples=args.samples,
-                           inception_weights=args.inception_weights, inception_variant=args.inception_variant,
-                           overwrite=args.overwrite, progress=progress)
-        tasks = report["tasks"] if "tasks" in report else {"": {"identity": report["identity"]["overall"]["mean"],
-                                                               "methods": {m: e["summary"] for m, e in
-                                                                           report["methods"].items()},
-                                                               "ranking": report.get("ranking")}}
+        report = benchmark(
+            args.out,
+            suite=args.suite,
+            models=args.models.split(",") if args.models else None,
+            data=args.data,
+            pattern=args.pattern,
+            manifest=args.manifest,
+            source=args.source,
+            target=args.target,
+            label=args.label,
+            budget_steps=args.budget_steps,
+            budget_minutes=args.budget_minutes,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            seed=args.seed,
+            threads=args.threads,
+            device=args.device,
+            samples=args.samples,
+            inception_weights=args.inception_weights,
+            inception_variant=args.inception_variant,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+        tasks = (
+            report["tasks"]
+            if "tasks" in report
+            else {
+                "": {
+                    "identity": report["identity"]["overall"]["mean"],
+                    "methods": {m: e["summary"] for m, e in report["methods"].items()},
+                    "ranking": report.get("ranking"),
+                }
+            }
+        )
         for name, task in tasks.items():
             if name:
                 print(f"{task['source']} -> {task['target']}")
-            print(f"{'method':<22} {'PSNR':>7} {'SSIM':>7} {'train s':>8}\n{'identity':<22} "
-                  f"{task['identity']['psnr']:7.2f} {task['identity']['ssim']:7.3f}")
+            print(
+                f"{'method':<22} {'PSNR':>7} {'SSIM':>7} {'train s':>8}\n{'identity':<22} "
+                f"{task['identity']['psnr']:7.2f} {task['identity']['ssim']:7.3f}"
+            )
             for method, summary in task["methods"].items():
-                print(f"{method:<22} {summary['overall_psnr']['mean']:7.2f} {summary['overall_ssim']['mean']:7.3f} "
-                      f"{summary['train_seconds']['mean']:8.1f}")
+                print(
+                    f"{method:<22} {summary['overall_psnr']['mean']:7.2f} {summary['overall_ssim']['mean']:7.3f} "
+                    f"{summary['train_seconds']['mean']:8.1f}"
+                )
             claim = (task.get("ranking") or {}).get("claim")
             if claim and claim["holds_psnr"] is not None:
-                print(f"claim {' > '.join(claim['order'])}: {'holds' if claim['holds_psnr'] else 'does not hold'} "
-                      "by PSNR")
+                print(
+                    f"claim {' > '.join(claim['order'])}: {'holds' if claim['holds_psnr'] else 'does not hold'} by PSNR"
+                )
         print(f"results: {Path(args.out) / 'benchmark.json'} ({report['seconds']} s)")
     elif args.verb == "report":
         from synthmed.benchmarking.report import report
 
-        written = report(args.source, args.out, slices_per_subject=args.slices, convention=args.convention,
-                         overwrite=args.overwrite)
+        written = report(
+            args.source, args.out, slices_per_subject=args.slices, convention=args.convention, overwrite=args.overwrite
+        )
         print(f"wrote {written}")
     elif args.verb == "evaluate":
         from synthmed.workflows.evaluate import evaluate, format_table
 
-        result = evaluate(args.pred, args.ref, mask=args.mask, out=args.out, pred_name=args.pred_name,
-                          ref_name=args.ref_name, match=args.match_intensity, resample=args.resample,
-                          overwrite=args.overwrite)
+        result = evaluate(
+            args.pred,
+            args.ref,
+            mask=args.mask,
+            out=args.out,
+            pred_name=args.pred_name,
+            ref_name=args.ref_name,
+            match=args.match_intensity,
+            resample=args.resample,
+            overwrite=args.overwrite,
+        )
         print(format_table({Path(args.pred).name: result}))
         if args.out:
             print(f"metrics: {', '.join(map(str, result['written']))}")
     elif args.verb == "degrade":
         from synthmed.data.degrade import degrade
 
-        written = degrade(args.input, args.output, kind=args.kind, severity=args.severity, seed=args.seed,
-                          name=args.name, aliases=",".join(args.alias) if args.alias else None, axis=args.axis,
-                          overwrite=args.overwrite, progress=progress)
-        print(f"wrote {len(written)} degraded volume(s) ({args.kind}, severity {args.severity:g}): "
-              f"{written[0]}{' ...' if len(written) > 1 else ''}")
+        written = degrade(
+            args.input,
+            args.output,
+            kind=args.kind,
+            severity=args.severity,
+            seed=args.seed,
+            name=args.name,
+            aliases=",".join(args.alias) if args.alias else None,
+            axis=args.axis,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+        print(
+            f"wrote {len(written)} degraded volume(s) ({args.kind}, severity {args.severity:g}): "
+            f"{written[0]}{' ...' if len(written) > 1 else ''}"
+        )
     elif args.verb == "models":
         from synthmed.models.registry import available_models
 
         listing = {
-            name: {"paper": cls.paper, "paired": cls.paired, "task": cls.task, "presets": cls.PRESETS,
-                   "defaults": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cls.Config()).items()}}
+            name: {
+                "paper": cls.paper,
+                "paired": cls.paired,
+                "task": cls.task,
+                "presets": cls.PRESETS,
+                "defaults": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cls.Config()).items()},
+            }
             for name, cls in available_models().items()
         }
         if args.json:
@@ -378,7 +615,9 @@ def run_command(args: argparse.Namespace) -> int:
         else:
             for name, entry in listing.items():
                 kind = "paired" if entry["paired"] else "unpaired"
-                print(f"{name:<12} {entry['task']:<10} {kind:<9} presets: {', '.join(entry['presets'])}\n  {entry['paper']}")
+                print(
+                    f"{name:<12} {entry['task']:<10} {kind:<9} presets: {', '.join(entry['presets'])}\n  {entry['paper']}"
+                )
                 print("  defaults: " + ", ".join(f"{k}={v}" for k, v in entry["defaults"].items()))
     return 0
 
@@ -410,8 +649,11 @@ def main(argv: list[str] | None = None) -> int:
         return stop.exit_code
     except OSError as error:  # permission denied, a path under /proc, a disk that fills up, ...
         where = f" {error.filename}:" if error.filename else ""
-        print(f"synthmed: error:{where} {error.strerror or error} (while running {args.verb}; check free space "
-              "and permissions)", file=sys.stderr)
+        print(
+            f"synthmed: error:{where} {error.strerror or error} (while running {args.verb}; check free space "
+            "and permissions)",
+            file=sys.stderr,
+        )
         return 2
     finally:
         if in_main_thread:

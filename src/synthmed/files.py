@@ -86,8 +86,9 @@ def read_json_record(path: str | os.PathLike, what: str, fix: str) -> Any:
     except UnicodeDecodeError:
         raise SynthmedError(f"{path}: the {what} is not UTF-8 text; {fix}") from None
     except json.JSONDecodeError as error:
-        raise SynthmedError(f"{path}: the {what} is not valid JSON ({error.msg} at line {error.lineno} "
-                            f"column {error.colno}); {fix}") from None
+        raise SynthmedError(
+            f"{path}: the {what} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); {fix}"
+        ) from None
     except ValueError as error:  # a NaN/Infinity literal, refused by _refuse_constant
         raise SynthmedError(f"{path}: the {what} holds {error}, which strict JSON has not; {fix}") from None
     except OSError as error:
@@ -126,8 +127,9 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Any], Any], binary: b
     try:
         handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=".tmp", dir=parent)
     except OSError as error:
-        raise SynthmedError(f"{path}: cannot write in {parent} ({error.strerror or error}); "
-                            "check the folder and its permissions") from None
+        raise SynthmedError(
+            f"{path}: cannot write in {parent} ({error.strerror or error}); check the folder and its permissions"
+        ) from None
     try:
         with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as stream:
             write(stream)
@@ -137,8 +139,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Any], Any], binary: b
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
-        raise SynthmedError(f"{path}: writing failed ({error.strerror or error}); check free space and "
-                            "permissions (nothing was changed)") from None
+        raise SynthmedError(
+            f"{path}: writing failed ({error.strerror or error}); check free space and "
+            "permissions (nothing was changed)"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -160,8 +164,10 @@ def require_free_space(folder: str | os.PathLike, needed: int, what: str) -> Non
         return  # unknown: the writes themselves will tell
     margin = 16 * 2**20 + needed // 50
     if free < needed + margin:
-        raise SynthmedError(f"{folder}: {what} needs {_size_text(needed + margin)} of disk space, only "
-                            f"{_size_text(free)} is free; free some space or choose another output")
+        raise SynthmedError(
+            f"{folder}: {what} needs {_size_text(needed + margin)} of disk space, only "
+            f"{_size_text(free)} is free; free some space or choose another output"
+        )
 
 
 def _size_text(count: int) -> str:
@@ -218,9 +224,13 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Callable[[str], b
         removed.append(path)
     if removed:
         pids = sorted({int(_TEMPORARY.match(p.name)["pid"]) for p in removed})
-        log.info("removed %d leftover temporary file(s) of interrupted synthmed run(s) (process %s) in %s: %s",
-                 len(removed), ", ".join(map(str, pids)), folder, ", ".join(p.name for p in removed[:3])
-                 + (" ..." if len(removed) > 3 else ""))
+        log.info(
+            "removed %d leftover temporary file(s) of interrupted synthmed run(s) (process %s) in %s: %s",
+            len(removed),
+            ", ".join(map(str, pids)),
+            folder,
+            ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""),
+        )
     return removed
 
 
@@ -246,7 +256,11 @@ def read_marker(folder: str | os.PathLike) -> dict | None:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(record, dict) or record.get("format") != MARKER_FORMAT or not isinstance(record.get("command"), str):
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != MARKER_FORMAT
+        or not isinstance(record.get("command"), str)
+    ):
         return None
     written = record.get("written", [])
     record["written"] = [p for p in written if isinstance(p, str)] if isinstance(written, list) else []
@@ -258,8 +272,12 @@ def marked_by(folder: str | os.PathLike, command: str) -> bool:
     return marker is not None and marker["command"] == command
 
 
-def ownership_problem(folder: str | os.PathLike, command: str, expected: Callable[[Path], bool],
-                      legacy: Callable[[Path], bool] | None = None) -> str | None:
+def ownership_problem(
+    folder: str | os.PathLike,
+    command: str,
+    expected: Callable[[Path], bool],
+    legacy: Callable[[Path], bool] | None = None,
+) -> str | None:
     """Why ``folder`` may not be replaced as an output of ``synthmed <command>``, or None when it may.
 
     It may when it carries that command's marker (or, for folders made before markers existed, ``legacy``
@@ -276,8 +294,12 @@ def ownership_problem(folder: str | os.PathLike, command: str, expected: Callabl
     return None
 
 
-def remove_owned_folder(folder: str | os.PathLike, command: str, expected: Callable[[Path], bool],
-                        legacy: Callable[[Path], bool] | None = None) -> None:
+def remove_owned_folder(
+    folder: str | os.PathLike,
+    command: str,
+    expected: Callable[[Path], bool],
+    legacy: Callable[[Path], bool] | None = None,
+) -> None:
     """Delete an output folder of ``synthmed <command>``; refused (nothing deleted) unless
     :func:`ownership_problem` finds it is wholly synthmed's."""
     folder = Path(folder)
@@ -309,7 +331,11 @@ def _read_ledger(folder: Path) -> dict[str, dict]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
-    if not isinstance(record, dict) or record.get("format") != LEDGER_FORMAT or not isinstance(record.get("files"), dict):
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != LEDGER_FORMAT
+        or not isinstance(record.get("files"), dict)
+    ):
         return {}
     return {name: entry for name, entry in record["files"].items() if isinstance(name, str) and isinstance(entry, dict)}
 
@@ -327,7 +353,9 @@ def record_written(paths: Iterable[str | os.PathLike], command: str) -> None:
         files = {name: entry for name, entry in _read_ledger(folder).items() if (folder / name).exists()}
         for name in names:
             files[name] = {"command": command, "written": when, **_fingerprint(folder / name)}
-        write_text_atomic(folder / LEDGER_NAME, json_text({"format": LEDGER_FORMAT, "files": dict(sorted(files.items()))}) + "\n")
+        write_text_atomic(
+            folder / LEDGER_NAME, json_text({"format": LEDGER_FORMAT, "files": dict(sorted(files.items()))}) + "\n"
+        )
 
 
 def _fingerprint(path: Path) -> dict[str, int]:
@@ -364,9 +392,11 @@ def refuse_replacing_foreign(paths: Iterable[str | os.PathLike], command: str) -
         path = Path(path)
         if (path.exists() or path.is_symlink()) and not written_by_synthmed(path):
             kind = "a symbolic link" if path.is_symlink() else "a file synthmed did not write"
-            raise SynthmedError(f"{path} exists and is {kind}; --overwrite replaces only synthmed's own outputs "
-                                f"(listed in {LEDGER_NAME} beside them): delete it yourself or choose another name "
-                                f"for the {command} output")
+            raise SynthmedError(
+                f"{path} exists and is {kind}; --overwrite replaces only synthmed's own outputs "
+                f"(listed in {LEDGER_NAME} beside them): delete it yourself or choose another name "
+                f"for the {command} output"
+            )
 
 
 # ----------------------------------------------------------------------------- inputs versus outputs
@@ -404,13 +434,15 @@ def refuse_overlap(output: str | os.PathLike, inputs: Iterable[str | os.PathLike
             continue
         item = Path(item)
         if same_file(output, item):
-            raise SynthmedError(f"{what} {output} is the input {item}; writing it would destroy the input: "
-                                "choose another output")
+            raise SynthmedError(
+                f"{what} {output} is the input {item}; writing it would destroy the input: choose another output"
+            )
         if within(item, output):
             raise SynthmedError(f"{what} {output} contains the input {item}; choose an output outside your data")
         if item.is_dir() and within(output, item):
-            raise SynthmedError(f"{what} {output} lies inside the input folder {item}; choose an output outside "
-                                "your data")
+            raise SynthmedError(
+                f"{what} {output} lies inside the input folder {item}; choose an output outside your data"
+            )
 
 
 # ----------------------------------------------------------------------------- locks
@@ -444,7 +476,9 @@ def output_lock(output: str | os.PathLike, command: str | None = None) -> Iterat
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SynthmedError(f"cannot create folder {path.parent} ({error.strerror or error}); choose another output") from None
+        raise SynthmedError(
+            f"cannot create folder {path.parent} ({error.strerror or error}); choose another output"
+        ) from None
     handle = _acquire(path, Path(output), command or _command_line())
     _held[path] = 1
     try:
@@ -469,13 +503,16 @@ def _acquire(path: Path, output: Path, command: str) -> int:
         try:
             handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise SynthmedError(f"{output}: cannot create the lock file {path} ({error.strerror or error}); "
-                                "choose a writable output") from None
+            raise SynthmedError(
+                f"{output}: cannot create the lock file {path} ({error.strerror or error}); choose a writable output"
+            ) from None
         if not _try_lock(handle):
             holder = _holder_text(handle)
             os.close(handle)
-            raise SynthmedError(f"{output} is in use by another synthmed command ({holder}); wait for it to "
-                                "finish, or choose another output")
+            raise SynthmedError(
+                f"{output} is in use by another synthmed command ({holder}); wait for it to "
+                "finish, or choose another output"
+            )
         # The previous holder removes the file as it releases it: a lock on a file no longer at ``path``
         # protects nothing, so take it again on the file that is there now.
         try:
@@ -485,8 +522,12 @@ def _acquire(path: Path, output: Path, command: str) -> int:
         if same:
             break
         os.close(handle)
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     try:
         os.ftruncate(handle, 0)
         os.write(handle, json.dumps(record).encode())

@@ -12,9 +12,9 @@ fields; unknown extra fields are kept, since newer versions may add some).
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import math
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,11 @@ class Int(Spec):
     def check(self, value, where):
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(where, f"is {_shown(value)}, expected {self.expected()}")
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high) or (
-                self.multiple and value % self.multiple):
+        if (
+            (self.low is not None and value < self.low)
+            or (self.high is not None and value > self.high)
+            or (self.multiple and value % self.multiple)
+        ):
             raise Invalid(where, f"is {value}, expected {self.expected()}")
 
 

@@ -75,10 +75,18 @@ def segmentation_network(size: int, channels: Sequence[int] = (16, 32, 64), num_
         raise SynthmedError(f"segmentation network channels {channels}: give at least two levels")
     factor = 2 ** (len(channels) - 1)
     if size % factor:
-        raise SynthmedError(f"slice size {size} is not divisible by {factor} ({len(channels)} U-Net levels); "
-                            "use fewer levels or another size")
-    return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=channels,
-                strides=(2,) * (len(channels) - 1), num_res_units=num_res_units)
+        raise SynthmedError(
+            f"slice size {size} is not divisible by {factor} ({len(channels)} U-Net levels); "
+            "use fewer levels or another size"
+        )
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=num_res_units,
+    )
 
 
 def _as_array(x: np.ndarray, name: str) -> np.ndarray:
@@ -164,9 +172,9 @@ def segment(network: nn.Module, images: np.ndarray) -> np.ndarray:
     device = next(network.parameters()).device
     out = np.zeros(images.shape, dtype=np.uint8)
     for start in range(0, len(images), SEGMENT_BATCH):
-        x = torch.from_numpy(np.ascontiguousarray(images[start:start + SEGMENT_BATCH], dtype=np.float32))[:, None]
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + SEGMENT_BATCH], dtype=np.float32))[:, None]
         logits = network(x.to(device))[:, 0]
-        out[start:start + len(x)] = (torch.sigmoid(logits) > THRESHOLD).cpu().numpy()
+        out[start : start + len(x)] = (torch.sigmoid(logits) > THRESHOLD).cpu().numpy()
     return out
 
 
@@ -176,7 +184,9 @@ def _subject_scores(pred: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
     pred = pred > 0
     has_lesion = ref.reshape(len(ref), -1).any(axis=1)
     result: dict[str, Any] = {
-        "n_slices": int(len(ref)), "n_lesion_slices": int(has_lesion.sum()), "reference_voxels": int(ref.sum()),
+        "n_slices": int(len(ref)),
+        "n_lesion_slices": int(has_lesion.sum()),
+        "reference_voxels": int(ref.sum()),
         "predicted_voxels": int(pred.sum()),
         "false_positive_voxels_on_lesion_free_slices": int(pred[~has_lesion].sum()),
     }
@@ -203,8 +213,15 @@ def _quartiles(x: np.ndarray) -> dict[str, float | None]:
     if len(x) == 0:
         return {"mean": None, "sd": None, "min": None, "q1": None, "median": None, "q3": None, "max": None}
     q = np.percentile(x, [0, 25, 50, 75, 100])
-    return {"mean": float(x.mean()), "sd": float(x.std(ddof=1)) if len(x) > 1 else None, "min": float(q[0]),
-            "q1": float(q[1]), "median": float(q[2]), "q3": float(q[3]), "max": float(q[4])}
+    return {
+        "mean": float(x.mean()),
+        "sd": float(x.std(ddof=1)) if len(x) > 1 else None,
+        "min": float(q[0]),
+        "q1": float(q[1]),
+        "median": float(q[2]),
+        "q3": float(q[3]),
+        "max": float(q[4]),
+    }
 
 
 def _areas_counts(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,8 +275,12 @@ def compare_mask_statistics(real_masks: np.ndarray, generated_masks: np.ndarray)
         if len(a) == 0 or len(b) == 0:
             return {"statistic": None, "pvalue": None, "n_real": int(len(a)), "n_generated": int(len(b))}
         result = ks_2samp(a, b)
-        return {"statistic": float(result.statistic), "pvalue": float(result.pvalue), "n_real": int(len(a)),
-                "n_generated": int(len(b))}
+        return {
+            "statistic": float(result.statistic),
+            "pvalue": float(result.pvalue),
+            "n_real": int(len(a)),
+            "n_generated": int(len(b)),
+        }
 
     real_nonempty, gen_nonempty = real_areas > 0, gen_areas > 0
     real_stats, gen_stats = mask_statistics(real_masks), mask_statistics(generated_masks)
@@ -327,10 +348,13 @@ def _load_generated(generated: dict[str, str | Path] | None, counts: list[int], 
             raise SynthmedError(
                 f"generated set {name!r} ({folder}) has {images.shape[1]}x{images.shape[2]} slices but the prepared "
                 f"folder's slices are {size}x{size}; generate at the prepared size (or prepare with --size "
-                f"{images.shape[1]})")
+                f"{images.shape[1]})"
+            )
         if masks is not None and len(images) < need:
-            raise SynthmedError(f"generated set {name!r} ({folder}) holds {len(images)} pairs, fewer than the "
-                                f"{need} asked for by the extra counts; generate more or lower the counts")
+            raise SynthmedError(
+                f"generated set {name!r} ({folder}) holds {len(images)} pairs, fewer than the "
+                f"{need} asked for by the extra counts; generate more or lower the counts"
+            )
         loaded[name] = {"folder": str(folder), "images": images, "masks": masks, "info": info}
     return loaded
 
@@ -423,30 +447,48 @@ def segbench(
     result: dict[str, Any] = {
         "benchmark": "segbench",
         "settings": {
-            "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "seeds": seeds,
-            "extra_counts": counts, "device": str(torch_device), "lesion_slices_only": bool(lesion_slices_only),
-            "network": {"kind": "monai.networks.nets.UNet", "spatial_dims": 2, "channels": list(channels),
-                        "strides": [2] * (len(channels) - 1), "num_res_units": 1, "norm": "instance"},
+            "steps": int(steps),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            "seeds": seeds,
+            "extra_counts": counts,
+            "device": str(torch_device),
+            "lesion_slices_only": bool(lesion_slices_only),
+            "network": {
+                "kind": "monai.networks.nets.UNet",
+                "spatial_dims": 2,
+                "channels": list(channels),
+                "strides": [2] * (len(channels) - 1),
+                "num_res_units": 1,
+                "norm": "instance",
+            },
             "loss": "monai DiceCELoss(sigmoid=True, batch=True): soft Dice over the batch's voxels + BCE with logits",
             "optimizer": "Adam",
             "augmentation": "random left-right and up-down flips, probability 1/2 each",
             "lesion_fraction": float(lesion_fraction),
             "sampling": "each step draws round(lesion_fraction * batch_size) slices uniformly with replacement from "
-                        "the pool's slices whose mask holds lesion, the rest uniformly from the whole pool (real and "
-                        "generated alike)",
+            "the pool's slices whose mask holds lesion, the rest uniformly from the whole pool (real and "
+            "generated alike)",
             "training_set": "all train-split slices of the prepared folder (prepare keeps only slices with "
-                            "non-trivial foreground; lesion-free slices included), plus for arm NAME+N the first N "
-                            "pairs of generated set NAME",
-            "evaluation": ("test-split subjects; per subject Dice/IoU over the pooled voxels of its slices that "
-                           "contain reference lesion" if lesion_slices_only else
-                           "test-split subjects; per subject Dice/IoU over the pooled voxels of all its slices")
-                          + "; prediction = sigmoid > 0.5; subjects without reference lesion are left out of the "
-                            "means; per-seed value = mean over subjects; arm value = mean and sample sd over seeds",
+            "non-trivial foreground; lesion-free slices included), plus for arm NAME+N the first N "
+            "pairs of generated set NAME",
+            "evaluation": (
+                "test-split subjects; per subject Dice/IoU over the pooled voxels of its slices that "
+                "contain reference lesion"
+                if lesion_slices_only
+                else "test-split subjects; per subject Dice/IoU over the pooled voxels of all its slices"
+            )
+            + "; prediction = sigmoid > 0.5; subjects without reference lesion are left out of the "
+            "means; per-seed value = mean over subjects; arm value = mean and sample sd over seeds",
             "headline_slices": headline,
         },
         "data": {
-            "prepared": str(prep), "source": data.plan.source, "label": data.plan.label, "size": size,
-            "train_subjects": list(data.plan.split["train"]), "test_subjects": subjects,
+            "prepared": str(prep),
+            "source": data.plan.source,
+            "label": data.plan.label,
+            "size": size,
+            "train_subjects": list(data.plan.split["train"]),
+            "test_subjects": subjects,
             "train_slices": int(len(train_rows)),
             "train_lesion_slices": int(real_masks.reshape(len(real_masks), -1).any(axis=1).sum()),
             "train_lesion_voxels": int(real_masks.sum()),
@@ -465,11 +507,17 @@ def segbench(
         info = entry["info"]
         image_only = entry["masks"] is None
         result["generated"][name] = {
-            "folder": entry["folder"], "available": int(len(entry["images"])), "masks": not image_only,
-            "generation": {k: info.get(k) for k in ("run", "model", "checkpoint", "n", "sampler", "steps", "seed",
-                                                    "format", "mask_threshold") if k in info},
-            "fid": fid_or_unavailable(real_lesion_images, entry["images"],
-                                      str(inception_weights) if inception_weights else None),
+            "folder": entry["folder"],
+            "available": int(len(entry["images"])),
+            "masks": not image_only,
+            "generation": {
+                k: info.get(k)
+                for k in ("run", "model", "checkpoint", "n", "sampler", "steps", "seed", "format", "mask_threshold")
+                if k in info
+            },
+            "fid": fid_or_unavailable(
+                real_lesion_images, entry["images"], str(inception_weights) if inception_weights else None
+            ),
             "fid_reference": "the real train-split slices that hold a lesion",
             "mask_statistics": None if image_only else compare_mask_statistics(real_masks, entry["masks"]),
             "mask_statistics_reference": "the real train-split label masks (label > 0), all slices",
@@ -478,7 +526,8 @@ def segbench(
         if image_only:
             result["generated"][name]["segmentation"] = (
                 "not used: these are images without lesion masks (an image-only generator), so they cannot "
-                "supervise a segmenter; pairing them with masks from elsewhere would not test the generator")
+                "supervise a segmenter; pairing them with masks from elsewhere would not test the generator"
+            )
 
     for arm in arms:
         if arm["generated"] is None:
@@ -491,8 +540,17 @@ def segbench(
         arm.update({"n_real": int(len(real_images)), "n_train": int(len(images)), "seeds": []})
         for seed in seeds:
             started = time.perf_counter()
-            network = train_segmenter(images, masks, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                                      device=torch_device, channels=channels, lesion_fraction=lesion_fraction)
+            network = train_segmenter(
+                images,
+                masks,
+                steps=steps,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                device=torch_device,
+                channels=channels,
+                lesion_fraction=lesion_fraction,
+            )
             seconds = time.perf_counter() - started
             pred = segment(network, test_images)
             per_subject = {}
@@ -501,20 +559,28 @@ def segbench(
                 per_subject[number_to_subject[number]] = _subject_scores(pred[chosen], test_masks[chosen])
             dice = [s[headline]["dice"] for s in per_subject.values() if s[headline]["dice"] is not None]
             iou = [s[headline]["iou"] for s in per_subject.values() if s[headline]["iou"] is not None]
-            arm["seeds"].append({
-                "seed": seed, "train_seconds": round(seconds, 2),
-                "dice": float(np.mean(dice)) if dice else None, "iou": float(np.mean(iou)) if iou else None,
-                "subjects_scored": len(dice), "subjects": per_subject,
-            })
-            say(f"{arm['arm']} seed {seed}: Dice {arm['seeds'][-1]['dice']}, IoU {arm['seeds'][-1]['iou']} "
-                f"({seconds:.1f} s)")
+            arm["seeds"].append(
+                {
+                    "seed": seed,
+                    "train_seconds": round(seconds, 2),
+                    "dice": float(np.mean(dice)) if dice else None,
+                    "iou": float(np.mean(iou)) if iou else None,
+                    "subjects_scored": len(dice),
+                    "subjects": per_subject,
+                }
+            )
+            say(
+                f"{arm['arm']} seed {seed}: Dice {arm['seeds'][-1]['dice']}, IoU {arm['seeds'][-1]['iou']} "
+                f"({seconds:.1f} s)"
+            )
             if arm["generated"] is None:
                 if consistency:
                     for name, entry in loaded.items():
                         if entry["masks"] is None:
                             continue
                         result["generated"][name]["consistency"].append(
-                            {"seed": seed, **image_mask_consistency(network, entry["images"], entry["masks"])})
+                            {"seed": seed, **image_mask_consistency(network, entry["images"], entry["masks"])}
+                        )
         arm["dice"] = _mean_sd([s["dice"] for s in arm["seeds"]])
         arm["iou"] = _mean_sd([s["iou"] for s in arm["seeds"]])
         result["arms"].append(arm)
@@ -522,11 +588,16 @@ def segbench(
     real_arm = result["arms"][0]
     real_dice = {s["seed"]: s["dice"] for s in real_arm["seeds"]}
     for arm in result["arms"]:
-        deltas = [None if s["dice"] is None or real_dice[s["seed"]] is None else s["dice"] - real_dice[s["seed"]]
-                  for s in arm["seeds"]]
+        deltas = [
+            None if s["dice"] is None or real_dice[s["seed"]] is None else s["dice"] - real_dice[s["seed"]]
+            for s in arm["seeds"]
+        ]
         result["summary"][arm["arm"]] = {
-            "n_generated": arm["n_generated"], "dice_mean": arm["dice"]["mean"], "dice_sd": arm["dice"]["sd"],
-            "iou_mean": arm["iou"]["mean"], "iou_sd": arm["iou"]["sd"],
+            "n_generated": arm["n_generated"],
+            "dice_mean": arm["dice"]["mean"],
+            "dice_sd": arm["dice"]["sd"],
+            "iou_mean": arm["iou"]["mean"],
+            "iou_sd": arm["iou"]["sd"],
             "dice_minus_real": _mean_sd(deltas) if arm is not real_arm else None,
         }
     return result

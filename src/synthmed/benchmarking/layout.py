@@ -87,7 +87,8 @@ def translated_volumes(folder: Path) -> list[Path]:
     the volume they belong to) and without hidden or partial files."""
     if not folder.is_dir():
         return []
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
-             and suffix_of_name(p.name)]
+    files = [
+        p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and suffix_of_name(p.name)
+    ]
     maps = {std_path(p) for p in files}
     return [p for p in files if p not in maps]

@@ -55,20 +55,24 @@ from synthmed.benchmarking.suites import Method, Suite, Task, get_suite
 from synthmed.data.io import ensure_writable_folder
 from synthmed.data.plan import Plan, load_plan
 from synthmed.data.recipes.shared_real import real_suite_manifest
+from synthmed.engine.run_folder import RunFolder, is_run_entry, legacy_run
 from synthmed.errors import SynthmedError
 from synthmed.files import output_lock, remove_owned_folder, write_marker
-from synthmed.engine.run_folder import RunFolder, is_run_entry, legacy_run
 from synthmed.models.registry import available_models
 
-PROTOCOL_TEXT = ("held-out test subjects; target units; inside the reference's foreground (and inside the lesion where "
-                 "the subject has a label); PSNR data range = reference range in the region; SSIM = mean of 2D slice "
-                 "SSIMs, SSIM 3D with a 3D window; outputs scaled by the reference's two robust percentiles, the "
-                 "identity baseline mapped by the same two")
+PROTOCOL_TEXT = (
+    "held-out test subjects; target units; inside the reference's foreground (and inside the lesion where "
+    "the subject has a label); PSNR data range = reference range in the region; SSIM = mean of 2D slice "
+    "SSIMs, SSIM 3D with a 3D window; outputs scaled by the reference's two robust percentiles, the "
+    "identity baseline mapped by the same two"
+)
 CONVENTIONS = {
     "toolkit": "target units, inside the reference's foreground, PSNR data range = the reference's range there",
-    "max_normalised": ("SynDiff's test code: each axial slice that holds the head, negatives clipped to 0, divided by "
-                       "its own maximum (prediction and reference separately); PSNR with data range 1 and 2D SSIM "
-                       "over the whole slice; mean over slices"),
+    "max_normalised": (
+        "SynDiff's test code: each axial slice that holds the head, negatives clipped to 0, divided by "
+        "its own maximum (prediction and reference separately); PSNR with data range 1 and 2D SSIM "
+        "over the whole slice; mean over slices"
+    ),
 }
 
 
@@ -146,12 +150,24 @@ def benchmark(
         if pattern or manifest or label:
             raise SynthmedError("--suite real builds its own manifest from --data; drop --pattern/--manifest/--label")
         if data is None:
-            raise SynthmedError("--suite real reads real scans: pass --data with the folder that holds brats/ and ms/ "
-                                "(e.g. ../shared/data/real)")
-    protocol = Protocol(methods=methods, steps=steps, batch_size=batch_size, repeats=repeats, seed=seed,
-                        threads=threads, device=device, budget_minutes=budget_minutes, samples=samples,
-                        inception_weights=str(Path(inception_weights).resolve()) if inception_weights else None,
-                        inception_variant=inception_variant, progress=progress)
+            raise SynthmedError(
+                "--suite real reads real scans: pass --data with the folder that holds brats/ and ms/ "
+                "(e.g. ../shared/data/real)"
+            )
+    protocol = Protocol(
+        methods=methods,
+        steps=steps,
+        batch_size=batch_size,
+        repeats=repeats,
+        seed=seed,
+        threads=threads,
+        device=device,
+        budget_minutes=budget_minutes,
+        samples=samples,
+        inception_weights=str(Path(inception_weights).resolve()) if inception_weights else None,
+        inception_variant=inception_variant,
+        progress=progress,
+    )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SynthmedError(f"--out {out} is a file, not a folder; choose another --out")
@@ -160,8 +176,9 @@ def benchmark(
     with output_lock(out):
         ensure_writable_folder(out)
         write_marker(out, "benchmark")
-        source_data = DataSource(Path(data) if data is not None else None, pattern,
-                                 Path(manifest) if manifest else None, label)
+        source_data = DataSource(
+            Path(data) if data is not None else None, pattern, Path(manifest) if manifest else None, label
+        )
         if chosen.data == "real":
             source_data = DataSource(Path(data), manifest=real_suite_manifest(data, out / "manifest.csv"))
         if chosen.data != "real" and len(tasks) == 1 and not tasks[0].reverse:
@@ -182,13 +199,16 @@ def _methods(suite: Suite, models: list[str] | None) -> tuple[Method, ...]:
         raise SynthmedError(f"--models: unknown {', '.join(unknown)}; available: {', '.join(known)}")
     generators = [m.model for m in methods if m.model not in known]
     if generators:
-        raise SynthmedError(f"--models: {', '.join(generators)} generate(s) rather than translate; this protocol "
-                            "scores translations (see benchmarks/segbench.py for generators)")
+        raise SynthmedError(
+            f"--models: {', '.join(generators)} generate(s) rather than translate; this protocol "
+            "scores translations (see benchmarks/segbench.py for generators)"
+        )
     for method in methods:
         presets = available_models()[method.model].PRESETS
         if method.preset not in presets:
-            raise SynthmedError(f"--models {method.model}:{method.preset}: no such preset; {method.model} has "
-                                f"{', '.join(presets)}")
+            raise SynthmedError(
+                f"--models {method.model}:{method.preset}: no such preset; {method.model} has {', '.join(presets)}"
+            )
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise SynthmedError(f"--models: {', '.join(labels)} names a method twice")
@@ -209,12 +229,17 @@ def _tasks(suite: Suite, source: str | None, target: str | None) -> tuple[Task, 
     return (Task(source, target, reverse=any(task.reverse for task in suite.tasks)),)
 
 
-def _run_tasks(out: Path, tasks: tuple[Task, ...], suite: Suite, protocol: Protocol,
-               data: DataSource) -> dict[str, Any]:
+def _run_tasks(
+    out: Path, tasks: tuple[Task, ...], suite: Suite, protocol: Protocol, data: DataSource
+) -> dict[str, Any]:
     """Every task in ``out/<task>`` (its reverse in ``out/<reverse task>``); ``out/benchmark.json`` lists them."""
     started = time.perf_counter()
-    index: dict[str, Any] = {"benchmark": "synthmed benchmark", "suite": suite.name,
-                             "description": suite.description, "tasks": {}}
+    index: dict[str, Any] = {
+        "benchmark": "synthmed benchmark",
+        "suite": suite.name,
+        "description": suite.description,
+        "tasks": {},
+    }
     if data.folder is not None:
         index["data"] = str(data.folder.resolve())
     if data.manifest is not None:
@@ -223,10 +248,14 @@ def _run_tasks(out: Path, tasks: tuple[Task, ...], suite: Suite, protocol: Proto
         data = DataSource(_phantoms(TaskFolder(out), suite, protocol), label=data.label or "lesion")
 
     def add(name: str, task_source: str, task_target: str, result: dict[str, Any]) -> None:
-        index["tasks"][name] = {"folder": name, "source": task_source, "target": task_target,
-                                "identity": result["identity"]["overall"]["mean"],
-                                "methods": {m: e["summary"] for m, e in result["methods"].items()},
-                                "ranking": result.get("ranking")}
+        index["tasks"][name] = {
+            "folder": name,
+            "source": task_source,
+            "target": task_target,
+            "identity": result["identity"]["overall"]["mean"],
+            "methods": {m: e["summary"] for m, e in result["methods"].items()},
+            "ranking": result.get("ranking"),
+        }
         index["seconds"] = round(time.perf_counter() - started, 1)
         write_index(out, index)
 
@@ -250,27 +279,70 @@ def _run_tasks(out: Path, tasks: tuple[Task, ...], suite: Suite, protocol: Proto
 def _phantoms(folder: TaskFolder, suite: Suite, protocol: Protocol) -> Path:
     if not (folder.phantoms / "sub-001").is_dir():
         seed = suite.phantom_seed if suite.phantom_seed is not None else protocol.seed
-        _cli(folder, protocol, ["phantom", str(folder.phantoms), "--subjects", str(suite.subjects), "--size",
-                                str(suite.size), "--seed", str(seed), "--overwrite"], "phantom.log")
+        _cli(
+            folder,
+            protocol,
+            [
+                "phantom",
+                str(folder.phantoms),
+                "--subjects",
+                str(suite.subjects),
+                "--size",
+                str(suite.size),
+                "--seed",
+                str(seed),
+                "--overwrite",
+            ],
+            "phantom.log",
+        )
     return folder.phantoms
 
 
-def _prepared(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
-              data: DataSource) -> tuple[dict, DataSource]:
+def _prepared(
+    folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol, data: DataSource
+) -> tuple[dict, DataSource]:
     """The plan of the task's prepared folder (made once; a rerun reuses it) and the data it was prepared from."""
     if data.folder is None:
         data = DataSource(_phantoms(folder, suite, protocol), label=data.label or "lesion")
     source, target = task.source, task.target
     if task.degrade:
         if not any(folder.degraded.glob("*/*")):
-            _cli(folder, protocol, ["degrade", str(data.folder), str(folder.degraded), "--name", task.source,
-                                    "--kind", task.degrade, "--severity", "1", "--seed", str(protocol.seed),
-                                    "--overwrite"], "degrade.log")
+            _cli(
+                folder,
+                protocol,
+                [
+                    "degrade",
+                    str(data.folder),
+                    str(folder.degraded),
+                    "--name",
+                    task.source,
+                    "--kind",
+                    task.degrade,
+                    "--severity",
+                    "1",
+                    "--seed",
+                    str(protocol.seed),
+                    "--overwrite",
+                ],
+                "degrade.log",
+            )
         # degrade links the clean scan beside the degraded one, nothing else: no lesion label there
         data = DataSource(folder.degraded)
         source = f"{task.source}_{task.degrade}"
-    arguments = ["prepare", str(data.folder), "--source", source, "--target", target, "--out", str(folder.prep),
-                 "--size", str(suite.size), "--seed", str(protocol.seed)]
+    arguments = [
+        "prepare",
+        str(data.folder),
+        "--source",
+        source,
+        "--target",
+        target,
+        "--out",
+        str(folder.prep),
+        "--size",
+        str(suite.size),
+        "--seed",
+        str(protocol.seed),
+    ]
     if suite.split != "manifest":  # the real suite's manifest fixes every subject's split
         arguments += ["--split", suite.split]
     for option, value in (("--label", data.label), ("--pattern", data.pattern), ("--manifest", data.manifest)):
@@ -283,8 +355,10 @@ def _prepared(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
 
     wanted = (canonical_modality(source, {}), canonical_modality(target, {}), suite.size)
     if (plan.source, plan.target, plan.size) != wanted:
-        raise SynthmedError(f"{folder.prep} holds {plan.source} -> {plan.target} at {plan.size} px, not "
-                            f"{wanted[0]} -> {wanted[1]} at {wanted[2]} px; choose another --out")
+        raise SynthmedError(
+            f"{folder.prep} holds {plan.source} -> {plan.target} at {plan.size} px, not "
+            f"{wanted[0]} -> {wanted[1]} at {wanted[2]} px; choose another --out"
+        )
     if not plan.test_subjects:
         raise SynthmedError(f"{folder.prep}: no test subjects; the benchmark scores held-out subjects only")
     return plan, data
@@ -295,14 +369,22 @@ def _run_task(folder: TaskFolder, task: Task, suite: Suite, protocol: Protocol, 
     return _score_direction(folder, folder, task, suite, protocol, data, "A2B")
 
 
-def _run_reverse(folder: TaskFolder, forward: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
-                 data: DataSource) -> dict[str, Any]:
+def _run_reverse(
+    folder: TaskFolder, forward: TaskFolder, task: Task, suite: Suite, protocol: Protocol, data: DataSource
+) -> dict[str, Any]:
     """Target -> source with the forward task's runs, for the methods trained both ways."""
     return _score_direction(folder, forward, task, suite, protocol, data, "B2A")
 
 
-def _score_direction(folder: TaskFolder, forward: TaskFolder, task: Task, suite: Suite, protocol: Protocol,
-                     data: DataSource, direction: str) -> dict[str, Any]:
+def _score_direction(
+    folder: TaskFolder,
+    forward: TaskFolder,
+    task: Task,
+    suite: Suite,
+    protocol: Protocol,
+    data: DataSource,
+    direction: str,
+) -> dict[str, Any]:
     """Train (A2B; B2A reuses ``forward``'s runs), translate and score every method and repeat into ``folder``."""
     started = time.perf_counter()
     plan, data = _prepared(forward, task, suite, protocol, data)
@@ -321,8 +403,7 @@ def _score_direction(folder: TaskFolder, forward: TaskFolder, task: Task, suite:
     if direction != "A2B":
         record["trained_in"] = forward.root.name
         methods = [m for m in methods if direction in available_models()[m.model].directions]
-        record["skipped"] = {m.label: "translates source -> target only" for m in protocol.methods
-                             if m not in methods}
+        record["skipped"] = {m.label: "translates source -> target only" for m in protocol.methods if m not in methods}
     inputs = _test_folder(folder, sources, source, "inputs")
     reference_folder = _test_folder(folder, references, target, "references")
     for method in methods:
@@ -333,25 +414,61 @@ def _score_direction(folder: TaskFolder, forward: TaskFolder, task: Task, suite:
                 usage = _train(folder, method, run_seed, protocol)
             else:  # trained by the forward task
                 usage = {"peak_rss_mb": None, "wall_seconds": None, "reused": True}
-            entries.append(_translate_and_score(folder, method, run_seed, protocol, inputs, reference_folder,
-                                                references, lesions, fid, usage, direction))
+            entries.append(
+                _translate_and_score(
+                    folder,
+                    method,
+                    run_seed,
+                    protocol,
+                    inputs,
+                    reference_folder,
+                    references,
+                    lesions,
+                    fid,
+                    usage,
+                    direction,
+                )
+            )
         _add_method(folder, record, method, entries, suite, started)
     record["complete"] = True
     write_task_record(folder.root, record, started)
     return record
 
 
-def _task_record(folder: TaskFolder, suite: Suite, protocol: Protocol, plan: Plan, data: DataSource,
-                 lesions: dict[str, Path], fid: FidScorer, source: str, target: str) -> dict[str, Any]:
+def _task_record(
+    folder: TaskFolder,
+    suite: Suite,
+    protocol: Protocol,
+    plan: Plan,
+    data: DataSource,
+    lesions: dict[str, Path],
+    fid: FidScorer,
+    source: str,
+    target: str,
+) -> dict[str, Any]:
     settings = {key: value for key, value in asdict(protocol).items() if key not in ("methods", "progress")}
     return {
-        "benchmark": "synthmed benchmark", "suite": suite.name, "description": suite.description,
-        "settings": {**settings, "subjects": suite.subjects, "size": suite.size, "split": suite.split,
-                     "methods": {m.label: {"model": m.model, "preset": m.preset} for m in protocol.methods},
-                     "source": source, "target": target},
-        "data": {"folder": str(data.folder), "prepared": str(folder.prep), "source": source, "target": target,
-                 "label": plan.label or ("manifest" if lesions else None), "split": plan.split,
-                 "lesion_subjects": sorted(lesions)},
+        "benchmark": "synthmed benchmark",
+        "suite": suite.name,
+        "description": suite.description,
+        "settings": {
+            **settings,
+            "subjects": suite.subjects,
+            "size": suite.size,
+            "split": suite.split,
+            "methods": {m.label: {"model": m.model, "preset": m.preset} for m in protocol.methods},
+            "source": source,
+            "target": target,
+        },
+        "data": {
+            "folder": str(data.folder),
+            "prepared": str(folder.prep),
+            "source": source,
+            "target": target,
+            "label": plan.label or ("manifest" if lesions else None),
+            "split": plan.split,
+            "lesion_subjects": sorted(lesions),
+        },
         "protocol": PROTOCOL_TEXT,
         "conventions": CONVENTIONS,
         "notes": list(suite.notes),
@@ -361,10 +478,15 @@ def _task_record(folder: TaskFolder, suite: Suite, protocol: Protocol, plan: Pla
     }
 
 
-def _add_method(folder: TaskFolder, record: dict[str, Any], method: Method, entries: list[dict], suite: Suite,
-                started: float) -> None:
-    record["methods"][method.label] = {"model": method.model, "preset": method.preset, "repeats": entries,
-                                       "summary": summarize_repeats(entries)}
+def _add_method(
+    folder: TaskFolder, record: dict[str, Any], method: Method, entries: list[dict], suite: Suite, started: float
+) -> None:
+    record["methods"][method.label] = {
+        "model": method.model,
+        "preset": method.preset,
+        "repeats": entries,
+        "summary": summarize_repeats(entries),
+    }
     record["ranking"] = rank_methods(record["identity"], record["methods"], suite.claim)
     if suite.claim:
         record["ranking"]["claim"]["source"] = suite.claim_source
@@ -372,8 +494,9 @@ def _add_method(folder: TaskFolder, record: dict[str, Any], method: Method, entr
 
 
 def _cli(folder: TaskFolder, protocol: Protocol, arguments: list[str], log_name: str) -> dict[str, Any]:
-    usage = run_measured(synthmed_command([*arguments, "--quiet"]), folder.logs / log_name,
-                         env=child_env(protocol.threads))
+    usage = run_measured(
+        synthmed_command([*arguments, "--quiet"]), folder.logs / log_name, env=child_env(protocol.threads)
+    )
     return usage.as_record()
 
 
@@ -383,22 +506,60 @@ def _train(folder: TaskFolder, method: Method, seed: int, protocol: Protocol) ->
     if _reusable(run, protocol):
         return {"peak_rss_mb": None, "wall_seconds": None, "reused": True}
     remove_owned_folder(run, "train", is_run_entry, legacy=legacy_run)
-    arguments = ["train", str(folder.prep), "--model", method.model, "--preset", method.preset, "--out", str(run),
-                 "--steps", str(protocol.steps), "--batch-size", str(protocol.batch_size), "--seed", str(seed),
-                 "--device", protocol.device, "--val-every", str(protocol.steps)]
+    arguments = [
+        "train",
+        str(folder.prep),
+        "--model",
+        method.model,
+        "--preset",
+        method.preset,
+        "--out",
+        str(run),
+        "--steps",
+        str(protocol.steps),
+        "--batch-size",
+        str(protocol.batch_size),
+        "--seed",
+        str(seed),
+        "--device",
+        protocol.device,
+        "--val-every",
+        str(protocol.steps),
+    ]
     if protocol.budget_minutes is not None:
         arguments += ["--max-minutes", str(protocol.budget_minutes)]
     return _cli(folder, protocol, arguments, f"train-{method.label}-seed{seed}.log")
 
 
-def _translate_and_score(folder: TaskFolder, method: Method, seed: int, protocol: Protocol, inputs: Path,
-                         reference_folder: Path, references: dict[str, Path], lesions: dict[str, Path],
-                         fid: FidScorer, train_usage: dict[str, Any], direction: str) -> dict[str, Any]:
+def _translate_and_score(
+    folder: TaskFolder,
+    method: Method,
+    seed: int,
+    protocol: Protocol,
+    inputs: Path,
+    reference_folder: Path,
+    references: dict[str, Path],
+    lesions: dict[str, Path],
+    fid: FidScorer,
+    train_usage: dict[str, Any],
+    direction: str,
+) -> dict[str, Any]:
     run = folder.run(method.label, seed)
     summary = RunFolder(run).load_summary()
     outputs = folder.outputs(method.label, seed)
-    arguments = ["translate", str(run), str(inputs), str(outputs), "--reference", str(reference_folder),
-                 "--checkpoint", "last", "--device", protocol.device, "--overwrite"]
+    arguments = [
+        "translate",
+        str(run),
+        str(inputs),
+        str(outputs),
+        "--reference",
+        str(reference_folder),
+        "--checkpoint",
+        "last",
+        "--device",
+        protocol.device,
+        "--overwrite",
+    ]
     if direction != "A2B":
         arguments += ["--direction", direction]
     stochastic = available_models()[method.model].stochastic
@@ -422,8 +583,11 @@ def _translate_and_score(folder: TaskFolder, method: Method, seed: int, protocol
         "samples": protocol.samples if stochastic else 1,
     }
     mean = entry["scores"]["overall"]["mean"]
-    _say(protocol, f"{method.label} seed {seed}{'' if direction == 'A2B' else ' ' + direction}: PSNR "
-                   f"{mean['psnr']:.2f} dB, SSIM {mean['ssim']:.3f}, {steps} steps in {seconds:.0f} s")
+    _say(
+        protocol,
+        f"{method.label} seed {seed}{'' if direction == 'A2B' else ' ' + direction}: PSNR "
+        f"{mean['psnr']:.2f} dB, SSIM {mean['ssim']:.3f}, {steps} steps in {seconds:.0f} s",
+    )
     return entry
 
 
@@ -435,7 +599,10 @@ def _reusable(run: Path, protocol: Protocol) -> bool:
     if not isinstance(settings, dict):
         return False
     return (settings.get("steps"), settings.get("batch_size"), settings.get("max_minutes")) == (
-        protocol.steps, protocol.batch_size, protocol.budget_minutes)
+        protocol.steps,
+        protocol.batch_size,
+        protocol.budget_minutes,
+    )
 
 
 def _test_folder(folder: TaskFolder, files: dict[str, Path], modality: str, name: str) -> Path:
@@ -446,7 +613,7 @@ def _test_folder(folder: TaskFolder, files: dict[str, Path], modality: str, name
     root = folder.test_files(name)
     for subject, path in files.items():
         suffix = suffix_of_name(path.name) or path.suffix
-        link = root / subject / f"{modality}{path.name[len(path.name) - len(suffix):]}"
+        link = root / subject / f"{modality}{path.name[len(path.name) - len(suffix) :]}"
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             link.symlink_to(path.resolve())

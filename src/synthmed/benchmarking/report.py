@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from synthmed.data.io import read_volume
-from synthmed.data.plan import load_plan
-from synthmed.errors import SynthmedError
-from synthmed.files import output_lock, record_written, refuse_replacing_foreign, write_text_atomic
 from synthmed.benchmarking.layout import TaskFolder, translated_volumes
 from synthmed.benchmarking.results import load_benchmark_record
+from synthmed.data.io import read_volume
+from synthmed.data.plan import load_plan
 from synthmed.engine.run_folder import RunFolder
+from synthmed.errors import SynthmedError
+from synthmed.files import output_lock, record_written, refuse_replacing_foreign, write_text_atomic
 from synthmed.workflows.translate import std_path
 
 # (region, metric, header, better: "high" or "low", format). Region: a score region of benchmark.json
@@ -63,8 +63,10 @@ RUN_COLUMNS = [
 ]
 CONVENTIONS = {
     "toolkit": "the toolkit's convention: {protocol}",
-    "max-normalised": ("the reference repositories' convention (SynDiff's test code): {max_normalised}. Use it to "
-                       "compare with published tables; it ignores intensity scale and includes the background"),
+    "max-normalised": (
+        "the reference repositories' convention (SynDiff's test code): {max_normalised}. Use it to "
+        "compare with published tables; it ignores intensity scale and includes the background"
+    ),
 }
 
 STYLE = """
@@ -79,8 +81,15 @@ details { margin: 4px 0; } pre { background: #f6f6f6; padding: 8px; overflow-x: 
 """
 
 
-def report(source: str | Path, out: str | Path, *, slices_per_subject: int = 1, max_subjects: int = 3,
-           convention: str = "toolkit", overwrite: bool = False) -> Path:
+def report(
+    source: str | Path,
+    out: str | Path,
+    *,
+    slices_per_subject: int = 1,
+    max_subjects: int = 3,
+    convention: str = "toolkit",
+    overwrite: bool = False,
+) -> Path:
     """Write the HTML report of the benchmark folder ``source`` to ``out``; returns ``out``. An existing ``out`` is
     replaced only with ``overwrite``, and only if synthmed wrote it."""
     source, out = Path(source), Path(out)
@@ -106,9 +115,12 @@ def _report_page(source: Path, convention: str, slices_per_subject: int, max_sub
         raise SynthmedError(f"{source}: no benchmark.json here; run `synthmed benchmark --out {source}` first")
     bench = load_benchmark_record(path)
     if "tasks" in bench:  # the real suite: one benchmark folder per task
-        tasks = [(_task_folder(source, t["folder"], record), record, name)
-                 for name, t in bench["tasks"].items() if (source / t["folder"] / "benchmark.json").is_file()
-                 for record in [load_benchmark_record(source / t["folder"] / "benchmark.json")]]
+        tasks = [
+            (_task_folder(source, t["folder"], record), record, name)
+            for name, t in bench["tasks"].items()
+            if (source / t["folder"] / "benchmark.json").is_file()
+            for record in [load_benchmark_record(source / t["folder"] / "benchmark.json")]
+        ]
         title = f"synthmed benchmark, suite {html.escape(str(bench.get('suite')))}: {len(tasks)} task(s)"
     else:
         tasks, title = [(TaskFolder(source), bench, "")], None
@@ -122,12 +134,19 @@ def _report_page(source: Path, convention: str, slices_per_subject: int, max_sub
             except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
                 # The schema checks what every report reads; deeper entries (per-subject scores, ...) are
                 # checked here, where they are used.
-                what = f"entry {error.args[0]!r} is missing" if isinstance(error, KeyError) else \
-                    f"an entry does not fit ({type(error).__name__}: {str(error)[:80]})"
-                raise SynthmedError(f"{folder.record}: {what}; the file is damaged or from another "
-                                    "version: run the benchmark again into a new --out") from None
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>synthmed report</title><style>{STYLE}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")
+                what = (
+                    f"entry {error.args[0]!r} is missing"
+                    if isinstance(error, KeyError)
+                    else f"an entry does not fit ({type(error).__name__}: {str(error)[:80]})"
+                )
+                raise SynthmedError(
+                    f"{folder.record}: {what}; the file is damaged or from another "
+                    "version: run the benchmark again into a new --out"
+                ) from None
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>synthmed report</title><style>{STYLE}</style>"
+        f"</head><body>{''.join(parts)}</body></html>"
+    )
 
 
 def _task_folder(suite: Path, name: str, record: dict) -> TaskFolder:
@@ -136,25 +155,37 @@ def _task_folder(suite: Path, name: str, record: dict) -> TaskFolder:
     if trained_in is None:
         return TaskFolder(suite / name)
     if not isinstance(trained_in, str) or Path(trained_in).name != trained_in or trained_in in ("", ".", ".."):
-        raise SynthmedError(f"{suite / name / 'benchmark.json'}: field trained_in {trained_in!r} must name a task "
-                            "folder of the suite; run the benchmark again into a new --out")
+        raise SynthmedError(
+            f"{suite / name / 'benchmark.json'}: field trained_in {trained_in!r} must name a task "
+            "folder of the suite; run the benchmark again into a new --out"
+        )
     return TaskFolder(suite / name, runs_root=suite / trained_in / "runs")
 
 
-def _task_sections(folder: TaskFolder, bench: dict, name: str, convention: str, slices_per_subject: int,
-                   max_subjects: int) -> list[str]:
+def _task_sections(
+    folder: TaskFolder, bench: dict, name: str, convention: str, slices_per_subject: int, max_subjects: int
+) -> list[str]:
     heading = "h2" if name else "h1"
     sub = "h3" if name else "h2"
     table_id = f"metrics-{name}" if name else "metrics"
-    return [f"<{heading}>synthmed benchmark: {html.escape(bench['data']['source'])} &rarr; "
-            f"{html.escape(bench['data']['target'])}</{heading}>",
-            _protocol(bench, convention),
-            f"<{sub}>Metrics</{sub}>", _metrics_table(bench, convention, table_id), _ranking(bench),
-            f"<{sub}>Per-subject scores</{sub}>", _img(_box_plots(bench, convention), "per-subject box plots"),
-            f"<{sub}>Slices</{sub}>", *_slice_grids(folder, bench, slices_per_subject, max_subjects),
-            f"<{sub}>Uncertainty maps</{sub}>", *_uncertainty_maps(folder, bench, max_subjects),
-            f"<{sub}>Training curves</{sub}>", *_training_curves(folder, bench),
-            f"<{sub}>Configs and versions</{sub}>", *_configs(folder, bench)]
+    return [
+        f"<{heading}>synthmed benchmark: {html.escape(bench['data']['source'])} &rarr; "
+        f"{html.escape(bench['data']['target'])}</{heading}>",
+        _protocol(bench, convention),
+        f"<{sub}>Metrics</{sub}>",
+        _metrics_table(bench, convention, table_id),
+        _ranking(bench),
+        f"<{sub}>Per-subject scores</{sub}>",
+        _img(_box_plots(bench, convention), "per-subject box plots"),
+        f"<{sub}>Slices</{sub}>",
+        *_slice_grids(folder, bench, slices_per_subject, max_subjects),
+        f"<{sub}>Uncertainty maps</{sub}>",
+        *_uncertainty_maps(folder, bench, max_subjects),
+        f"<{sub}>Training curves</{sub}>",
+        *_training_curves(folder, bench),
+        f"<{sub}>Configs and versions</{sub}>",
+        *_configs(folder, bench),
+    ]
 
 
 def _protocol(bench: dict, convention: str) -> str:
@@ -163,28 +194,35 @@ def _protocol(bench: dict, convention: str) -> str:
     budget = f"{settings['steps']} training steps"
     if settings.get("budget_minutes"):
         budget = f"{settings['budget_minutes']:g} training minutes" + (
-            f" (at most {settings['steps']} steps)" if settings["steps"] < 1_000_000 else "")
+            f" (at most {settings['steps']} steps)" if settings["steps"] < 1_000_000 else ""
+        )
     samples = settings.get("samples", 1)
     conventions = bench.get("conventions", {})
     if convention == "max-normalised" and "max_normalised" not in conventions:
         raise SynthmedError("this benchmark predates the max-normalised scores; rerun it or use --convention toolkit")
-    shown = CONVENTIONS[convention].format(protocol=html.escape(bench["protocol"]),
-                                           max_normalised=html.escape(conventions.get("max_normalised", "")))
+    shown = CONVENTIONS[convention].format(
+        protocol=html.escape(bench["protocol"]), max_normalised=html.escape(conventions.get("max_normalised", ""))
+    )
     fid = bench.get("fid") or {}
-    fid_text = (f"FID: Inception-v3 ({html.escape(str(fid.get('variant')))}) from {html.escape(str(fid.get('weights')))}; "
-                f"{html.escape(str(fid.get('images')))}." if fid.get("available") else
-                f"FID: not computed ({html.escape(str(fid.get('unavailable', 'not part of this benchmark')))}).")
+    fid_text = (
+        f"FID: Inception-v3 ({html.escape(str(fid.get('variant')))}) from {html.escape(str(fid.get('weights')))}; "
+        f"{html.escape(str(fid.get('images')))}."
+        if fid.get("available")
+        else f"FID: not computed ({html.escape(str(fid.get('unavailable', 'not part of this benchmark')))})."
+    )
     if "methods" in settings:
         presets = ", ".join(f"{label}: {m['model']} {m['preset']}" for label, m in settings["methods"].items())
     else:  # written before methods carried presets: one preset for all
         presets = f"preset {settings['preset']}"
-    return (f"<p>Suite <b>{html.escape(str(bench.get('suite')))}</b>: {budget} at batch "
-            f"{settings['batch_size']} for every method ({html.escape(presets)}), "
-            f"{settings['repeats']} repeat(s) from seed {settings['seed']}"
-            + (f", {samples} samples per slice for stochastic methods" if samples > 1 else "") +
-            f"; subjects train/val/test {split.get('train')}/{split.get('val')}/{split.get('test')} "
-            f"({html.escape(str(data['folder']))}).</p>"
-            f"<p class='note'><b>Metrics shown: {html.escape(convention)}</b>, {shown}. {fid_text}</p>")
+    return (
+        f"<p>Suite <b>{html.escape(str(bench.get('suite')))}</b>: {budget} at batch "
+        f"{settings['batch_size']} for every method ({html.escape(presets)}), "
+        f"{settings['repeats']} repeat(s) from seed {settings['seed']}"
+        + (f", {samples} samples per slice for stochastic methods" if samples > 1 else "")
+        + f"; subjects train/val/test {split.get('train')}/{split.get('val')}/{split.get('test')} "
+        f"({html.escape(str(data['folder']))}).</p>"
+        f"<p class='note'><b>Metrics shown: {html.escape(convention)}</b>, {shown}. {fid_text}</p>"
+    )
 
 
 def _columns(bench: dict, convention: str) -> list[tuple[str, str, str, str, str]]:
@@ -198,6 +236,7 @@ def _columns(bench: dict, convention: str) -> list[tuple[str, str, str, str, str
 def _values(bench: dict, region: str, metric: str) -> dict[str, tuple[float | None, float | None]]:
     """(mean, sd) per row: identity (scores only), then each method; sd over subjects for one repeat, over
     repeats for several."""
+
     def from_scores(scores: dict) -> tuple[float | None, float | None]:
         if region == "fid":
             return scores.get("fid"), None
@@ -225,15 +264,19 @@ def _ranking(bench: dict) -> str:
     if not ranking:
         return ""
     gains = ranking.get("gain_over_identity_psnr_db", {})
-    order = " &gt; ".join(f"{html.escape(m)} ({gains[m]:+.2f} dB over identity)" if m in gains else html.escape(m)
-                          for m in ranking["psnr"])
+    order = " &gt; ".join(
+        f"{html.escape(m)} ({gains[m]:+.2f} dB over identity)" if m in gains else html.escape(m)
+        for m in ranking["psnr"]
+    )
     text = f"<p class='note'>Ranking by PSNR: {order}.</p>"
     claim = ranking.get("claim")
     if claim:
         held = {True: "holds", False: "does not hold", None: "not tested (not every method was run)"}
-        text += (f"<p class='note'>Claim: {html.escape(' > '.join(claim['order']))} "
-                 f"({html.escape(str(claim.get('source', '')))}): by PSNR it {held[claim['holds_psnr']]}, by SSIM it "
-                 f"{held[claim['holds_ssim']]} on this benchmark.</p>")
+        text += (
+            f"<p class='note'>Claim: {html.escape(' > '.join(claim['order']))} "
+            f"({html.escape(str(claim.get('source', '')))}): by PSNR it {held[claim['holds_psnr']]}, by SSIM it "
+            f"{held[claim['holds_ssim']]} on this benchmark.</p>"
+        )
     return text
 
 
@@ -244,8 +287,7 @@ def _metrics_table(bench: dict, convention: str, table_id: str = "metrics") -> s
     values = {(region, metric): _values(bench, region, metric) for region, metric, *_ in columns}
     best: dict[tuple[str, str], set[str]] = {}
     for region, metric, _, better, _ in columns:
-        present = {row: v[0] for row, v in values[region, metric].items()
-                   if v[0] is not None and math.isfinite(v[0])}
+        present = {row: v[0] for row, v in values[region, metric].items() if v[0] is not None and math.isfinite(v[0])}
         if present and better:
             target = max(present.values()) if better == "high" else min(present.values())
             best[region, metric] = {row for row, value in present.items() if value == target}
@@ -258,10 +300,12 @@ def _metrics_table(bench: dict, convention: str, table_id: str = "metrics") -> s
             cls = " class='best'" if row in best.get((region, metric), set()) else ""
             cells.append(f"<td{cls}>{text}</td>")
         body.append(f"<tr class='method'><td>{html.escape(row)}</td>{''.join(cells)}</tr>")
-    return (f"<table id='{html.escape(table_id)}' class='metrics'><thead><tr><th>method</th>{header}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table><p class='note'>Bold: the best value of the column (arrows: "
-            "higher or lower is better). &plusmn;: standard deviation over test subjects (one repeat) or over "
-            "repeats.</p>")
+    return (
+        f"<table id='{html.escape(table_id)}' class='metrics'><thead><tr><th>method</th>{header}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table><p class='note'>Bold: the best value of the column (arrows: "
+        "higher or lower is better). &plusmn;: standard deviation over test subjects (one repeat) or over "
+        "repeats.</p>"
+    )
 
 
 def _figure_png(figure) -> bytes:
@@ -294,8 +338,13 @@ def _box_plots(bench: dict, convention: str) -> bytes:
     for axis, metric in zip(axes, ("psnr", "ssim")):
         data = [[v[metric] for v in bench["identity"][region]["per_subject"].values()]]
         for name in bench["methods"]:
-            data.append([v[metric] for r in bench["methods"][name]["repeats"]
-                         for v in r["scores"][region]["per_subject"].values()])
+            data.append(
+                [
+                    v[metric]
+                    for r in bench["methods"][name]["repeats"]
+                    for v in r["scores"][region]["per_subject"].values()
+                ]
+            )
         axis.boxplot(data)
         axis.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
         axis.set_title(metric.upper() + (" (dB)" if metric == "psnr" else "") + f", {convention}", fontsize=9)
@@ -324,11 +373,18 @@ def _slice_grids(folder: TaskFolder, bench: dict, per_subject: int, max_subjects
             lo, hi = np.percentile(ref[..., z], [0.5, 99.5])
             columns = 2 + len(outputs)
             figure, axes = plt.subplots(2, columns, figsize=(1.8 * columns, 3.8))
-            panels = [("source", src[..., z], None)] + [(n, o[..., z], None) for n, o in outputs.items()] + [
-                ("target", ref[..., z], None)]
+            panels = (
+                [("source", src[..., z], None)]
+                + [(n, o[..., z], None) for n, o in outputs.items()]
+                + [("target", ref[..., z], None)]
+            )
             for axis, (title, image, _) in zip(axes[0], panels):
-                axis.imshow(np.rot90(image), cmap="gray", vmin=lo if title != "source" else None,
-                            vmax=hi if title != "source" else None)
+                axis.imshow(
+                    np.rot90(image),
+                    cmap="gray",
+                    vmin=lo if title != "source" else None,
+                    vmax=hi if title != "source" else None,
+                )
                 axis.set_title(title, fontsize=8)
             error_max = max((float(np.abs(o[..., z] - ref[..., z]).max()) for o in outputs.values()), default=1.0)
             for axis, (name, volume) in zip(axes[1][1:], outputs.items()):
@@ -336,7 +392,9 @@ def _slice_grids(folder: TaskFolder, bench: dict, per_subject: int, max_subjects
                 axis.set_title(f"|{name} - target|", fontsize=7)
             for axis in axes.ravel():
                 axis.axis("off")
-            parts.append(f"<h3>{html.escape(subject)}, slice {z}</h3>" + _img(_figure_png(figure), f"{subject} slice {z}"))
+            parts.append(
+                f"<h3>{html.escape(subject)}, slice {z}</h3>" + _img(_figure_png(figure), f"{subject} slice {z}")
+            )
     return parts
 
 
@@ -348,11 +406,16 @@ def _uncertainty_maps(folder: TaskFolder, bench: dict, max_subjects: int) -> lis
 
     plt = _pyplot()
     prep = load_plan(bench["data"]["prepared"])
-    stochastic = [(name, entry["repeats"][0]) for name, entry in bench["methods"].items()
-                  if entry["repeats"][0].get("samples", 1) > 1]
+    stochastic = [
+        (name, entry["repeats"][0])
+        for name, entry in bench["methods"].items()
+        if entry["repeats"][0].get("samples", 1) > 1
+    ]
     if not stochastic:
-        return ["<p class='note'>None: no method drew several samples (benchmark --samples K makes the stochastic "
-                "methods write per-voxel standard deviations).</p>"]
+        return [
+            "<p class='note'>None: no method drew several samples (benchmark --samples K makes the stochastic "
+            "methods write per-voxel standard deviations).</p>"
+        ]
     parts = []
     for subject in bench["data"]["split"]["test"][:max_subjects]:
         reference = read_volume(prep.file_of(subject, bench["data"]["target"])).data
@@ -379,7 +442,9 @@ def _uncertainty_maps(folder: TaskFolder, bench: dict, max_subjects: int) -> lis
             axes[1][column].set_title(f"{name}: |mean - target|", fontsize=7)
         for axis in axes.ravel():
             axis.axis("off")
-        parts.append(f"<h4>{html.escape(subject)}, slice {z}</h4>" + _img(_figure_png(figure), f"{subject} uncertainty"))
+        parts.append(
+            f"<h4>{html.escape(subject)}, slice {z}</h4>" + _img(_figure_png(figure), f"{subject} uncertainty")
+        )
     return parts or ["<p class='note'>No uncertainty map found in the outputs.</p>"]
 
 
@@ -407,14 +472,18 @@ def _training_curves(folder: TaskFolder, bench: dict) -> list[str]:
 
 
 def _configs(folder: TaskFolder, bench: dict) -> list[str]:
-    parts = [f"<details><summary>benchmark settings</summary><pre>{html.escape(json.dumps(bench['settings'], indent=2))}"
-             "</pre></details>"]
+    parts = [
+        f"<details><summary>benchmark settings</summary><pre>{html.escape(json.dumps(bench['settings'], indent=2))}"
+        "</pre></details>"
+    ]
     for name, entry in bench["methods"].items():
         for repeat in entry["repeats"]:
             run = RunFolder(folder.run(name, repeat["seed"]))
             if run.run_json.is_file():
                 info, _ = run.load()
                 shown = {k: info.to_record().get(k) for k in ("model", "preset", "config", "settings", "versions")}
-                parts.append(f"<details><summary>{html.escape(name)} (seed {repeat['seed']})</summary><pre>"
-                             f"{html.escape(json.dumps(shown, indent=2))}</pre></details>")
+                parts.append(
+                    f"<details><summary>{html.escape(name)} (seed {repeat['seed']})</summary><pre>"
+                    f"{html.escape(json.dumps(shown, indent=2))}</pre></details>"
+                )
     return parts

@@ -17,14 +17,22 @@ from synthmed.errors import SynthmedError
 from synthmed.files import json_text, read_json_record, write_text_atomic
 from synthmed.records import Int, ListOf, MapOf, Record, Str, validate
 
-_TASK_SCHEMA = Record({
-    "data": Record({"source": Str(100), "target": Str(100), "prepared": Str(),
-                    "split": Record({name: ListOf(Str()) for name in ("train", "val", "test")})}),
-    "settings": Record({"steps": Int(1), "batch_size": Int(1)}),
-    "protocol": Str(10_000),
-    "identity": Record({}),
-    "methods": MapOf(Record({"repeats": ListOf(Record({"seed": Int()}), min_length=1), "summary": Record({})})),
-})
+_TASK_SCHEMA = Record(
+    {
+        "data": Record(
+            {
+                "source": Str(100),
+                "target": Str(100),
+                "prepared": Str(),
+                "split": Record({name: ListOf(Str()) for name in ("train", "val", "test")}),
+            }
+        ),
+        "settings": Record({"steps": Int(1), "batch_size": Int(1)}),
+        "protocol": Str(10_000),
+        "identity": Record({}),
+        "methods": MapOf(Record({"repeats": ListOf(Record({"seed": Int()}), min_length=1), "summary": Record({})})),
+    }
+)
 _INDEX_SCHEMA = Record({"tasks": MapOf(Record({"folder": Str(200)}))})
 
 
@@ -38,21 +46,24 @@ def load_benchmark_record(path: str | Path) -> dict[str, Any]:
         record = validate(record, _INDEX_SCHEMA, path, fix)
         for name, task in record["tasks"].items():
             if Path(task["folder"]).is_absolute() or ".." in Path(task["folder"]).parts:
-                raise SynthmedError(f"{path}: field tasks.{name}.folder {task['folder']!r} must name a folder inside "
-                                    f"the benchmark folder; {fix}")
+                raise SynthmedError(
+                    f"{path}: field tasks.{name}.folder {task['folder']!r} must name a folder inside "
+                    f"the benchmark folder; {fix}"
+                )
         return record
     return validate(record, _TASK_SCHEMA, path, fix)
-
 
 
 def _csv_scores(scores: dict[str, Any]) -> dict[str, Any]:
     overall = scores["overall"]["mean"]
     lesion = scores.get("lesion", {}).get("mean", {})
     normalised = scores["max_normalised"]["mean"]
-    return {**{metric: overall.get(metric) for metric in METRICS},
-            **{f"lesion_{metric}": lesion.get(metric) for metric in METRICS},
-            **{f"max_normalised_{metric}": normalised.get(metric) for metric in MAX_NORMALISED_METRICS},
-            "fid": scores.get("fid")}
+    return {
+        **{metric: overall.get(metric) for metric in METRICS},
+        **{f"lesion_{metric}": lesion.get(metric) for metric in METRICS},
+        **{f"max_normalised_{metric}": normalised.get(metric) for metric in MAX_NORMALISED_METRICS},
+        "fid": scores.get("fid"),
+    }
 
 
 def write_task_record(out: Path, report: dict[str, Any], started: float) -> None:
@@ -62,10 +73,18 @@ def write_task_record(out: Path, report: dict[str, Any], started: float) -> None
     rows = [{"method": "identity", "seed": "", **_csv_scores(report["identity"])}]
     for model, entry in report["methods"].items():
         for repeat in entry["repeats"]:
-            rows.append({"method": model, "seed": repeat["seed"], **_csv_scores(repeat["scores"]),
-                         **{key: repeat.get(key) for key in (*RESOURCE_FIGURES, "samples")}})
+            rows.append(
+                {
+                    "method": model,
+                    "seed": repeat["seed"],
+                    **_csv_scores(repeat["scores"]),
+                    **{key: repeat.get(key) for key in (*RESOURCE_FIGURES, "samples")},
+                }
+            )
     fields = list(dict.fromkeys(k for row in rows for k in row))
-    text_rows = [",".join(fields)] + [",".join("" if row.get(f) is None else str(row.get(f)) for f in fields) for row in rows]
+    text_rows = [",".join(fields)] + [
+        ",".join("" if row.get(f) is None else str(row.get(f)) for f in fields) for row in rows
+    ]
     write_text_atomic(out / "benchmark.csv", "\n".join(text_rows) + "\n")
 
 

@@ -33,8 +33,12 @@ class Usage:
     system_cpu_seconds: float = 0.0
 
     def as_record(self) -> dict[str, float]:
-        return {"wall_seconds": self.wall_seconds, "peak_rss_mb": self.peak_rss_mb,
-                "user_cpu_seconds": self.user_cpu_seconds, "system_cpu_seconds": self.system_cpu_seconds}
+        return {
+            "wall_seconds": self.wall_seconds,
+            "peak_rss_mb": self.peak_rss_mb,
+            "user_cpu_seconds": self.user_cpu_seconds,
+            "system_cpu_seconds": self.system_cpu_seconds,
+        }
 
 
 def child_env(threads: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -51,12 +55,28 @@ def synthmed_command(arguments: list[str], processes: int = 1) -> list[str]:
     """``python -m synthmed ARGS`` with this interpreter, or under torchrun with ``processes`` processes."""
     if processes == 1:
         return [sys.executable, "-m", "synthmed", *arguments]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-            "-m", "synthmed", *arguments]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        "-m",
+        "synthmed",
+        *arguments,
+    ]
 
 
-def run_measured(command: list[str], log_path: Path, *, threads: int | None = None, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, tail_lines: int = 12) -> Usage:
+def run_measured(
+    command: list[str],
+    log_path: Path,
+    *,
+    threads: int | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    tail_lines: int = 12,
+) -> Usage:
     """Run ``command`` with its output appended to ``log_path``; its wall time and its own peak RSS.
 
     A non-zero exit raises a :class:`SynthmedError` quoting the command and the last lines of the log, so a failed
@@ -78,8 +98,12 @@ def run_measured(command: list[str], log_path: Path, *, threads: int | None = No
         shown = shlex.join(command[2:6] if command[1:3] == ["-m", "synthmed"] else command[:4])
         raise SynthmedError(f"`{shown} ...` failed (exit {process.returncode}); log {log_path}:\n{tail}")
     # ru_maxrss is in KiB on Linux
-    return Usage(wall_seconds=round(seconds, 2), peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
-                 user_cpu_seconds=round(usage.ru_utime, 2), system_cpu_seconds=round(usage.ru_stime, 2))
+    return Usage(
+        wall_seconds=round(seconds, 2),
+        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
+        user_cpu_seconds=round(usage.ru_utime, 2),
+        system_cpu_seconds=round(usage.ru_stime, 2),
+    )
 
 
 def load_average() -> list[float]:
@@ -91,15 +115,19 @@ def source_state(repository: Path | None = None) -> dict[str, Any]:
     """The repository's commit and its uncommitted files under src/ (the code the child processes import);
     ``repository`` defaults to the checkout this package is imported from."""
     repository = repository or Path(__file__).resolve().parents[3]
+
     def git(*arguments: str) -> str:
         try:
-            return subprocess.run(["git", *arguments], cwd=repository, capture_output=True, text=True,
-                                  check=True).stdout
+            return subprocess.run(
+                ["git", *arguments], cwd=repository, capture_output=True, text=True, check=True
+            ).stdout
         except (OSError, subprocess.CalledProcessError):
             return ""
 
-    return {"commit": git("rev-parse", "HEAD").strip() or None,
-            "src_uncommitted": [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()]}
+    return {
+        "commit": git("rev-parse", "HEAD").strip() or None,
+        "src_uncommitted": [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines()],
+    }
 
 
 def inside(path: Path, folder: Path) -> bool:

@@ -16,8 +16,15 @@ from synthmed.errors import SynthmedError
 
 METRICS = ("psnr", "ssim", "ssim3d", "mae", "nmse", "psnr_fit", "ssim_fit", "psnr_dz")
 MAX_NORMALISED_METRICS = ("psnr", "ssim")
-RESOURCE_FIGURES = ("train_seconds", "steps", "train_slices_per_second", "train_peak_rss_mb",
-                    "translate_seconds_per_volume", "translate_peak_rss_mb", "parameters")
+RESOURCE_FIGURES = (
+    "train_seconds",
+    "steps",
+    "train_slices_per_second",
+    "train_peak_rss_mb",
+    "translate_seconds_per_volume",
+    "translate_peak_rss_mb",
+    "parameters",
+)
 
 
 def max_normalised_scores(prediction: np.ndarray, reference: np.ndarray, head: np.ndarray) -> dict[str, float]:
@@ -52,9 +59,13 @@ class FidScorer:
             from synthmed.nn.inception import load_inception
 
             self.network = load_inception(weights, variant=variant)
-            self.status = {"available": True, "weights": weights, "variant": self.network.variant,
-                           "images": "axial slices that hold the head; each subject mapped to [-1, 1] by the "
-                                     "reference's 0.5/99.5 percentiles inside its head"}
+            self.status = {
+                "available": True,
+                "weights": weights,
+                "variant": self.network.variant,
+                "images": "axial slices that hold the head; each subject mapped to [-1, 1] by the "
+                "reference's 0.5/99.5 percentiles inside its head",
+            }
 
     @staticmethod
     def slices(volume: np.ndarray, reference: np.ndarray, head: np.ndarray) -> np.ndarray:
@@ -76,18 +87,20 @@ class FidScorer:
 
         if self._reference_features is None:
             self._reference_features = inception_features(np.concatenate(references), self.network)
-        return frechet_distance_of_features(self._reference_features,
-                                            inception_features(np.concatenate(predicted), self.network))
+        return frechet_distance_of_features(
+            self._reference_features, inception_features(np.concatenate(predicted), self.network)
+        )
 
 
-def score_pairs(pairs: list[tuple[str, Path, Path]], lesions: dict[str, Path], fid: FidScorer,
-            match: bool = False) -> dict[str, Any]:
+def score_pairs(
+    pairs: list[tuple[str, Path, Path]], lesions: dict[str, Path], fid: FidScorer, match: bool = False
+) -> dict[str, Any]:
     """Per subject and summarised: ``overall`` (inside the reference's foreground, its range there as the PSNR data
     range), ``lesion`` (for subjects with a lesion: inside it, with the *same* data range, so lesion PSNR is on the
     overall scale rather than on the lesion's own narrow range), ``max_normalised`` (:func:`max_normalised_scores`)
     and ``fid`` (None without Inception weights). Each volume is read once."""
-    from synthmed.data.io import read_volume
     from synthmed.data.foreground import foreground_mask
+    from synthmed.data.io import read_volume
     from synthmed.metrics import image_metrics, summarize
     from synthmed.workflows.evaluate import match_intensity
 
@@ -106,16 +119,21 @@ def score_pairs(pairs: list[tuple[str, Path, Path]], lesions: dict[str, Path], f
         if subject in lesions:
             values = reference[head]
             region = read_volume(lesions[subject]).data > 0
-            lesion[subject] = image_metrics(prediction, reference, region,
-                                            data_range=float(values.max() - values.min()))
+            lesion[subject] = image_metrics(
+                prediction, reference, region, data_range=float(values.max() - values.min())
+            )
         if fid.network is not None:
             fid_predicted.append(fid.slices(prediction, reference, head))
             if fid.needs_references:
                 fid_references.append(fid.slices(reference, reference, head))
     result: dict[str, Any] = {"overall": {"n": len(overall), "per_subject": overall, **summarize(overall)}}
     if lesion:
-        result["lesion"] = {"n": len(lesion), "per_subject": lesion, **summarize(lesion),
-                            "data_range": "the reference's range inside the head"}
+        result["lesion"] = {
+            "n": len(lesion),
+            "per_subject": lesion,
+            **summarize(lesion),
+            "data_range": "the reference's range inside the head",
+        }
     result["max_normalised"] = {"n": len(normalised), "per_subject": normalised, **summarize(normalised)}
     result["fid"] = fid(fid_predicted, fid_references)
     return result
@@ -126,24 +144,36 @@ def summarize_repeats(entries: list[dict]) -> dict[str, Any]:
         values = [v for v in values if v is not None]
         if not values:
             return {"mean": None, "sd": None, "n": 0}
-        return {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                "n": len(values)}
+        return {
+            "mean": float(np.mean(values)),
+            "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "n": len(values),
+        }
 
-    summary = {f"{region}_{metric}": stats([e["scores"].get(region, {}).get("mean", {}).get(metric) for e in entries])
-               for region in ("overall", "lesion") for metric in METRICS}
-    summary.update({f"max_normalised_{metric}": stats([e["scores"]["max_normalised"]["mean"][metric] for e in entries])
-                    for metric in MAX_NORMALISED_METRICS})
+    summary = {
+        f"{region}_{metric}": stats([e["scores"].get(region, {}).get("mean", {}).get(metric) for e in entries])
+        for region in ("overall", "lesion")
+        for metric in METRICS
+    }
+    summary.update(
+        {
+            f"max_normalised_{metric}": stats([e["scores"]["max_normalised"]["mean"][metric] for e in entries])
+            for metric in MAX_NORMALISED_METRICS
+        }
+    )
     summary["fid"] = stats([e["scores"].get("fid") for e in entries])
     for key in RESOURCE_FIGURES:
         summary[key] = stats([e.get(key) for e in entries])
     return summary
 
 
-def rank_methods(identity: dict[str, Any], methods: dict[str, dict[str, Any]],
-                 claim: tuple[str, ...] | None = None) -> dict[str, Any]:
+def rank_methods(
+    identity: dict[str, Any], methods: dict[str, dict[str, Any]], claim: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """Methods ordered best first by mean PSNR and by mean SSIM in the head (over repeats), each one's gain over
     the identity baseline, and, when the suite states a published ordering and every method of it was run,
     whether that ordering held here."""
+
     def mean(label: str, metric: str) -> float:
         value = methods[label]["summary"][f"overall_{metric}"]["mean"]
         return -np.inf if value is None else value
@@ -154,10 +184,16 @@ def rank_methods(identity: dict[str, Any], methods: dict[str, dict[str, Any]],
     result: dict[str, Any] = {
         "psnr": by_psnr,
         "ssim": by_ssim,
-        "gain_over_identity_psnr_db": {label: round(mean(label, "psnr") - baseline["psnr"], 2) for label in by_psnr
-                                       if np.isfinite(mean(label, "psnr"))},
-        "gain_over_identity_ssim": {label: round(mean(label, "ssim") - baseline["ssim"], 4) for label in by_ssim
-                                    if np.isfinite(mean(label, "ssim"))},
+        "gain_over_identity_psnr_db": {
+            label: round(mean(label, "psnr") - baseline["psnr"], 2)
+            for label in by_psnr
+            if np.isfinite(mean(label, "psnr"))
+        },
+        "gain_over_identity_ssim": {
+            label: round(mean(label, "ssim") - baseline["ssim"], 4)
+            for label in by_ssim
+            if np.isfinite(mean(label, "ssim"))
+        },
     }
     if claim:
         complete = all(label in methods for label in claim)

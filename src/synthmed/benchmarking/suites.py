@@ -83,37 +83,92 @@ class Suite:
     notes: tuple[str, ...] = field(default=())
 
 
-SUITES: dict[str, Suite] = {suite.name: suite for suite in (
-    Suite("quick", "every translator on 6 phantoms of 32^3 for 200 steps: a smoke test of the whole protocol, "
-          "minutes on a CPU, not a ranking",
-          tasks=(Task("T1", "T2"),), subjects=6, size=32, steps=200, batch_size=8),
-    Suite("full", "every translator on 10 phantoms of 64^3 for 3000 steps: hours on a CPU, for a GPU",
-          tasks=(Task("T1", "T2"),), subjects=10, size=64, steps=3000, batch_size=8, split="0.6,0.2,0.2"),
-    Suite("real", "every translator on the real BraTS-layout and MS brains (--data = ../shared/data/real), 64 px, "
-          "1000 steps, four tasks",
-          tasks=(Task("t1", "t2"), Task("t2", "t1"), Task("t1", "t1c"), Task("t2", "flair")),
-          subjects=4, size=64, steps=1000, batch_size=8, data="real", split="manifest"),
-    Suite("paired", "MedGAN (CasNet of 3 U-blocks) vs its single U-block ablation vs pix2pix at an equal budget, "
-          "T1 -> T2 and motion-artefact correction, 8 phantoms of 64^3",
-          tasks=(Task("T1", "T2"), Task("T1", "T1", degrade="motion")),
-          methods=(Method("medgan"), Method("medgan", "single-ublock"), Method("pix2pix")),
-          subjects=8, size=64, steps=500, batch_size=8, phantom_seed=7, split="0.7,0.1,0.2",
-          claim=("medgan", "medgan-single-ublock", "pix2pix"),
-          claim_source="MedGAN (Armanious et al. 2020): CasNet + perceptual/style losses > one U-block > pix2pix",
-          notes=("The benchmark gives medgan no VGG-19 weights: its style and content losses are off (adversarial + "
-                 "perceptual only), as the run's config records.",)),
-    Suite("unpaired", "SynDiff vs CycleGAN trained unpaired at an equal budget, scored against the true paired "
-          "scan in both directions (T1 -> T2 and T2 -> T1 with the same runs), 8 phantoms of 64^3",
-          tasks=(Task("T1", "T2", reverse=True),), methods=(Method("syndiff"), Method("cyclegan")),
-          subjects=8, size=64, steps=1500, batch_size=4, phantom_seed=7, split="0.7,0.1,0.2",
-          claim=("syndiff", "cyclegan"), claim_source="SynDiff (Özbey et al. 2023): SynDiff > CycleGAN"),
-    Suite("unpaired-lesion", "GMM-UNIT vs UNIT vs CycleGAN, T1 -> T1c, scored in the head and inside the "
-          "enhancing lesions, 8 phantoms of 64^3",
-          tasks=(Task("T1", "T1c"),), methods=(Method("gmm-unit"), Method("unit"), Method("cyclegan")),
-          subjects=8, size=64, steps=1500, batch_size=2, phantom_seed=7, split="0.7,0.1,0.2",
-          claim=("gmm-unit", "unit", "cyclegan"),
-          claim_source="patch-based shared-latent GMM translation: the GMM prior > UNIT's single Gaussian > CycleGAN"),
-)}
+SUITES: dict[str, Suite] = {
+    suite.name: suite
+    for suite in (
+        Suite(
+            "quick",
+            "every translator on 6 phantoms of 32^3 for 200 steps: a smoke test of the whole protocol, "
+            "minutes on a CPU, not a ranking",
+            tasks=(Task("T1", "T2"),),
+            subjects=6,
+            size=32,
+            steps=200,
+            batch_size=8,
+        ),
+        Suite(
+            "full",
+            "every translator on 10 phantoms of 64^3 for 3000 steps: hours on a CPU, for a GPU",
+            tasks=(Task("T1", "T2"),),
+            subjects=10,
+            size=64,
+            steps=3000,
+            batch_size=8,
+            split="0.6,0.2,0.2",
+        ),
+        Suite(
+            "real",
+            "every translator on the real BraTS-layout and MS brains (--data = ../shared/data/real), 64 px, "
+            "1000 steps, four tasks",
+            tasks=(Task("t1", "t2"), Task("t2", "t1"), Task("t1", "t1c"), Task("t2", "flair")),
+            subjects=4,
+            size=64,
+            steps=1000,
+            batch_size=8,
+            data="real",
+            split="manifest",
+        ),
+        Suite(
+            "paired",
+            "MedGAN (CasNet of 3 U-blocks) vs its single U-block ablation vs pix2pix at an equal budget, "
+            "T1 -> T2 and motion-artefact correction, 8 phantoms of 64^3",
+            tasks=(Task("T1", "T2"), Task("T1", "T1", degrade="motion")),
+            methods=(Method("medgan"), Method("medgan", "single-ublock"), Method("pix2pix")),
+            subjects=8,
+            size=64,
+            steps=500,
+            batch_size=8,
+            phantom_seed=7,
+            split="0.7,0.1,0.2",
+            claim=("medgan", "medgan-single-ublock", "pix2pix"),
+            claim_source="MedGAN (Armanious et al. 2020): CasNet + perceptual/style losses > one U-block > pix2pix",
+            notes=(
+                "The benchmark gives medgan no VGG-19 weights: its style and content losses are off (adversarial + "
+                "perceptual only), as the run's config records.",
+            ),
+        ),
+        Suite(
+            "unpaired",
+            "SynDiff vs CycleGAN trained unpaired at an equal budget, scored against the true paired "
+            "scan in both directions (T1 -> T2 and T2 -> T1 with the same runs), 8 phantoms of 64^3",
+            tasks=(Task("T1", "T2", reverse=True),),
+            methods=(Method("syndiff"), Method("cyclegan")),
+            subjects=8,
+            size=64,
+            steps=1500,
+            batch_size=4,
+            phantom_seed=7,
+            split="0.7,0.1,0.2",
+            claim=("syndiff", "cyclegan"),
+            claim_source="SynDiff (Özbey et al. 2023): SynDiff > CycleGAN",
+        ),
+        Suite(
+            "unpaired-lesion",
+            "GMM-UNIT vs UNIT vs CycleGAN, T1 -> T1c, scored in the head and inside the "
+            "enhancing lesions, 8 phantoms of 64^3",
+            tasks=(Task("T1", "T1c"),),
+            methods=(Method("gmm-unit"), Method("unit"), Method("cyclegan")),
+            subjects=8,
+            size=64,
+            steps=1500,
+            batch_size=2,
+            phantom_seed=7,
+            split="0.7,0.1,0.2",
+            claim=("gmm-unit", "unit", "cyclegan"),
+            claim_source="patch-based shared-latent GMM translation: the GMM prior > UNIT's single Gaussian > CycleGAN",
+        ),
+    )
+}
 
 
 def get_suite(name: str) -> Suite:

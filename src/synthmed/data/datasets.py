@@ -58,20 +58,31 @@ class SliceDataset(Dataset):
     slice); paired, it is the slice itself.
     """
 
-    def __init__(self, data: PreparedData, split: str, unpaired: bool = False, seed: int = 0, lesion_only: bool = False,
-                 patch: int | None = None, context: int = 1):
+    def __init__(
+        self,
+        data: PreparedData,
+        split: str,
+        unpaired: bool = False,
+        seed: int = 0,
+        lesion_only: bool = False,
+        patch: int | None = None,
+        context: int = 1,
+    ):
         self.data = data
         self.patch = patch
         if context < 1 or context % 2 == 0:
             raise SynthmedError(f"--context {context}: give an odd number of slices (1, 3, 5, ...)")
         self.context = context
         index = np.asarray(data.arrays["index"])
-        self._row_of = {(int(subject), int(number)): row for row, (subject, number) in enumerate(index)} \
-            if context > 1 else {}
+        self._row_of = (
+            {(int(subject), int(number)): row for row, (subject, number) in enumerate(index)} if context > 1 else {}
+        )
         self.rows = data.rows(split)
         if lesion_only:  # only slices whose label map holds a lesion (label > 0)
             if "label" not in data.arrays:
-                raise SynthmedError(f"{data.root}: lesion slices were asked for, but the data was prepared without --label")
+                raise SynthmedError(
+                    f"{data.root}: lesion slices were asked for, but the data was prepared without --label"
+                )
             labels = data.arrays["label"]
             self.rows = np.asarray([row for row in self.rows if labels[row].any()], dtype=self.rows.dtype)
         self.split = split
@@ -84,8 +95,12 @@ class SliceDataset(Dataset):
         if unpaired:
             self._subjects = np.asarray(data.arrays["index"][self.rows, 0])
             if len(np.unique(self._subjects)) < 2:
-                log.warning("unpaired training on one subject (%s split of %s) is weak: the target partners are other "
-                            "slices of the same head; give the split more subjects", split, data.root)
+                log.warning(
+                    "unpaired training on one subject (%s split of %s) is weak: the target partners are other "
+                    "slices of the same head; give the split more subjects",
+                    split,
+                    data.root,
+                )
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -120,8 +135,12 @@ class SliceDataset(Dataset):
         centre = _cut(self.data.arrays[key][row], window, -1.0)
         if self.context == 1:
             return centre
-        return torch.cat([_cut(self.data.arrays[key][r], window, -1.0) if r is not None
-                          else torch.full_like(centre, -1.0) for r in self._neighbours(row)])
+        return torch.cat(
+            [
+                _cut(self.data.arrays[key][r], window, -1.0) if r is not None else torch.full_like(centre, -1.0)
+                for r in self._neighbours(row)
+            ]
+        )
 
     def _neighbours(self, row: int) -> list[int | None]:
         """Rows of the ``context`` slices centred on ``row`` (None where a slice was not kept)."""

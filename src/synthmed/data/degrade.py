@@ -75,16 +75,28 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from synthmed.data.discovery import canonical_modality, file_modality, parse_aliases
+from synthmed.data.foreground import foreground_mask
 from synthmed.data.geometry import slice_axis
 from synthmed.data.io import (
-    Volume, ensure_writable_folder, is_volume_path, output_suffix, read_volume, volume_suffix, write_volume,
+    Volume,
+    ensure_writable_folder,
+    is_volume_path,
+    output_suffix,
+    read_volume,
+    volume_suffix,
+    write_volume,
 )
 from synthmed.errors import SynthmedError
 from synthmed.files import (
-    json_text, output_lock, record_written, refuse_replacing_foreign, remove_stale_temporaries, temporary_path,
-    write_text_atomic, written_by_synthmed,
+    json_text,
+    output_lock,
+    record_written,
+    refuse_replacing_foreign,
+    remove_stale_temporaries,
+    temporary_path,
+    write_text_atomic,
+    written_by_synthmed,
 )
-from synthmed.data.foreground import foreground_mask
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +182,9 @@ def phase_segments(n_lines: int, n_segments: int = MOTION_SEGMENTS) -> list[np.n
     return [(c - n_lines // 2) % n_lines for c in centred]  # the inverse of fftshift's reordering
 
 
-def plan_motion(n_lines: int, severity: float, rng: np.random.Generator,
-                n_segments: int = MOTION_SEGMENTS) -> tuple[list[np.ndarray], list[SegmentMotion]]:
+def plan_motion(
+    n_lines: int, severity: float, rng: np.random.Generator, n_segments: int = MOTION_SEGMENTS
+) -> tuple[list[np.ndarray], list[SegmentMotion]]:
     """Segments of ``n_lines`` phase-encode lines and the motion of the corrupted ones.
 
     The same draws are made whatever the severity (segment order, direction, unit
@@ -193,8 +206,11 @@ def plan_motion(n_lines: int, severity: float, rng: np.random.Generator,
     motions = []
     for j in sorted(candidates[i] for i in order[:count]):
         r = max_shift * radius[j]
-        motions.append(SegmentMotion(segment=j, shift=(r * math.cos(direction[j]), r * math.sin(direction[j])),
-                                     angle=max_angle * turn[j]))
+        motions.append(
+            SegmentMotion(
+                segment=j, shift=(r * math.cos(direction[j]), r * math.sin(direction[j])), angle=max_angle * turn[j]
+            )
+        )
     return segments, motions
 
 
@@ -240,10 +256,15 @@ def add_motion(volume: np.ndarray, severity: float, rng: np.random.Generator, ax
     # A magnitude image is what the scanner reconstructs; a signed image keeps its sign (real part).
     result = np.abs(corrupted) if float(volume.min()) >= 0 else corrupted.real
     info = {
-        "segments": len(segments), "phase_encode_axis": order[1], "slice_axis": order[0],
+        "segments": len(segments),
+        "phase_encode_axis": order[1],
+        "slice_axis": order[0],
         # lines as centred k-space rows (0 = -k_max), first and last, for reading the record
-        "moved": [dict(asdict(m), lines=[int(c.min()), int(c.max())])
-                  for m in motions for c in [(segments[m.segment] + n_pe // 2) % n_pe]],
+        "moved": [
+            dict(asdict(m), lines=[int(c.min()), int(c.max())])
+            for m in motions
+            for c in [(segments[m.segment] + n_pe // 2) % n_pe]
+        ],
     }
     return np.moveaxis(result, (0, 1, 2), order).astype(np.float32), info
 
@@ -258,7 +279,7 @@ def add_rician_noise(volume: np.ndarray, sigma: float, rng: np.random.Generator)
     n2 = rng.standard_normal(data.shape) * sigma
     if float(data.min()) < 0:
         return (data + n1).astype(np.float32)
-    return np.sqrt((data + n1) ** 2 + n2 ** 2).astype(np.float32)
+    return np.sqrt((data + n1) ** 2 + n2**2).astype(np.float32)
 
 
 def _require_non_negative(data: np.ndarray) -> None:
@@ -281,8 +302,9 @@ def add_lowdose_noise(volume: np.ndarray, counts_per_unit: float, rng: np.random
 # --------------------------------------------------------------------------- one array
 
 
-def degrade_array(data: np.ndarray, kind: str, severity: float, rng: np.random.Generator,
-                  axis: int = 2) -> tuple[np.ndarray, dict]:
+def degrade_array(
+    data: np.ndarray, kind: str, severity: float, rng: np.random.Generator, axis: int = 2
+) -> tuple[np.ndarray, dict]:
     """Degraded float32 copy of a 3D array and a JSON-able record of what was drawn."""
     check_kind(kind)
     severity = check_severity(severity)
@@ -298,7 +320,7 @@ def degrade_array(data: np.ndarray, kind: str, severity: float, rng: np.random.G
         return add_rician_noise(data, sigma, rng), info
     _require_non_negative(data)  # before reference_intensity, for the clearer message
     reference = reference_intensity(data)
-    dose = LOWDOSE_BASE ** -severity
+    dose = LOWDOSE_BASE**-severity
     counts = LOWDOSE_REFERENCE_COUNTS * dose
     info = {"dose_fraction": dose, "counts_at_reference": counts, "reference_intensity": reference}
     return add_lowdose_noise(data, counts / reference, rng), info
@@ -327,15 +349,20 @@ def _plan_jobs(input_path: Path, output: Path, kind: str, name: str | None, alia
             raise SynthmedError(f"{output} is a folder; for a single input give an output file name like out.nii.gz")
         return [_Job(input_path, output)]
     if not name:
-        raise SynthmedError(f"{input_path} is a folder of subjects: pass --name MODALITY (e.g. --name T1) to choose the scan to degrade")
+        raise SynthmedError(
+            f"{input_path} is a folder of subjects: pass --name MODALITY (e.g. --name T1) to choose the scan to degrade"
+        )
     wanted = canonical_modality(name, aliases)
     out_name = f"{name}_{kind}"
     if canonical_modality(out_name, aliases) == wanted:
         raise SynthmedError(f"--name {name}: the degraded scan would have the same modality name as the clean one")
     jobs = []
     for entry in sorted(p for p in input_path.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = [f for f in sorted(entry.iterdir()) if f.is_file() and volume_suffix(f)
-                 and file_modality(f, entry.name, aliases) == wanted]
+        files = [
+            f
+            for f in sorted(entry.iterdir())
+            if f.is_file() and volume_suffix(f) and file_modality(f, entry.name, aliases) == wanted
+        ]
         if not files:
             log.warning("%s: no %s scan in this subject folder; skipped", entry, name)
             continue
@@ -386,8 +413,9 @@ def _link_clean(clean: Path, link: Path, overwrite: bool) -> str:
             if where.is_dir():
                 raise SynthmedError(f"{where} is a folder; cannot replace it with the clean scan")
             if not where.is_symlink() and not written_by_synthmed(where):  # a link loses nothing; a file may be data
-                raise SynthmedError(f"{where} exists and is a file synthmed did not write; delete it yourself or "
-                                    "choose another output")
+                raise SynthmedError(
+                    f"{where} exists and is a file synthmed did not write; delete it yourself or choose another output"
+                )
             where.unlink()
         try:
             where.symlink_to(target.resolve())
@@ -432,21 +460,45 @@ def degrade(
     input_path, output = Path(input_path), Path(output)
     jobs = _plan_jobs(input_path, output, kind, name, parse_aliases(aliases))
     with output_lock(output):
-        return _degrade_jobs(jobs, output, kind=kind, severity=severity, seed=seed, name=name, axis=axis,
-                             overwrite=overwrite, progress=progress)
+        return _degrade_jobs(
+            jobs,
+            output,
+            kind=kind,
+            severity=severity,
+            seed=seed,
+            name=name,
+            axis=axis,
+            overwrite=overwrite,
+            progress=progress,
+        )
 
 
-def _degrade_jobs(jobs: list, output: Path, *, kind: str, severity: float, seed: int, name: str | None, axis,
-                  overwrite: bool, progress: bool) -> list[Path]:
+def _degrade_jobs(
+    jobs: list,
+    output: Path,
+    *,
+    kind: str,
+    severity: float,
+    seed: int,
+    name: str | None,
+    axis,
+    overwrite: bool,
+    progress: bool,
+) -> list[Path]:
     existing = [job.out for job in jobs if job.out.exists()]
     if existing and not overwrite:
-        raise SynthmedError(f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace")
+        raise SynthmedError(
+            f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace"
+        )
     if any(_same_file(job.source, job.out) for job in jobs):
         raise SynthmedError(f"{jobs[0].out}: the output would replace its own input; choose another output")
     folder_mode = jobs[0].subject is not None
     summary_path = output / f"degrade-{name}_{kind}.json" if folder_mode else None
-    replaced = existing + [job.link for job in jobs if folder_mode and job.link.exists() and not job.link.is_symlink()
-                           and not _same_file(job.source, job.link)]
+    replaced = existing + [
+        job.link
+        for job in jobs
+        if folder_mode and job.link.exists() and not job.link.is_symlink() and not _same_file(job.source, job.link)
+    ]
     if summary_path is not None and summary_path.exists():
         replaced.append(summary_path)
     refuse_replacing_foreign(replaced, "degrade")  # only synthmed's own outputs, never a scan of the user's
@@ -461,8 +513,13 @@ def _degrade_jobs(jobs: list, output: Path, *, kind: str, severity: float, seed:
         for job in tqdm(jobs, desc=f"degrade ({kind})", unit="volume", disable=not progress or not folder_mode):
             volume: Volume = read_volume(job.source)
             try:
-                degraded, info = degrade_array(volume.data, kind, severity, _subject_rng(seed, job.subject),
-                                               axis=slice_axis(volume.affine, axis, volume.is_2d))
+                degraded, info = degrade_array(
+                    volume.data,
+                    kind,
+                    severity,
+                    _subject_rng(seed, job.subject),
+                    axis=slice_axis(volume.affine, axis, volume.is_2d),
+                )
             except SynthmedError as error:
                 raise SynthmedError(f"{job.source}: {error}") from None
             records[job.subject or job.source.name] = {"clean": str(job.source), "degraded": str(job.out), **info}
@@ -483,9 +540,15 @@ def _degrade_jobs(jobs: list, output: Path, *, kind: str, severity: float, seed:
     if folder_mode:
         for job in jobs:
             records[job.subject]["clean_beside"] = _link_clean(job.source, job.link, overwrite)
-        summary = {"kind": kind, "severity": severity, "seed": seed, "name": name, "axis": str(axis),
-                   "pair_with": f"synthmed prepare {output} --source {name}_{kind} --target {name}",
-                   "subjects": records}
+        summary = {
+            "kind": kind,
+            "severity": severity,
+            "seed": seed,
+            "name": name,
+            "axis": str(axis),
+            "pair_with": f"synthmed prepare {output} --source {name}_{kind} --target {name}",
+            "subjects": records,
+        }
         write_text_atomic(summary_path, json_text(summary))
         copies = [job.link for job in jobs if records[job.subject]["clean_beside"] == "copy"]
         record_written([*written, *copies, summary_path], "degrade")

@@ -71,24 +71,58 @@ IMAGE_SUFFIXES: tuple[str, ...] = VOLUME_SUFFIXES  # longest first, as suffix ma
 
 DEFAULT_ALIASES: dict[str, str] = {
     # T1 (native, pre-contrast)
-    "t1n": "t1", "t1w": "t1", "t1native": "t1", "t1_native": "t1", "t1-native": "t1",
-    "t1pre": "t1", "t1_pre": "t1", "t1-pre": "t1",
+    "t1n": "t1",
+    "t1w": "t1",
+    "t1native": "t1",
+    "t1_native": "t1",
+    "t1-native": "t1",
+    "t1pre": "t1",
+    "t1_pre": "t1",
+    "t1-pre": "t1",
     # T1 post-contrast
-    "t1ce": "t1c", "t1_ce": "t1c", "t1-ce": "t1c", "t1wce": "t1c", "t1w_ce": "t1c", "cet1": "t1c", "ce-t1": "t1c",
-    "t1gd": "t1c", "t1_gd": "t1c", "t1-gd": "t1c", "t1post": "t1c", "t1_post": "t1c", "t1-post": "t1c",
-    "t1contrast": "t1c", "t1_contrast": "t1c", "t1+c": "t1c", "t1+gd": "t1c",
+    "t1ce": "t1c",
+    "t1_ce": "t1c",
+    "t1-ce": "t1c",
+    "t1wce": "t1c",
+    "t1w_ce": "t1c",
+    "cet1": "t1c",
+    "ce-t1": "t1c",
+    "t1gd": "t1c",
+    "t1_gd": "t1c",
+    "t1-gd": "t1c",
+    "t1post": "t1c",
+    "t1_post": "t1c",
+    "t1-post": "t1c",
+    "t1contrast": "t1c",
+    "t1_contrast": "t1c",
+    "t1+c": "t1c",
+    "t1+gd": "t1c",
     # T2
     "t2w": "t2",
     # FLAIR
-    "t2f": "flair", "fla": "flair", "t2flair": "flair", "t2_flair": "flair", "t2-flair": "flair", "flairw": "flair",
+    "t2f": "flair",
+    "fla": "flair",
+    "t2flair": "flair",
+    "t2_flair": "flair",
+    "t2-flair": "flair",
+    "flairw": "flair",
     # proton density
-    "pdw": "pd", "pd_w": "pd", "pd-w": "pd",
+    "pdw": "pd",
+    "pd_w": "pd",
+    "pd-w": "pd",
     # labels
     "segmentation": "seg",
 }
 
-_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-           "test": "test", "testing": "test"}
+_SPLITS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 _MANIFEST_REQUIRED = ("subject", "modality", "path")
 _MANIFEST_COLUMNS = ("subject", "modality", "path", "split", "mask", "label", "key", "channel")
 _SLICE_STACK_MIN = 8  # this many numbered files in one subject folder look like 2D slices
@@ -115,7 +149,9 @@ def parse_aliases(spec: str | list[str] | tuple[str, ...] | dict | None) -> dict
                     continue
                 name, sep, value = item.partition("=")
                 if not sep:
-                    raise SynthmedError(f"alias {item.strip()!r} has no '='; write NAME=MODALITY, e.g. --alias t2f=flair")
+                    raise SynthmedError(
+                        f"alias {item.strip()!r} has no '='; write NAME=MODALITY, e.g. --alias t2f=flair"
+                    )
                 items.append((name, value))
     aliases: dict[str, str] = {}
     for name, value in items:
@@ -219,13 +255,17 @@ def discover(
         if data is None and os.path.isabs(os.path.expanduser(pattern)):
             data, pattern = _split_absolute_pattern(os.path.expanduser(pattern))
         if data is None:
-            raise SynthmedError(f"--pattern {pattern!r} needs a data folder: give DATA (the folder the pattern is relative to)")
+            raise SynthmedError(
+                f"--pattern {pattern!r} needs a data folder: give DATA (the folder the pattern is relative to)"
+            )
         return _discover_pattern(_existing_dir(data), pattern, user_aliases)
     if data is None:
         raise SynthmedError("no data given: pass a data folder (one sub-folder per subject), or --manifest FILE")
     root = _existing_dir(data)
     if is_lgg_layout(root):
-        log.info("%s: the Kaggle LGG layout (RGB slices: t1 = channel 0, flair = 1, t1c = 2; *_mask.tif -> lesion)", root)
+        log.info(
+            "%s: the Kaggle LGG layout (RGB slices: t1 = channel 0, flair = 1, t1c = 2; *_mask.tif -> lesion)", root
+        )
         return _discover_manifest(lgg_manifest(root), root, user_aliases)
     return _discover_folders(root, user_aliases)
 
@@ -235,7 +275,9 @@ def _existing_dir(data: str | Path) -> Path:
     if not path.exists():
         raise SynthmedError(f"{data}: data folder not found; check the path")
     if not path.is_dir():
-        raise SynthmedError(f"{data}: not a folder; pass the folder that holds the subjects (or a file with --manifest)")
+        raise SynthmedError(
+            f"{data}: not a folder; pass the folder that holds the subjects (or a file with --manifest)"
+        )
     return Path(os.path.abspath(path))
 
 
@@ -269,7 +311,9 @@ def _is_dicom_series(path: Path | str) -> bool:
     return any(has_dicom_magic(p) for p in candidates)
 
 
-def _add(files: dict[str, FileRef], origin: dict[str, str], subject: str, modality: str, ref: FileRef, where: str) -> None:
+def _add(
+    files: dict[str, FileRef], origin: dict[str, str], subject: str, modality: str, ref: FileRef, where: str
+) -> None:
     if modality in files:
         raise SynthmedError(
             f"subject {subject} has two {modality} files: {origin[modality]} and {where}; "
@@ -284,7 +328,7 @@ def strip_subject_prefix(stem: str, subject: str) -> str:
     for sep in ("-", "_", "."):
         prefix = subject + sep
         if stem.lower().startswith(prefix.lower()) and len(stem) > len(prefix):
-            return stem[len(prefix):]
+            return stem[len(prefix) :]
     return stem
 
 
@@ -408,7 +452,7 @@ def _tokenize(pattern: str) -> list[tuple[str, str]]:
             i += 1
         elif ch == "[":
             end = pattern.find("]", i + 2 if pattern.startswith("[!", i) or pattern.startswith("[^", i) else i + 1)
-            body = pattern[i + 1:end] if end > 0 else ""
+            body = pattern[i + 1 : end] if end > 0 else ""
             if end < 0 or not body or "/" in body:
                 literal.append(ch)
                 i += 1
@@ -474,7 +518,7 @@ def _split_absolute_pattern(pattern: str) -> tuple[str, str]:
             break
         literal.append(part)
     root = "/".join(literal) or "/"
-    rest = "/".join(parts[len(literal):])
+    rest = "/".join(parts[len(literal) :])
     return root, rest
 
 
@@ -584,12 +628,17 @@ def _read_manifest(manifest: str | Path) -> tuple[list[tuple[str, dict]], Path]:
                 delimiter = "\t" if suffix == ".tsv" or tabbed else ","
                 reader = csv.DictReader(handle, delimiter=delimiter)
                 if not reader.fieldnames:
-                    raise SynthmedError(f"{path}: empty manifest; add a header row 'subject,modality,path' and one row per file")
+                    raise SynthmedError(
+                        f"{path}: empty manifest; add a header row 'subject,modality,path' and one row per file"
+                    )
                 for row in reader:
                     if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
                         continue
-                    clean = {str(k).strip().lower(): (v.strip() if isinstance(v, str) else v)
-                             for k, v in row.items() if k is not None}
+                    clean = {
+                        str(k).strip().lower(): (v.strip() if isinstance(v, str) else v)
+                        for k, v in row.items()
+                        if k is not None
+                    }
                     rows.append((f"line {reader.line_num}", clean))
         except UnicodeDecodeError:
             raise SynthmedError(f"{path}: not a UTF-8 text file; save the manifest as CSV (UTF-8)") from None
@@ -610,7 +659,9 @@ def _json_rows(content, where) -> list[tuple[str, dict]]:
     if isinstance(content, dict) and "subjects" in content:
         content = content["subjects"]
     if not isinstance(content, list):
-        raise SynthmedError(f"{where}: a JSON manifest must be a list of rows (or {{\"subjects\": [...]}}); fix the manifest")
+        raise SynthmedError(
+            f'{where}: a JSON manifest must be a list of rows (or {{"subjects": [...]}}); fix the manifest'
+        )
     rows: list[tuple[str, dict]] = []
     for number, entry in enumerate(content, 1):
         label = f"entry {number}"
@@ -683,7 +734,9 @@ def _discover_manifest(manifest, root: Path | None, aliases: dict[str, str]) -> 
                 if channel != float(channel_text) or channel < 0:
                     raise ValueError
             except ValueError:
-                raise SynthmedError(f"{where}: channel {channel_text!r} is not a whole number >= 0; fix the manifest") from None
+                raise SynthmedError(
+                    f"{where}: channel {channel_text!r} is not a whole number >= 0; fix the manifest"
+                ) from None
         split_text = _text(row.get("split")).lower()
         split = None
         if split_text:
@@ -708,7 +761,11 @@ def _discover_manifest(manifest, root: Path | None, aliases: dict[str, str]) -> 
             )
         subject.files[modality] = ref
         origin[sid][modality] = label
-        for attr, value, column in (("split", split, "split"), ("mask", mask_ref, "mask"), ("label", label_ref, "label")):
+        for attr, value, column in (
+            ("split", split, "split"),
+            ("mask", mask_ref, "mask"),
+            ("label", label_ref, "label"),
+        ):
             if value is None:
                 continue
             current = getattr(subject, attr)
@@ -742,4 +799,3 @@ def write_manifest(rows: list[dict], path: str | Path) -> Path:
         for row in rows:
             writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
     return path
-

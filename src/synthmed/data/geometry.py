@@ -36,16 +36,22 @@ def grid_difference(shape_a, affine_a: np.ndarray, shape_b, affine_b: np.ndarray
     return None
 
 
-def resample_onto(data: np.ndarray, affine: np.ndarray, grid_shape, grid_affine: np.ndarray, order: int,
-                  fill: float) -> np.ndarray:
+def resample_onto(
+    data: np.ndarray, affine: np.ndarray, grid_shape, grid_affine: np.ndarray, order: int, fill: float
+) -> np.ndarray:
     """``data`` (with voxel-to-world ``affine``) resampled onto another grid: each output voxel takes the
     value at its world position (``order`` 0 nearest, 1 linear); ``fill`` outside ``data``'s field of view."""
     from scipy import ndimage
 
     mapping = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ np.asarray(grid_affine, dtype=np.float64)
     return ndimage.affine_transform(
-        data, mapping[:3, :3], offset=mapping[:3, 3], output_shape=tuple(grid_shape), order=order,
-        mode="constant", cval=float(fill),
+        data,
+        mapping[:3, :3],
+        offset=mapping[:3, 3],
+        output_shape=tuple(grid_shape),
+        order=order,
+        mode="constant",
+        cval=float(fill),
     ).astype(np.float32)
 
 
@@ -138,8 +144,13 @@ INTERPOLATION = "bicubic"
 INTERPOLATIONS = ("bicubic", "bilinear")
 
 
-def _resize(stack: np.ndarray, size: int, nearest: bool, interpolation: str = INTERPOLATION,
-            value_range: tuple[float, float] | None = None) -> np.ndarray:
+def _resize(
+    stack: np.ndarray,
+    size: int,
+    nearest: bool,
+    interpolation: str = INTERPOLATION,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Each slice of ``stack`` resized to size x size; a bicubic result is clipped to ``value_range``, by default
     the range of the whole stack (a caller that resizes a stack in parts passes the whole stack's range, so the
     parts come out exactly as the whole would)."""
@@ -171,8 +182,14 @@ def box_overlap(geometry: SliceGeometry) -> tuple[slice, slice, slice, slice]:
     return ir, ic, br, bc
 
 
-def crop_slices(volume: np.ndarray, geometry: SliceGeometry, fill: float, nearest: bool = False,
-                interpolation: str = INTERPOLATION, value_range: tuple[float, float] | None = None) -> np.ndarray:
+def crop_slices(
+    volume: np.ndarray,
+    geometry: SliceGeometry,
+    fill: float,
+    nearest: bool = False,
+    interpolation: str = INTERPOLATION,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Volume -> (n_slices, size, size) float32 stack in the geometry's box (``value_range``: see :func:`_resize`)."""
     stack = to_slices(volume, geometry.axis)
     boxed = np.full((stack.shape[0], geometry.side, geometry.side), fill, dtype=np.float32)
@@ -181,8 +198,13 @@ def crop_slices(volume: np.ndarray, geometry: SliceGeometry, fill: float, neares
     return _resize(boxed, geometry.size, nearest, interpolation, value_range)
 
 
-def uncrop_slices(stack: np.ndarray, geometry: SliceGeometry, fill: float, interpolation: str = INTERPOLATION,
-                  value_range: tuple[float, float] | None = None) -> np.ndarray:
+def uncrop_slices(
+    stack: np.ndarray,
+    geometry: SliceGeometry,
+    fill: float,
+    interpolation: str = INTERPOLATION,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Inverse of :func:`crop_slices`: (n_slices, size, size) -> volume of ``geometry.shape``."""
     boxed = _resize(stack, geometry.side, nearest=False, interpolation=interpolation, value_range=value_range)
     height, width = geometry.plane_shape
@@ -218,8 +240,9 @@ def native_size(side_mm: float, target_spacing_mm: float) -> int:
     return max(NATIVE_MULTIPLE, int(np.ceil(side_mm / target_spacing_mm / NATIVE_MULTIPLE - 1e-9)) * NATIVE_MULTIPLE)
 
 
-def fit_native_geometry(foreground: np.ndarray, axis: int, size: int, spacing_mm: float,
-                        target_spacing_mm: float) -> SliceGeometry:
+def fit_native_geometry(
+    foreground: np.ndarray, axis: int, size: int, spacing_mm: float, target_spacing_mm: float
+) -> SliceGeometry:
     """A ``size`` x ``size`` slice at ``target_spacing_mm`` per pixel, centred on the foreground: the box side in voxels
     is ``size * target / spacing`` (equal to ``size`` when the spacing is the target, so slices are the voxels
     themselves, not resampled)."""

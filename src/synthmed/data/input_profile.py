@@ -82,28 +82,40 @@ def differences(profile: dict[str, Any], found: dict[str, Any], resampled_to: fl
     said = []
     low, high = profile["padding"]
     if low > PADDED_FRACTION and found["padding"] < UNPADDED_FRACTION:
-        said.append(f"the input is not skull-stripped or zero-filled (background {found['padding']:.0%} padding; "
-                    f"the training scans had {low:.0%}-{high:.0%}: skull-stripped?)")
+        said.append(
+            f"the input is not skull-stripped or zero-filled (background {found['padding']:.0%} padding; "
+            f"the training scans had {low:.0%}-{high:.0%}: skull-stripped?)"
+        )
     elif high < UNPADDED_FRACTION and found["padding"] > PADDED_FRACTION:
-        said.append(f"the input is skull-stripped or zero-filled ({found['padding']:.0%} of it padding; the training "
-                    f"scans had {high:.0%} at most: native scans)")
+        said.append(
+            f"the input is skull-stripped or zero-filled ({found['padding']:.0%} of it padding; the training "
+            f"scans had {high:.0%} at most: native scans)"
+        )
     low, high = profile["foreground_ml"]
     if not low / FOREGROUND_FACTOR <= found["foreground_ml"] <= high * FOREGROUND_FACTOR:
-        said.append(f"its foreground is {found['foreground_ml'] / 1000:.2f} L, the training scans' "
-                    f"{low / 1000:.2f}-{high / 1000:.2f} L (a whole head versus brains, or another field of view?)")
+        said.append(
+            f"its foreground is {found['foreground_ml'] / 1000:.2f} L, the training scans' "
+            f"{low / 1000:.2f}-{high / 1000:.2f} L (a whole head versus brains, or another field of view?)"
+        )
     low, high = profile["spacing"]
     if resampled_to is None:
         outside = [s for s in found["spacing"] if not low / SPACING_FACTOR <= s <= high * SPACING_FACTOR]
         if outside:
-            said.append(f"its in-plane spacing is {' x '.join(f'{s:g}' for s in found['spacing'])} mm, the training "
-                        f"scans' {low:g}-{high:g} mm")
+            said.append(
+                f"its in-plane spacing is {' x '.join(f'{s:g}' for s in found['spacing'])} mm, the training "
+                f"scans' {low:g}-{high:g} mm"
+            )
     elif any(s > high * SPACING_FACTOR for s in found["spacing"]):
         # Slices are resampled to the model's pixel size, so only a much coarser input matters: it is blurred.
-        said.append(f"its in-plane spacing is {' x '.join(f'{s:g}' for s in found['spacing'])} mm, coarser than the "
-                    f"training scans' {low:g}-{high:g} mm (resampling it to {resampled_to:g} mm adds no detail)")
+        said.append(
+            f"its in-plane spacing is {' x '.join(f'{s:g}' for s in found['spacing'])} mm, coarser than the "
+            f"training scans' {low:g}-{high:g} mm (resampling it to {resampled_to:g} mm adds no detail)"
+        )
     distance = _distance(found["histogram"], profile["histogram"])
     allowed = profile["histogram_distance_max"] * HISTOGRAM_FACTOR + HISTOGRAM_SLACK
     if distance > allowed:
-        said.append(f"its intensity histogram is {distance:.2f} from the training scans' mean (theirs at most "
-                    f"{profile['histogram_distance_max']:.2f}): another contrast or modality?")
+        said.append(
+            f"its intensity histogram is {distance:.2f} from the training scans' mean (theirs at most "
+            f"{profile['histogram_distance_max']:.2f}): another contrast or modality?"
+        )
     return said

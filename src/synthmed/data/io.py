@@ -256,8 +256,11 @@ def read_volume(
                 volume = BY_SUFFIX[suffix].read(path, channel, key, dtype)
             else:
                 lowered = path.name.lower()
-                hint = ("; point at the folder holding the DICOM series" if lowered.endswith((".dcm", ".dicom"))
-                        or has_dicom_magic(str(path)) else "")
+                hint = (
+                    "; point at the folder holding the DICOM series"
+                    if lowered.endswith((".dcm", ".dicom")) or has_dicom_magic(str(path))
+                    else ""
+                )
                 raise SynthmedError(
                     f"{path}: unsupported file type{' ' + repr(Path(lowered).suffix) if Path(lowered).suffix else ''}"
                     f"{hint or '; use ' + ', '.join(VOLUME_SUFFIXES) + ' or a DICOM series folder'}"
@@ -278,7 +281,9 @@ def ensure_writable_folder(folder: str | os.PathLike) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SynthmedError(f"cannot create folder {folder} ({error.strerror or error}); choose another output") from None
+        raise SynthmedError(
+            f"cannot create folder {folder} ({error.strerror or error}); choose another output"
+        ) from None
     if not os.access(folder, os.W_OK):
         raise SynthmedError(f"folder {folder} is not writable; choose another output")
     return folder
@@ -313,7 +318,9 @@ def write_volume(
     if data.ndim == 2 and like is None and suffix not in (".npy", ".mat"):
         data = data[:, :, None]
     if data.ndim != 3 and suffix not in (".npy", ".mat"):
-        raise SynthmedError(f"{out}: data is {data.ndim}D ({shape_text(data.shape)}); only 3D (X, Y, Z) volumes can be written")
+        raise SynthmedError(
+            f"{out}: data is {data.ndim}D ({shape_text(data.shape)}); only 3D (X, Y, Z) volumes can be written"
+        )
     if out.is_dir():
         raise SynthmedError(f"{out} is a folder; give an output file name like out{suffix}")
     if out.exists() and not overwrite:
@@ -328,14 +335,18 @@ def write_volume(
         handle, tmp = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.tmp-{os.getpid()}-", suffix=suffix)
         os.close(handle)
     except OSError as error:
-        raise SynthmedError(f"{out}: cannot write in {parent} ({error.strerror or error}); choose another output") from None
+        raise SynthmedError(
+            f"{out}: cannot write in {parent} ({error.strerror or error}); choose another output"
+        ) from None
     try:
         BY_SUFFIX[suffix].write(tmp, data, like, suffix)
         os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; outputs get the user's usual permissions
         os.replace(tmp, out)
     except OSError as error:
         _remove(tmp)
-        raise SynthmedError(f"{out}: writing failed ({error.strerror or first_line(error)}); check free space and permissions") from None
+        raise SynthmedError(
+            f"{out}: writing failed ({error.strerror or first_line(error)}); check free space and permissions"
+        ) from None
     except BaseException:
         _remove(tmp)
         raise
@@ -347,17 +358,23 @@ def _write_mhd(out: Path, data: np.ndarray, like: Volume | None) -> Path:
     parent = out.parent if str(out.parent) else Path(".")
     raw_name = out.name[: -len(".mhd")] + ".raw"
     if (parent / raw_name).exists() and not (out.exists()):
-        raise SynthmedError(f"{parent / raw_name} exists and would be replaced by {out.name}'s data; move it or choose another name")
+        raise SynthmedError(
+            f"{parent / raw_name} exists and would be replaced by {out.name}'s data; move it or choose another name"
+        )
     try:
         folder = tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.tmp-{os.getpid()}-")
     except OSError as error:
-        raise SynthmedError(f"{out}: cannot write in {parent} ({error.strerror or error}); choose another output") from None
+        raise SynthmedError(
+            f"{out}: cannot write in {parent} ({error.strerror or error}); choose another output"
+        ) from None
     try:
         itk.write(os.path.join(folder, out.name), data, like)
         os.replace(os.path.join(folder, raw_name), parent / raw_name)
         os.replace(os.path.join(folder, out.name), out)
     except OSError as error:
-        raise SynthmedError(f"{out}: writing failed ({error.strerror or first_line(error)}); check free space and permissions") from None
+        raise SynthmedError(
+            f"{out}: writing failed ({error.strerror or first_line(error)}); check free space and permissions"
+        ) from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return out

@@ -73,8 +73,9 @@ def mr_low(volume: np.ndarray) -> float:
     return float(np.percentile(volume, MR_LOW_PERCENTILE))
 
 
-def fit_normalization(volume: np.ndarray, foreground: np.ndarray, kind: str, name: str = "volume",
-                      low: float | None = None) -> Normalization:
+def fit_normalization(
+    volume: np.ndarray, foreground: np.ndarray, kind: str, name: str = "volume", low: float | None = None
+) -> Normalization:
     """Fit the recorded transform of one volume (see the module docstring).
 
     ``low``: ``mr_low(volume)`` when the caller has it already (``translate`` takes it before the foreground
@@ -152,9 +153,15 @@ class TargetScale:
 
     @classmethod
     def from_dict(cls, record: dict) -> "TargetScale":
-        return cls(model=str(record["model"]), lo=float(record["lo"]), hi=float(record["hi"]),
-                   offset_per_range=float(record["offset_per_range"]), range_ratio=float(record["range_ratio"]),
-                   loo_error=dict(record["loo_error"]), subjects=int(record["subjects"]))
+        return cls(
+            model=str(record["model"]),
+            lo=float(record["lo"]),
+            hi=float(record["hi"]),
+            offset_per_range=float(record["offset_per_range"]),
+            range_ratio=float(record["range_ratio"]),
+            loo_error=dict(record["loo_error"]),
+            subjects=int(record["subjects"]),
+        )
 
 
 def _scale_models(pairs: list[tuple[Normalization, Normalization]]) -> dict[str, TargetScale]:
@@ -182,13 +189,21 @@ def fit_target_scale(pairs: list[tuple[Normalization, Normalization]]) -> Target
     errors: dict[str, float | None] = {model: None for model in SCALE_MODELS}
     if len(pairs) >= 2:
         for model in SCALE_MODELS:
-            held_out = [scale_error(_scale_models(pairs[:i] + pairs[i + 1 :])[model].predict(s), t)
-                        for i, (s, t) in enumerate(pairs)]
+            held_out = [
+                scale_error(_scale_models(pairs[:i] + pairs[i + 1 :])[model].predict(s), t)
+                for i, (s, t) in enumerate(pairs)
+            ]
             errors[model] = float(np.mean(held_out))
     best = "median"
     if len(pairs) >= 3 and errors["affine"] < errors["median"]:
         best = "affine"
     chosen = _scale_models(pairs)[best]
-    return TargetScale(chosen.model, chosen.lo, chosen.hi, chosen.offset_per_range, chosen.range_ratio,
-                       {k: (None if v is None or not np.isfinite(v) else round(v, 4)) for k, v in errors.items()},
-                       len(pairs))
+    return TargetScale(
+        chosen.model,
+        chosen.lo,
+        chosen.hi,
+        chosen.offset_per_range,
+        chosen.range_ratio,
+        {k: (None if v is None or not np.isfinite(v) else round(v, 4)) for k, v in errors.items()},
+        len(pairs),
+    )

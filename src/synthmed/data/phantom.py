@@ -72,8 +72,16 @@ from scipy import ndimage
 from synthmed.errors import SynthmedError
 from synthmed.files import output_lock, remove_stale_temporaries, temporary_path
 
-__all__ = ["MODALITIES", "LABELS", "TISSUES", "SEQUENCES", "TissueParams", "make_phantom", "write_phantoms",
-           "subject_seed"]
+__all__ = [
+    "MODALITIES",
+    "LABELS",
+    "TISSUES",
+    "SEQUENCES",
+    "TissueParams",
+    "make_phantom",
+    "write_phantoms",
+    "subject_seed",
+]
 
 MODALITIES = ("T1", "T2", "PD", "FLAIR", "T1c", "CT")
 LABELS = ("air", "scalp fat", "skull", "CSF", "grey matter", "white matter", "lesion")
@@ -176,8 +184,9 @@ class _Field:
         return np.einsum("ip,ip->p", t, bx)
 
 
-def _random_field(rng: np.random.Generator, kmax: int, std: float, *, kmin: float = 1.0,
-                  band: tuple[float, float] | None = None) -> _Field:
+def _random_field(
+    rng: np.random.Generator, kmax: int, std: float, *, kmin: float = 1.0, band: tuple[float, float] | None = None
+) -> _Field:
     """Random coefficients with a 1/|k| spectrum in ``kmin <= |k| <= kmax`` (or a Gaussian ``band`` (k0, width))."""
     k = np.arange(kmax + 1, dtype=np.float64)
     kk = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
@@ -269,9 +278,17 @@ class _Head:
         self.fissure_half_width = 0.2 * self.csf + _u(rng, 0.2, 0.4)
         # lateral ventricles: off-midline body, diverging posteriorly, horns bending down
         self.vent_lr = _u(rng, 4.0, 10.0)
-        self.vent = dict(off=self.vent_lr + _u(rng, 1.5, 3.5), cy=_u(rng, -5, 5), cz=_u(rng, 3, 12),
-                         ax=self.vent_lr, ay=_u(rng, 16, 26), az=_u(rng, 5, 10), diverge=_u(rng, 0.15, 0.35),
-                         bend=_u(rng, 3, 8), asym=tuple(float(s) for s in np.exp(0.1 * rng.standard_normal(2))))
+        self.vent = dict(
+            off=self.vent_lr + _u(rng, 1.5, 3.5),
+            cy=_u(rng, -5, 5),
+            cz=_u(rng, 3, 12),
+            ax=self.vent_lr,
+            ay=_u(rng, 16, 26),
+            az=_u(rng, 5, 10),
+            diverge=_u(rng, 0.15, 0.35),
+            bend=_u(rng, 3, 8),
+            asym=tuple(float(s) for s in np.exp(0.1 * rng.standard_normal(2))),
+        )
         # deep grey matter: thalamus and lentiform nucleus on each side
         self.deep = [
             (_u(rng, 9, 12), _u(rng, -12, -6), _u(rng, -6, 0), _u(rng, 7, 9), _u(rng, 10, 14), _u(rng, 7, 10)),
@@ -295,8 +312,11 @@ class _Head:
     def depths(self, ev, folds: bool = True) -> dict[str, np.ndarray]:
         """Depth maps; without ``folds`` (lesion placement), a sulcus is assumed everywhere."""
         rot, c = self.rotation, self.centre
-        p = (ev.X + ev.field(self.deform[0]) - c[0], ev.Y + ev.field(self.deform[1]) - c[1],
-             ev.Z + ev.field(self.deform[2]) - c[2])
+        p = (
+            ev.X + ev.field(self.deform[0]) - c[0],
+            ev.Y + ev.field(self.deform[1]) - c[1],
+            ev.Z + ev.field(self.deform[2]) - c[2],
+        )
         u0, u1, u2 = (float(rot[0, i]) * p[0] + float(rot[1, i]) * p[1] + float(rot[2, i]) * p[2] for i in range(3))
         head = _ellipsoid_depth(u0, u1, u2, *self.axes)
         t_skull = self.skull * np.maximum(1.0 + ev.field(self.f_skull), 0.3)
@@ -326,8 +346,19 @@ class _Head:
             dz = c2 - v["cz"] + v["bend"] * (dy * (1.0 / v["ay"])) ** 2
             d = _ellipsoid_depth(dx, dy, dz, v["ax"] * scale, v["ay"] * scale, v["az"] * scale)
             vent = d if vent is None else np.maximum(vent, d)
-        return dict(head=head, bone=bone, icv=icv, t_skull=t_skull, cortex=icv - t_csf, t_gm=t_gm, sulcus=sulcus,
-                    sulcus_depth=sulcus_depth, fissure=np.abs(u0), deep=deep, vent=vent)
+        return dict(
+            head=head,
+            bone=bone,
+            icv=icv,
+            t_skull=t_skull,
+            cortex=icv - t_csf,
+            t_gm=t_gm,
+            sulcus=sulcus,
+            sulcus_depth=sulcus_depth,
+            fissure=np.abs(u0),
+            deep=deep,
+            vent=vent,
+        )
 
     def wm_clearance(self, d: dict[str, np.ndarray]) -> np.ndarray:
         """Roughly how far (mm) a point lies inside the white matter (before deep structures); < 0 outside."""
@@ -345,13 +376,23 @@ class _Head:
             size = _u(rng, 4.0, 7.5)
             semi = np.array([size, size * _u(rng, 0.55, 1.0), size * _u(rng, 0.55, 1.0)])
             jitter = np.exp(rng.standard_normal(3) * (0.05, 0.1, 0.15))  # PD, T1, T2 of this lesion
-            wanted.append(dict(semi=semi, rot=_random_rotation(rng), jitter=jitter, enhance=bool(rng.random() < 0.6),
-                               conc=_u(rng, 0.4, 1.0)))
+            wanted.append(
+                dict(
+                    semi=semi,
+                    rot=_random_rotation(rng),
+                    jitter=jitter,
+                    enhance=bool(rng.random() < 0.6),
+                    conc=_u(rng, 0.4, 1.0),
+                )
+            )
         if wanted and not any(lesion["enhance"] for lesion in wanted):
             wanted[int(rng.integers(len(wanted)))]["enhance"] = True
         # surface samples of a unit sphere (6 axes and 8 diagonals), pushed 1 mm out of each lesion
-        dirs = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]
-                        + [[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=np.float64)
+        dirs = np.array(
+            [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]]
+            + [[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)],
+            dtype=np.float64,
+        )
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         placed: list[dict] = []
         reach = np.array(self.axes) - 25.0
@@ -361,14 +402,16 @@ class _Head:
             centres = np.array(self.centre) + rng.uniform(-1, 1, (256, 3)) * reach
             d = self.depths(_AtPoints(centres), folds=False)
             centres = centres[(self.wm_clearance(d) > 2.0) & (d["vent"] < -1.0) & (d["deep"] < -1.0)]
-            for lesion in wanted[len(placed):]:
+            for lesion in wanted[len(placed) :]:
                 surface = (dirs * (lesion["semi"] + 1.0)) @ lesion["rot"].T  # (14, 3) offsets
                 d = self.depths(_AtPoints((centres[:, None, :] + surface[None]).reshape(-1, 3)), folds=False)
                 inside = ((self.wm_clearance(d) > 0.0) & (d["vent"] < 0.0) & (d["deep"] < 0.0)).reshape(-1, 14)
                 choice = None
                 for g in np.flatnonzero(inside.all(axis=1)):
-                    if all(np.linalg.norm(centres[g] - o["centre"]) > lesion["semi"].max() + o["semi"].max() + 6.0
-                           for o in placed):
+                    if all(
+                        np.linalg.norm(centres[g] - o["centre"]) > lesion["semi"].max() + o["semi"].max() + 6.0
+                        for o in placed
+                    ):
                         choice = g
                         break
                 if choice is None:
@@ -424,11 +467,14 @@ def make_phantom(size: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     icv = _ramp(d["icv"], voxel)
     cortex, t_gm = d["cortex"], d["t_gm"]
     # clefts: CSF sheets (sulci, interhemispheric fissure) lined by grey matter, shallower than their depth
-    cleft = np.maximum(_slab(d["sulcus"], head.sulcus_half_width, voxel) * _ramp(d["sulcus_depth"] - cortex, voxel),
-                       _slab(d["fissure"], head.fissure_half_width, voxel) * _ramp(head.fissure_depth - cortex, voxel))
+    cleft = np.maximum(
+        _slab(d["sulcus"], head.sulcus_half_width, voxel) * _ramp(d["sulcus_depth"] - cortex, voxel),
+        _slab(d["fissure"], head.fissure_half_width, voxel) * _ramp(head.fissure_depth - cortex, voxel),
+    )
     cleft_wm = np.maximum(
         _slab(d["sulcus"], head.sulcus_half_width + t_gm, voxel) * _ramp(d["sulcus_depth"] + t_gm - cortex, voxel),
-        _slab(d["fissure"], head.fissure_half_width + t_gm, voxel) * _ramp(head.fissure_depth + t_gm - cortex, voxel))
+        _slab(d["fissure"], head.fissure_half_width + t_gm, voxel) * _ramp(head.fissure_depth + t_gm - cortex, voxel),
+    )
     brain = np.minimum(_ramp(cortex, voxel) * (1.0 - cleft), icv)
     wm = np.minimum(_ramp(cortex - t_gm, voxel) * (1.0 - cleft_wm), brain)
     del cleft, cleft_wm
@@ -450,8 +496,13 @@ def make_phantom(size: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     lesion_parts = []
     for lesion in head.lesions:
         reach = float(lesion["semi"].max()) + voxel
-        box = tuple(slice(max(int(np.floor((c - reach) / voxel + (n - 1) / 2)), 0),
-                          min(int(np.ceil((c + reach) / voxel + (n - 1) / 2)) + 1, n)) for c in lesion["centre"])
+        box = tuple(
+            slice(
+                max(int(np.floor((c - reach) / voxel + (n - 1) / 2)), 0),
+                min(int(np.ceil((c + reach) / voxel + (n - 1) / 2)) + 1, n),
+            )
+            for c in lesion["centre"]
+        )
         dx, dy, dz = (ax[b] - np.float32(c) for b, c in zip(box, lesion["centre"]))
         off = (dx[:, None, None], dy[None, :, None], dz[None, None, :])
         rot = lesion["rot"]
@@ -542,8 +593,9 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path, description: str) -
         os.replace(part, path)
     except OSError as error:
         part.unlink(missing_ok=True)
-        raise SynthmedError(f"{path}: writing failed ({error.strerror or error}); check free space and "
-                            "permissions") from None
+        raise SynthmedError(
+            f"{path}: writing failed ({error.strerror or error}); check free space and permissions"
+        ) from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -590,19 +642,23 @@ def _write_phantoms(out: Path, subjects: int, size: int, seed: int) -> list[Path
     for name in wanted:  # everything that would be replaced must be ours, before anything is written
         folder = out / name
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            raise SynthmedError(f"{folder} is not a phantom subject folder; --overwrite replaces only files synthmed "
-                                "phantom wrote: move it away or choose another folder")
+            raise SynthmedError(
+                f"{folder} is not a phantom subject folder; --overwrite replaces only files synthmed "
+                "phantom wrote: move it away or choose another folder"
+            )
         for file in _FILES:
             path = folder / file
             if (path.exists() or path.is_symlink()) and not is_phantom_file(path):
-                raise SynthmedError(f"{path} was not written by synthmed phantom; --overwrite replaces only phantom "
-                                    "files: move it away or choose another folder")
+                raise SynthmedError(
+                    f"{path} was not written by synthmed phantom; --overwrite replaces only phantom "
+                    "files: move it away or choose another folder"
+                )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SynthmedError(f"{out}: cannot create the folder ({exc.strerror or exc}); choose another one") from None
     for stale in sorted(out.iterdir()):
-        if (stale.is_dir() and not stale.is_symlink() and _SUBJECT.fullmatch(stale.name) and stale.name not in wanted):
+        if stale.is_dir() and not stale.is_symlink() and _SUBJECT.fullmatch(stale.name) and stale.name not in wanted:
             if all(is_phantom_file(p) for p in stale.iterdir()):
                 shutil.rmtree(stale)
             else:
@@ -614,7 +670,11 @@ def _write_phantoms(out: Path, subjects: int, size: int, seed: int) -> list[Path
         remove_stale_temporaries(folder)
         ph = make_phantom(size, subject_seed(seed, i))
         for modality in (*MODALITIES, "labels", "lesion"):
-            _save(ph[modality], ph["affine"], folder / f"{modality}.nii.gz",
-                  f"synthmed phantom {modality} seed {seed} sub {i}")
+            _save(
+                ph[modality],
+                ph["affine"],
+                folder / f"{modality}.nii.gz",
+                f"synthmed phantom {modality} seed {seed} sub {i}",
+            )
         folders.append(folder)
     return folders

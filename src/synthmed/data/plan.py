@@ -30,10 +30,25 @@ SPLITS = ("train", "val", "test")
 FIX = "re-run prepare with --overwrite (a run folder's plan.json is a copy of it)"
 
 _NORMALIZATION = Record({"kind": Choice("mr", "ct"), "lo": Num(), "hi": Num()})
-_GEOMETRY = Record({"axis": Int(0, 2), "shape": ListOf(Int(1, 100_000), length=3), "row0": Int(-100_000, 100_000),
-                    "col0": Int(-100_000, 100_000), "side": Int(1, 200_000), "size": Int(16, 1024)})
-_VOLUME = Record({"number": Int(0), "files": MapOf(Str()), "geometry": _GEOMETRY,
-                  "normalization": MapOf(_NORMALIZATION), "n_slices": Int(0)})
+_GEOMETRY = Record(
+    {
+        "axis": Int(0, 2),
+        "shape": ListOf(Int(1, 100_000), length=3),
+        "row0": Int(-100_000, 100_000),
+        "col0": Int(-100_000, 100_000),
+        "side": Int(1, 200_000),
+        "size": Int(16, 1024),
+    }
+)
+_VOLUME = Record(
+    {
+        "number": Int(0),
+        "files": MapOf(Str()),
+        "geometry": _GEOMETRY,
+        "normalization": MapOf(_NORMALIZATION),
+        "n_slices": Int(0),
+    }
+)
 PLAN_SCHEMA = Record(
     {
         "synthmed_plan": Int(1, PLAN_VERSION),
@@ -49,16 +64,42 @@ PLAN_SCHEMA = Record(
         "volumes": MapOf(_VOLUME),
         "n_slices": MapOf(Int(0)),
     },
-    optional={"interpolation": Choice(*INTERPOLATIONS),
-              "resolution": Record({"mode": Choice("native", "resized"), "spacing_mm": Maybe(Num(1e-6))}), "aliases": Maybe(MapOf(Str(100))), "inputs_hash": Str(),
-              "seed": Int(), "data": Maybe(Str()), "skipped": MapOf(Str()), "fingerprint": MapOf(Record({})),
-              "input_profile": Maybe(Record({
-                  "version": Int(1), "subjects": Int(1), "padding": ListOf(Num(0, 1), length=2),
-                  "foreground_ml": ListOf(Num(0), length=2), "spacing": ListOf(Num(0), length=2),
-                  "histogram": ListOf(Num(0, 1), length=HISTOGRAM_BINS), "histogram_distance_max": Num(0)})),
-              "target_scale": Maybe(Record({"model": Choice(*SCALE_MODELS), "lo": Num(), "hi": Num(),
-                                            "offset_per_range": Num(), "range_ratio": Num(),
-                                            "loo_error": MapOf(Maybe(Num(0))), "subjects": Int(1)}))},
+    optional={
+        "interpolation": Choice(*INTERPOLATIONS),
+        "resolution": Record({"mode": Choice("native", "resized"), "spacing_mm": Maybe(Num(1e-6))}),
+        "aliases": Maybe(MapOf(Str(100))),
+        "inputs_hash": Str(),
+        "seed": Int(),
+        "data": Maybe(Str()),
+        "skipped": MapOf(Str()),
+        "fingerprint": MapOf(Record({})),
+        "input_profile": Maybe(
+            Record(
+                {
+                    "version": Int(1),
+                    "subjects": Int(1),
+                    "padding": ListOf(Num(0, 1), length=2),
+                    "foreground_ml": ListOf(Num(0), length=2),
+                    "spacing": ListOf(Num(0), length=2),
+                    "histogram": ListOf(Num(0, 1), length=HISTOGRAM_BINS),
+                    "histogram_distance_max": Num(0),
+                }
+            )
+        ),
+        "target_scale": Maybe(
+            Record(
+                {
+                    "model": Choice(*SCALE_MODELS),
+                    "lo": Num(),
+                    "hi": Num(),
+                    "offset_per_range": Num(),
+                    "range_ratio": Num(),
+                    "loo_error": MapOf(Maybe(Num(0))),
+                    "subjects": Int(1),
+                }
+            )
+        ),
+    },
 )
 
 
@@ -146,7 +187,9 @@ class Plan:
         record = copy.deepcopy(record)
         volumes = {
             subject: PlanVolume(
-                number=int(v["number"]), files=dict(v["files"]), geometry=SliceGeometry.from_dict(v["geometry"]),
+                number=int(v["number"]),
+                files=dict(v["files"]),
+                geometry=SliceGeometry.from_dict(v["geometry"]),
                 normalization={role: Normalization.from_dict(n) for role, n in v["normalization"].items()},
                 n_slices=int(v["n_slices"]),
             )
@@ -161,8 +204,9 @@ class Plan:
             axis=record["axis"],
             size=int(record["size"]),
             normalization_kind=dict(record["normalization_kind"]),
-            reference_normalization={role: Normalization.from_dict(n)
-                                     for role, n in record["reference_normalization"].items()},
+            reference_normalization={
+                role: Normalization.from_dict(n) for role, n in record["reference_normalization"].items()
+            },
             split={name: tuple(ids) for name, ids in record["split"].items()},
             subjects=tuple(record["subjects"]),
             volumes=volumes,

@@ -36,26 +36,51 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from synthmed.data.discovery import (
-    FileRef, Subject, canonical_modality, discover, parse_aliases, patient_key, require_modalities,
-)
-from synthmed.data.geometry import (
-    AFFINE_TOLERANCE_MM, INTERPOLATION, crop_slices, fit_geometry, fit_native_geometry,
-    foreground_side_mm, in_plane_spacing, native_size, resample_onto, slice_axis,
-)
-from synthmed.data.input_profile import training_profile
-from synthmed.data.input_profile import measure as measure_input
-from synthmed.data.io import Volume, ensure_writable_folder, read_volume
-from synthmed.data.normalize import (
-    Normalization, fit_normalization, fit_target_scale, median_normalization, modality_kind,
-)
-from synthmed.data.splits import parse_ratios, split_subjects
-from synthmed.errors import SynthmedError
-from synthmed.data.plan import PLAN_VERSION, Plan, load_plan
-from synthmed.files import (
-    finite_json, json_text, output_lock, ownership_problem, refuse_overlap,
-    remove_stale_temporaries, require_free_space, temporary_path, write_marker,
+    FileRef,
+    Subject,
+    canonical_modality,
+    discover,
+    parse_aliases,
+    patient_key,
+    require_modalities,
 )
 from synthmed.data.foreground import foreground_mask
+from synthmed.data.geometry import (
+    AFFINE_TOLERANCE_MM,
+    INTERPOLATION,
+    crop_slices,
+    fit_geometry,
+    fit_native_geometry,
+    foreground_side_mm,
+    in_plane_spacing,
+    native_size,
+    resample_onto,
+    slice_axis,
+)
+from synthmed.data.input_profile import measure as measure_input
+from synthmed.data.input_profile import training_profile
+from synthmed.data.io import Volume, ensure_writable_folder, read_volume
+from synthmed.data.normalize import (
+    Normalization,
+    fit_normalization,
+    fit_target_scale,
+    median_normalization,
+    modality_kind,
+)
+from synthmed.data.plan import PLAN_VERSION, Plan, load_plan
+from synthmed.data.splits import parse_ratios, split_subjects
+from synthmed.errors import SynthmedError
+from synthmed.files import (
+    finite_json,
+    json_text,
+    output_lock,
+    ownership_problem,
+    refuse_overlap,
+    remove_stale_temporaries,
+    require_free_space,
+    temporary_path,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +99,15 @@ def _input_hash(subjects: list[Subject], options: dict) -> str:
             paths = glob.glob(ref.path) if any(c in ref.path for c in "*?[") else [ref.path]
             for path in map(Path, sorted(paths)):
                 stat = path.stat() if path.exists() else None
-                entry = (subject.id, modality, str(path), ref.key, ref.channel, stat and stat.st_size, stat and stat.st_mtime_ns)
+                entry = (
+                    subject.id,
+                    modality,
+                    str(path),
+                    ref.key,
+                    ref.channel,
+                    stat and stat.st_size,
+                    stat and stat.st_mtime_ns,
+                )
                 digest.update(repr(entry).encode())
     return digest.hexdigest()
 
@@ -110,8 +143,14 @@ def _coregister(subject: str, source: Volume, other: Volume, role: str, resample
             f"subject {subject}: {role} {Path(other.path).name} has {problem}: not co-registered; "
             "register them or pass --resample to resample onto the source grid"
         )
-    return resample_onto(other.data, other.affine, source.data.shape, source.affine, order=0 if is_label else 1,
-                         fill=float(other.data.min()))
+    return resample_onto(
+        other.data,
+        other.affine,
+        source.data.shape,
+        source.affine,
+        order=0 if is_label else 1,
+        fill=float(other.data.min()),
+    )
 
 
 def _volume_summary(volume: Volume) -> dict:
@@ -160,13 +199,45 @@ def prepare(
     """Prepare a dataset for training; returns the output folder. See the module docstring."""
     out = Path(out)
     with output_lock(out):
-        return _prepare(data, source=source, out=out, target=target, label=label, size=size, spacing=spacing, axis=axis,
-                        pattern=pattern, manifest=manifest, split=split, seed=seed, aliases=aliases,
-                        resample=resample, overwrite=overwrite, progress=progress)
+        return _prepare(
+            data,
+            source=source,
+            out=out,
+            target=target,
+            label=label,
+            size=size,
+            spacing=spacing,
+            axis=axis,
+            pattern=pattern,
+            manifest=manifest,
+            split=split,
+            seed=seed,
+            aliases=aliases,
+            resample=resample,
+            overwrite=overwrite,
+            progress=progress,
+        )
 
 
-def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pattern, manifest, split, seed, aliases,
-             resample, overwrite, progress) -> Path:
+def _prepare(
+    data,
+    *,
+    source,
+    out: Path,
+    target,
+    label,
+    size,
+    spacing,
+    axis,
+    pattern,
+    manifest,
+    split,
+    seed,
+    aliases,
+    resample,
+    overwrite,
+    progress,
+) -> Path:
     ratios = parse_ratios(split)
     alias_map = parse_aliases(aliases)
     source_mod = canonical_modality(source, alias_map)
@@ -175,8 +246,10 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
     if target_mod == source_mod:
         raise SynthmedError(f"--source and --target are both {source_mod}; choose two modalities")
     if size is not None and spacing is not None:
-        raise SynthmedError("--size and --spacing exclude each other: --spacing keeps native resolution (at that pixel "
-                            "size), --size resizes every foreground box to N x N pixels")
+        raise SynthmedError(
+            "--size and --spacing exclude each other: --spacing keeps native resolution (at that pixel "
+            "size), --size resizes every foreground box to N x N pixels"
+        )
     if spacing is not None and not (np.isfinite(spacing) and 0.01 <= spacing <= 100):
         raise SynthmedError(f"--spacing {spacing}: give the in-plane pixel size in mm, e.g. 1.0")
     if size is not None and (size < 16 or size > MAX_SIZE or size % 16):
@@ -191,13 +264,23 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
     if label_mod:
         missing = [s.id for s in subjects if label_mod not in s.files and s.label is None]
         if missing:
-            raise SynthmedError(f"subject {missing[0]} has no {label_mod} label (--label {label}); {len(missing)} subject(s) lack it")
+            raise SynthmedError(
+                f"subject {missing[0]} has no {label_mod} label (--label {label}); {len(missing)} subject(s) lack it"
+            )
 
     options = {
-        "version": PLAN_VERSION, "source": source_mod, "target": target_mod, "label": label_mod, "size": size,
+        "version": PLAN_VERSION,
+        "source": source_mod,
+        "target": target_mod,
+        "label": label_mod,
+        "size": size,
         "spacing": spacing,
-        "axis": str(axis), "pattern": pattern, "manifest": str(manifest) if manifest else None,
-        "split": ratios, "seed": seed, "resample": resample,
+        "axis": str(axis),
+        "pattern": pattern,
+        "manifest": str(manifest) if manifest else None,
+        "split": ratios,
+        "seed": seed,
+        "resample": resample,
     }
     inputs_hash = _input_hash(subjects, options)
     _check_output(out, data, manifest, subjects, overwrite)
@@ -209,7 +292,9 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
         except SynthmedError:  # a damaged plan is not up to date: prepared again below
             pass
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SynthmedError(f"{out} exists and holds something else; pass --overwrite to replace it or choose another --out")
+        raise SynthmedError(
+            f"{out} exists and holds something else; pass --overwrite to replace it or choose another --out"
+        )
 
     ensure_writable_folder(out.parent)
     remove_stale_temporaries(out.parent, names=lambda name: name == out.name)
@@ -229,8 +314,10 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
         widest = max(side_mm, key=side_mm.get)
         size = native_size(side_mm[widest], target_spacing)
         if size > MAX_SIZE:
-            raise SynthmedError(f"subject {widest}: its foreground needs {size} px at {target_spacing:g} mm per pixel, "
-                                f"more than {MAX_SIZE}; pass a coarser --spacing (e.g. {2 * target_spacing:g}) or --size")
+            raise SynthmedError(
+                f"subject {widest}: its foreground needs {size} px at {target_spacing:g} mm per pixel, "
+                f"more than {MAX_SIZE}; pass a coarser --spacing (e.g. {2 * target_spacing:g}) or --size"
+            )
 
     records: dict[str, dict] = {}
     stacks: dict[str, dict[str, np.ndarray]] = {}
@@ -251,7 +338,9 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
             arrays[target_mod] = _coregister(subject.id, src, volumes[target_mod], target_mod, resample, is_label=False)
             if np.array_equal(arrays[target_mod], src.data):
                 skipped[subject.id] = f"{target_mod} is an exact copy of {source_mod}"
-                log.warning("subject %s skipped: %s (a missing sequence replaced by a copy?)", subject.id, skipped[subject.id])
+                log.warning(
+                    "subject %s skipped: %s (a missing sequence replaced by a copy?)", subject.id, skipped[subject.id]
+                )
                 continue
         label_ref = (subject.files.get(label_mod) or subject.label) if label_mod else None
         if label_ref is not None:
@@ -259,8 +348,9 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
 
         volume_axis = slice_axis(src.affine, axis, src.is_2d)
         if native:
-            geometry = fit_native_geometry(src_fg, volume_axis, size, in_plane_spacing(src.spacing, volume_axis),
-                                           target_spacing)
+            geometry = fit_native_geometry(
+                src_fg, volume_axis, size, in_plane_spacing(src.spacing, volume_axis), target_spacing
+            )
         else:
             geometry = fit_geometry(src_fg, volume_axis, size)
         normalizations: dict[str, Normalization] = {}
@@ -311,10 +401,15 @@ def _prepare(data, *, source, out: Path, target, label, size, spacing, axis, pat
     target_scale = None
     if target_mod and modality_kind(source_mod) == "mr" and modality_kind(target_mod) == "mr":
         fitted_on = [s for s in split_ids["train"] if s in records] or list(records)
-        target_scale = fit_target_scale([
-            (Normalization.from_dict(records[s]["normalization"][source_mod]),
-             Normalization.from_dict(records[s]["normalization"][target_mod])) for s in fitted_on
-        ]).to_dict()
+        target_scale = fit_target_scale(
+            [
+                (
+                    Normalization.from_dict(records[s]["normalization"][source_mod]),
+                    Normalization.from_dict(records[s]["normalization"][target_mod]),
+                )
+                for s in fitted_on
+            ]
+        ).to_dict()
     record = {
         "synthmed_plan": PLAN_VERSION,
         "inputs_hash": inputs_hash,
@@ -369,8 +464,9 @@ def _check_output(out: Path, data, manifest, subjects: list[Subject], overwrite:
     if overwrite and out.is_dir() and any(out.iterdir()):
         problem = ownership_problem(out, "prepare", _prepared_entry, legacy=_legacy_prepared)
         if problem:
-            raise SynthmedError(f"{out} {problem}; --overwrite replaces only a folder made by synthmed prepare: "
-                                "choose another --out")
+            raise SynthmedError(
+                f"{out} {problem}; --overwrite replaces only a folder made by synthmed prepare: choose another --out"
+            )
 
 
 def _prepared_entry(entry: Path) -> bool:
@@ -410,7 +506,9 @@ def _refuse_duplicate(seen: dict[str, tuple[str, str, str]], subject: str, role:
         )
 
 
-def _write_prepared(out: Path, plan: Plan, stacks: dict[str, dict[str, np.ndarray]], order: list[str], overwrite: bool) -> None:
+def _write_prepared(
+    out: Path, plan: Plan, stacks: dict[str, dict[str, np.ndarray]], order: list[str], overwrite: bool
+) -> None:
     """Write the arrays and plan.json into a temporary folder beside ``out``, then move it into place (an
     existing prepared folder is moved aside first and deleted last). Plain writes, not memory maps: a full disk
     is then an error (with the temporary folder removed), not a crash."""
@@ -440,8 +538,10 @@ def _write_prepared(out: Path, plan: Plan, stacks: dict[str, dict[str, np.ndarra
             os.replace(tmp, out)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SynthmedError(f"{out}: writing the prepared data failed ({error.strerror or error}); check free space "
-                            "and permissions (nothing was changed)") from None
+        raise SynthmedError(
+            f"{out}: writing the prepared data failed ({error.strerror or error}); check free space "
+            "and permissions (nothing was changed)"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -453,7 +553,8 @@ def _write_npy(path: Path, parts: list[np.ndarray]) -> None:
     shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
     with open(path, "wb") as stream:
         np.lib.format.write_array_header_1_0(
-            stream, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+            stream, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        )
         for part in parts:
             np.ascontiguousarray(part, dtype=dtype).tofile(stream)
 

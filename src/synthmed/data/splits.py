@@ -48,7 +48,9 @@ def split_subjects(
     for key, members in sorted(groups.items()):
         assigned = {fixed[m] for m in members if m in fixed}
         if len(assigned) > 1:
-            raise SynthmedError(f"subjects {members} are one patient ({key}) but are given different splits {sorted(assigned)}")
+            raise SynthmedError(
+                f"subjects {members} are one patient ({key}) but are given different splits {sorted(assigned)}"
+            )
         if assigned:
             result[assigned.pop()].extend(members)
         else:

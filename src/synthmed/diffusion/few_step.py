@@ -73,8 +73,13 @@ class FewStepSchedule:
             raise ValueError(f"step index outside [0, {high}]: {t.tolist()}")
 
     # --- forward process ---------------------------------------------------------------
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def q_sample(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """``x_t ~ q(x_t | x_0) = N(sqrt(ab_t) x_0, (1 - ab_t) I)`` for levels ``t`` in 0..T (one per sample)."""
         self._check(t, self.timesteps)
         if noise is None:
@@ -82,8 +87,9 @@ class FewStepSchedule:
         ab = self._take(self.alpha_bars, t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
-    def q_sample_pair(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def q_sample_pair(
+        self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_t, x_{t+1})`` for ``t`` in 0..T-1: x_t from q(x_t | x_0), then one forward step."""
         self._check(t, self.timesteps - 1)
         x_t = self.q_sample(x0, t, generator=generator)
@@ -98,8 +104,14 @@ class FewStepSchedule:
         mean = self._take(self.posterior_coef_x0, t, x0) * x0 + self._take(self.posterior_coef_xt, t, x0) * x_next
         return mean, self._take(self.posterior_variance, t, x0)
 
-    def posterior_sample(self, x0: torch.Tensor, x_next: torch.Tensor, t: torch.Tensor,
-                         noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def posterior_sample(
+        self,
+        x0: torch.Tensor,
+        x_next: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Draw ``x_t ~ q(x_t | x_{t+1}, x_0)``; no noise is added where ``t == 0``."""
         mean, variance = self.posterior(x0, x_next, t)
         if noise is None:
@@ -107,5 +119,10 @@ class FewStepSchedule:
         return mean + variance.sqrt() * noise
 
     def to_dict(self) -> dict:
-        return {"timesteps": self.timesteps, "beta_min": self.beta_min, "beta_max": self.beta_max, "eps": self.eps,
-                "alpha_bars": [float(v) for v in self.alpha_bars]}
+        return {
+            "timesteps": self.timesteps,
+            "beta_min": self.beta_min,
+            "beta_max": self.beta_max,
+            "eps": self.eps,
+            "alpha_bars": [float(v) for v in self.alpha_bars],
+        }

@@ -88,8 +88,18 @@ class Sampler(ABC):
         return steps
 
     @abstractmethod
-    def run(self, denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, steps: int, noise: Noise, *,
-            eta: float, snr: float, predictor: str) -> torch.Tensor:
+    def run(
+        self,
+        denoise: Denoiser,
+        schedule: NoiseSchedule,
+        x: torch.Tensor,
+        steps: int,
+        noise: Noise,
+        *,
+        eta: float,
+        snr: float,
+        predictor: str,
+    ) -> torch.Tensor:
         """x0 from the noise ``x`` in a budget of ``steps``; ``noise()`` draws fresh noise of ``x``'s shape."""
 
     def __repr__(self) -> str:
@@ -103,12 +113,23 @@ class _Discrete(Sampler):
         return min(steps, timesteps)
 
     @abstractmethod
-    def step(self, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, eta: float,
-             noise: Noise) -> torch.Tensor:
+    def step(
+        self, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, ab: float, ab_prev: float, eta: float, noise: Noise
+    ) -> torch.Tensor:
         """From noise level ``ab`` to ``ab_prev`` given the estimates (x0_hat, eps_hat) at ``x``."""
 
-    def run(self, denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, steps: int, noise: Noise, *,
-            eta: float, snr: float, predictor: str) -> torch.Tensor:
+    def run(
+        self,
+        denoise: Denoiser,
+        schedule: NoiseSchedule,
+        x: torch.Tensor,
+        steps: int,
+        noise: Noise,
+        *,
+        eta: float,
+        snr: float,
+        predictor: str,
+    ) -> torch.Tensor:
         grid = integer_grid(schedule, steps)
         alpha_bars = schedule.alpha_bars.tolist()
         for k, t in enumerate(grid):
@@ -183,8 +204,9 @@ class ProbabilityFlowODE(_Paired):
         return _heun_ode(denoise, schedule, x, self.grid(schedule, steps))
 
 
-SAMPLERS: dict[str, Sampler] = {s.name: s for s in (AncestralDDPM(), DDIM(), EulerMaruyama(), PredictorCorrector(),
-                                                     ProbabilityFlowODE())}
+SAMPLERS: dict[str, Sampler] = {
+    s.name: s for s in (AncestralDDPM(), DDIM(), EulerMaruyama(), PredictorCorrector(), ProbabilityFlowODE())
+}
 
 
 def get_sampler(name: str, allowed: tuple[str, ...] | None = None) -> Sampler:
@@ -195,8 +217,9 @@ def get_sampler(name: str, allowed: tuple[str, ...] | None = None) -> Sampler:
     return SAMPLERS[name]
 
 
-def check_options(sampler: str | None, steps: int | None, eta: float | None, *, default: str,
-                  allowed: tuple[str, ...] | None = None) -> None:
+def check_options(
+    sampler: str | None, steps: int | None, eta: float | None, *, default: str, allowed: tuple[str, ...] | None = None
+) -> None:
     """Refuse sampling options before any work (ValueError); ``None`` means the model's default."""
     chosen = get_sampler(sampler if sampler is not None else default, allowed)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
@@ -252,8 +275,9 @@ def _em_step(schedule: NoiseSchedule, x: torch.Tensor, eps: torch.Tensor, s: flo
     return x + (0.5 * beta * ds) * x + (beta * ds) * score + math.sqrt(beta * ds) * noise()
 
 
-def _predictor_corrector(denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, grid: list[float], noise,
-                         snr: float, predictor: str) -> torch.Tensor:
+def _predictor_corrector(
+    denoise: Denoiser, schedule: NoiseSchedule, x: torch.Tensor, grid: list[float], noise, snr: float, predictor: str
+) -> torch.Tensor:
     for k, s in enumerate(grid):
         if k == len(grid) - 1:
             return denoise(x, s)[0]

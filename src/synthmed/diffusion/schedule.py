@@ -26,8 +26,14 @@ PREDICTIONS = ("epsilon", "x0", "v")
 class NoiseSchedule:
     """A discrete schedule (float64 tables on the CPU) with its continuous interpolation."""
 
-    def __init__(self, timesteps: int = 1000, kind: str = "linear", beta_start: float = 1e-4, beta_end: float = 0.02,
-                 cosine_offset: float = 0.008):
+    def __init__(
+        self,
+        timesteps: int = 1000,
+        kind: str = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        cosine_offset: float = 0.008,
+    ):
         if timesteps < 2:
             raise ValueError(f"timesteps must be at least 2 (got {timesteps})")
         if kind == "linear":
@@ -88,7 +94,9 @@ class NoiseSchedule:
 
     # --- what the network predicts --------------------------------------------------------
     @staticmethod
-    def training_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    def training_target(
+        prediction: str, x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor
+    ) -> torch.Tensor:
         """The regression target for ``prediction`` (epsilon, x0 or v = sqrt(ab) eps - sqrt(1-ab) x0)."""
         if prediction == "epsilon":
             return noise
@@ -99,8 +107,9 @@ class NoiseSchedule:
         raise ValueError(f"unknown prediction type {prediction!r}; use one of {', '.join(PREDICTIONS)}")
 
     @staticmethod
-    def split_prediction(prediction: str, output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor | float
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def split_prediction(
+        prediction: str, output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0_hat, eps_hat) from a network output of the given prediction type at ``x_t``."""
         if isinstance(alpha_bar, torch.Tensor):
             signal, noise_level = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
@@ -115,8 +124,9 @@ class NoiseSchedule:
         raise ValueError(f"unknown prediction type {prediction!r}; use one of {', '.join(PREDICTIONS)}")
 
     @classmethod
-    def clean_estimates(cls, prediction: str, output: torch.Tensor, x_t: torch.Tensor, alpha_bar: float, clip: bool
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    def clean_estimates(
+        cls, prediction: str, output: torch.Tensor, x_t: torch.Tensor, alpha_bar: float, clip: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0_hat, eps_hat) as a sampler wants them: with ``clip``, x0_hat clipped to the data range [-1, 1] and
         eps_hat made consistent with the clipped estimate."""
         x0, eps = cls.split_prediction(prediction, output, x_t, alpha_bar)
@@ -152,7 +162,12 @@ class NoiseSchedule:
         return math.sqrt((1 - ab) / ab)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "timesteps": self.timesteps, "beta_first": float(self.betas[0]), "beta_last": float(self.betas[-1])}
+        return {
+            "kind": self.kind,
+            "timesteps": self.timesteps,
+            "beta_first": float(self.betas[0]),
+            "beta_last": float(self.betas[-1]),
+        }
 
 
 def posterior_between(x0: torch.Tensor, x_t: torch.Tensor, ab_t, ab_prev) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +180,7 @@ def posterior_between(x0: torch.Tensor, x_t: torch.Tensor, ab_t, ab_prev) -> tup
     alpha = ab_t / ab_prev
     beta = 1 - alpha
     denominator = 1 - ab_t
-    mean = (ab_prev ** 0.5) * beta / denominator * x0 + (alpha ** 0.5) * (1 - ab_prev) / denominator * x_t
+    mean = (ab_prev**0.5) * beta / denominator * x0 + (alpha**0.5) * (1 - ab_prev) / denominator * x_t
     variance = beta * (1 - ab_prev) / denominator
     return mean, variance
 

@@ -21,8 +21,23 @@ import math
 import torch
 
 # the 12 gradients: midpoints of the edges of a cube
-_GRADIENTS = torch.tensor([[1, 1, 0], [-1, 1, 0], [1, -1, 0], [-1, -1, 0], [1, 0, 1], [-1, 0, 1], [1, 0, -1],
-                           [-1, 0, -1], [0, 1, 1], [0, -1, 1], [0, 1, -1], [0, -1, -1]], dtype=torch.float32)
+_GRADIENTS = torch.tensor(
+    [
+        [1, 1, 0],
+        [-1, 1, 0],
+        [1, -1, 0],
+        [-1, -1, 0],
+        [1, 0, 1],
+        [-1, 0, 1],
+        [1, 0, -1],
+        [-1, 0, -1],
+        [0, 1, 1],
+        [0, -1, 1],
+        [0, 1, -1],
+        [0, -1, -1],
+    ],
+    dtype=torch.float32,
+)
 _SKEW = 1.0 / 3.0
 _UNSKEW = 1.0 / 6.0
 _RADIUS_SQUARED = 0.6
@@ -30,7 +45,7 @@ _SCALE = 32.0  # brings a single octave to about [-1, 1]
 
 PAPER_OCTAVES = 6
 PAPER_PERSISTENCE = 0.8
-PAPER_FREQUENCY = 2.0 ** -6
+PAPER_FREQUENCY = 2.0**-6
 
 
 def simplex_3d(points: torch.Tensor, permutation: torch.Tensor) -> torch.Tensor:
@@ -66,20 +81,29 @@ def _permutation(generator: torch.Generator, device: torch.device) -> torch.Tens
     return torch.cat([table, table]).to(device)
 
 
-def simplex_noise(shape: tuple[int, ...], *, octaves: int = PAPER_OCTAVES, persistence: float = PAPER_PERSISTENCE,
-                  frequency: float = PAPER_FREQUENCY, generator: torch.Generator | None = None,
-                  device: torch.device | str = "cpu", normalise: bool = True) -> torch.Tensor:
+def simplex_noise(
+    shape: tuple[int, ...],
+    *,
+    octaves: int = PAPER_OCTAVES,
+    persistence: float = PAPER_PERSISTENCE,
+    frequency: float = PAPER_FREQUENCY,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    normalise: bool = True,
+) -> torch.Tensor:
     """Multi-octave simplex noise of ``shape``: (..., H, W) gives an independent 2D field per leading index (a
     random plane of the 3D noise); a 5D shape (B, C, D, H, W) gives 3D fields. Each field is normalised to zero
     mean and unit variance unless ``normalise`` is off. ``generator`` (CPU) makes the draw reproducible."""
     if octaves < 1 or not 0 < persistence <= 1 or not frequency > 0:
-        raise ValueError(f"simplex noise: octaves {octaves} >= 1, persistence {persistence} in (0, 1], frequency "
-                         f"{frequency} > 0")
+        raise ValueError(
+            f"simplex noise: octaves {octaves} >= 1, persistence {persistence} in (0, 1], frequency {frequency} > 0"
+        )
     if len(shape) < 2:
         raise ValueError(f"simplex noise needs at least (H, W), got shape {tuple(shape)}")
     device = torch.device(device)
-    generator = generator if generator is not None else torch.Generator().manual_seed(
-        int(torch.randint(0, 2**62, (1,)).item()))
+    generator = (
+        generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+    )
     volumetric = len(shape) == 5
     spatial = tuple(shape[-3:]) if volumetric else tuple(shape[-2:])
     fields = math.prod(shape[: len(shape) - len(spatial)])
@@ -93,8 +117,8 @@ def simplex_noise(shape: tuple[int, ...], *, octaves: int = PAPER_OCTAVES, persi
     shifts = shifts.reshape(octaves, fields, *([1] * len(spatial)), 3)
     out = torch.zeros((fields, *spatial), dtype=torch.float32, device=device)
     for octave in range(octaves):
-        scale = frequency * 2.0 ** octave
-        out += persistence ** octave * simplex_3d(grid * scale + shifts[octave], permutation)
+        scale = frequency * 2.0**octave
+        out += persistence**octave * simplex_3d(grid * scale + shifts[octave], permutation)
     if normalise:
         flat = out.reshape(fields, -1)
         out = ((flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-12)).reshape(out.shape)

@@ -19,7 +19,8 @@ class EMA:
         self.decay = decay
         self.modules = {name: getattr(model, name) for name in module_names}
         self.shadow = {
-            name: {k: v.detach().clone() for k, v in module.state_dict().items()} for name, module in self.modules.items()
+            name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+            for name, module in self.modules.items()
         }
 
     def decay_at(self, step: int) -> float:

@@ -30,10 +30,24 @@ from synthmed.models.registry import model_class
 from synthmed.records import Bool, Choice, Int, Maybe, Record, Str, validate
 
 RUN_SCHEMA = Record(
-    {"model": Str(100), "preset": Str(100), "task": Choice("translate", "generate"), "config": Record({}),
-     "source": Str(100), "target": Maybe(Str(100)), "label": Maybe(Str(100))},
-    optional={"paired": Bool(), "settings": Record({}), "prepared": Str(), "processes": Int(1),
-              "plan_digest": Str(100), "training_slice_count": Int(0), "patch": Maybe(Int(16, 1024))},
+    {
+        "model": Str(100),
+        "preset": Str(100),
+        "task": Choice("translate", "generate"),
+        "config": Record({}),
+        "source": Str(100),
+        "target": Maybe(Str(100)),
+        "label": Maybe(Str(100)),
+    },
+    optional={
+        "paired": Bool(),
+        "settings": Record({}),
+        "prepared": Str(),
+        "processes": Int(1),
+        "plan_digest": Str(100),
+        "training_slice_count": Int(0),
+        "patch": Maybe(Int(16, 1024)),
+    },
 )
 # Everything train writes into a run folder: --overwrite elsewhere (benchmark, demo) deletes these names only.
 RUN_FILES = ("run.json", "plan.json", "checkpoints", "samples", "log.csv", "train_summary.json", "tensorboard")
@@ -68,12 +82,22 @@ class RunRecord:
         record = copy.deepcopy(record)
         versions = record.get("versions")
         return cls(
-            model=record["model"], preset=record["preset"], task=record["task"], config=dict(record["config"]),
-            source=record["source"], target=record["target"], label=record["label"], paired=record.get("paired"),
-            settings=dict(record.get("settings") or {}), prepared=record.get("prepared"),
-            processes=int(record.get("processes", 1)), plan_digest=record.get("plan_digest"),
-            training_slice_count=record.get("training_slice_count"), patch=record.get("patch"),
-            versions=dict(versions) if isinstance(versions, dict) else {}, _record=record,
+            model=record["model"],
+            preset=record["preset"],
+            task=record["task"],
+            config=dict(record["config"]),
+            source=record["source"],
+            target=record["target"],
+            label=record["label"],
+            paired=record.get("paired"),
+            settings=dict(record.get("settings") or {}),
+            prepared=record.get("prepared"),
+            processes=int(record.get("processes", 1)),
+            plan_digest=record.get("plan_digest"),
+            training_slice_count=record.get("training_slice_count"),
+            patch=record.get("patch"),
+            versions=dict(versions) if isinstance(versions, dict) else {},
+            _record=record,
         )
 
     def to_record(self) -> dict:
@@ -155,8 +179,9 @@ class RunFolder:
     def load(self) -> tuple[RunRecord, Plan]:
         """(run.json, plan.json), both checked; the model must be one this version knows."""
         if not self.has_records():
-            raise SynthmedError(f"{self.root}: not a synthmed run folder (no run.json/plan.json); train one with "
-                                "`synthmed train`")
+            raise SynthmedError(
+                f"{self.root}: not a synthmed run folder (no run.json/plan.json); train one with `synthmed train`"
+            )
         record = RunRecord.from_record(read_json_record(self.run_json, "run record", DAMAGED), self.run_json)
         model_class(record.model)
         return record, Plan.read(self.plan_json, DAMAGED)

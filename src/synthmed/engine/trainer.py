@@ -69,10 +69,14 @@ class TrainSettings:
     sample_every: int = 250
     max_val_slices: int = 64
     progress: bool = True
-    max_minutes: float | None = None  # wall-clock budget of this fit (a benchmark's equal-time budget); None: steps only
+    max_minutes: float | None = (
+        None  # wall-clock budget of this fit (a benchmark's equal-time budget); None: steps only
+    )
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1
+) -> list[list[int]]:
     """This rank's batches of one epoch.
 
     The global batches (``batch_size x world_size`` indices each) come from a permutation drawn from
@@ -106,7 +110,9 @@ class Trainer:
         if self.dist.world_size > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         if len(train_set) < self.dist.world_size:
-            raise SynthmedError(f"{len(train_set)} training slices cannot be shared by {self.dist.world_size} processes")
+            raise SynthmedError(
+                f"{len(train_set)} training slices cannot be shared by {self.dist.world_size} processes"
+            )
         self.batch_size = max(1, min(settings.batch_size, len(train_set) // self.dist.world_size))
         self.step = 0
         self.best = {"metric": "psnr", "value": -math.inf, "step": 0}
@@ -138,8 +144,11 @@ class Trainer:
                     continue
                 child.compile()  # nn.Module.compile: in place, so state_dict keys and EMA references stay
                 compiled.append(name)
-            log.info("torch.compile: %s (the first steps are slow while it compiles)%s", ", ".join(compiled),
-                     f"; not {', '.join(skipped)} (differentiated twice)" if skipped else "")
+            log.info(
+                "torch.compile: %s (the first steps are slow while it compiles)%s",
+                ", ".join(compiled),
+                f"; not {', '.join(skipped)} (differentiated twice)" if skipped else "",
+            )
         decay = float(getattr(self.model.config, "ema_decay", 0.0) or 0.0)
         if decay > 0 and self.model.ema_modules:
             self.ema = EMA(self.model, self.model.ema_modules, decay)
@@ -192,7 +201,9 @@ class Trainer:
                 stale.unlink(missing_ok=True)
         missing = [k for k in ("model", "config", "step", "state", "optimizers", "rng", "best") if k not in record]
         if missing:
-            raise SynthmedError(f"{path}: checkpoint lacks {', '.join(missing)}; it cannot be resumed (start a new --out)")
+            raise SynthmedError(
+                f"{path}: checkpoint lacks {', '.join(missing)}; it cannot be resumed (start a new --out)"
+            )
         # The step budget may grow on resume (train longer); everything else must match.
         saved = {k: v for k, v in record["config"].items() if k != "steps"}
         wanted = {k: v for k, v in self.model.config_dict().items() if k != "steps"}
@@ -202,10 +213,15 @@ class Trainer:
                 f"{path}: this run was trained with model {record['model']} and a different configuration "
                 f"({', '.join(changed) or 'model name'}); resume with the same settings or choose another --out"
             )
-        if record.get("plan_digest") and self.run_info.get("plan_digest") and \
-                record["plan_digest"] != self.run_info["plan_digest"]:
-            raise SynthmedError(f"{path}: the prepared data changed since this run started (another plan.json); "
-                                "train a new run on it (choose another --out)")
+        if (
+            record.get("plan_digest")
+            and self.run_info.get("plan_digest")
+            and record["plan_digest"] != self.run_info["plan_digest"]
+        ):
+            raise SynthmedError(
+                f"{path}: the prepared data changed since this run started (another plan.json); "
+                "train a new run on it (choose another --out)"
+            )
         if record.get("batch_size") != self.batch_size or record.get("seed") != self.settings.seed:
             raise SynthmedError(f"{path}: batch size or seed differ from the saved run; resume with the same settings")
         saved_world = int(record.get("world_size", 1))
@@ -240,8 +256,14 @@ class Trainer:
         previous_handlers = self._install_signals()
         start = self._started = time.perf_counter()
         first_step = self.step
-        bar = tqdm(total=steps, initial=self.step, desc=f"train {self.run_info['model']}", unit="step",
-                   disable=not (self.settings.progress and self.dist.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            total=steps,
+            initial=self.step,
+            desc=f"train {self.run_info['model']}",
+            unit="step",
+            disable=not (self.settings.progress and self.dist.is_main),
+            dynamic_ncols=True,
+        )
         try:
             self._loop(bar)
         except KeyboardInterrupt:
@@ -287,9 +309,13 @@ class Trainer:
                 self.train_set.set_epoch(epoch)
             batches = epoch_batches(n, self.batch_size, self.settings.seed, epoch, rank, world)[offset:]
             # Its own generator: creating a loader must not consume the global RNG (exact resume).
-            loader = DataLoader(self.train_set, batch_sampler=batches, num_workers=self.settings.num_workers,
-                                pin_memory=self.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(self.settings.seed + epoch))
+            loader = DataLoader(
+                self.train_set,
+                batch_sampler=batches,
+                num_workers=self.settings.num_workers,
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.settings.seed + epoch),
+            )
             for batch in loader:
                 model.train()
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -385,7 +411,9 @@ class Trainer:
         items = [self.val_set[int(j)] for j in picks]
         source = torch.stack([item["source"] for item in items]).to(self.device)
         prediction = self.predict(source).float().cpu()
-        rows = [self.model.centre_slice(source).cpu(), prediction] + ([torch.stack([item["target"] for item in items])] if "target" in items[0] else [])
+        rows = [self.model.centre_slice(source).cpu(), prediction] + (
+            [torch.stack([item["target"] for item in items])] if "target" in items[0] else []
+        )
         return self._save_grid(rows)
 
     def write_generated_samples(self, count: int = 4) -> Path:
@@ -453,6 +481,13 @@ class Trainer:
             signal.signal(sig, handler)
 
     def summary(self, seconds: float, trained: int = 0) -> dict[str, Any]:
-        return {"steps": self.step, "trained_steps": trained, "seconds": round(seconds, 2), "best": self.best, "device": str(self.device),
-                "autocast": str(getattr(self.model, "amp_dtype", None) or "off"),
-                "processes": self.dist.world_size, "settings": asdict(self.settings)}
+        return {
+            "steps": self.step,
+            "trained_steps": trained,
+            "seconds": round(seconds, 2),
+            "best": self.best,
+            "device": str(self.device),
+            "autocast": str(getattr(self.model, "amp_dtype", None) or "off"),
+            "processes": self.dist.world_size,
+            "settings": asdict(self.settings),
+        }

@@ -147,7 +147,7 @@ def inception_features(images, network: InceptionV3Features, batch_size: int = 3
     outputs = []
     with torch.inference_mode():
         for start in range(0, array.shape[0], batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(array[start:start + batch_size])).to(device)
+            batch = torch.from_numpy(np.ascontiguousarray(array[start : start + batch_size])).to(device)
             outputs.append(network(batch.unsqueeze(1)).double().cpu().numpy())
     return np.concatenate(outputs, axis=0)
 
@@ -159,10 +159,14 @@ def _fid_with_network(real_images, fake_images, network, batch_size: int, device
     if smallest < RECOMMENDED_SAMPLES:
         log.warning(
             "FID from %d real and %d generated images: fewer than %d samples per set bias FID upwards; "
-            "compare values only at equal sample sizes", real.shape[0], fake.shape[0], RECOMMENDED_SAMPLES,
+            "compare values only at equal sample sizes",
+            real.shape[0],
+            fake.shape[0],
+            RECOMMENDED_SAMPLES,
         )
-    return frechet_distance_of_features(inception_features(real, network, batch_size, device),
-                                        inception_features(fake, network, batch_size, device))
+    return frechet_distance_of_features(
+        inception_features(real, network, batch_size, device), inception_features(fake, network, batch_size, device)
+    )
 
 
 def frechet_distance_of_features(features1, features2) -> float:
@@ -188,8 +192,16 @@ def frechet_distance_of_features(features1, features2) -> float:
     return max(float(diff @ diff) + trace1 + trace2 - 2 * cross, 0.0)
 
 
-def fid(real_images, fake_images, weights_path: str | Path | None = None, *, network: InceptionV3Features | None = None,
-        variant: str = "auto", batch_size: int = 32, device="cpu") -> float:
+def fid(
+    real_images,
+    fake_images,
+    weights_path: str | Path | None = None,
+    *,
+    network: InceptionV3Features | None = None,
+    variant: str = "auto",
+    batch_size: int = 32,
+    device="cpu",
+) -> float:
     """FID between two image sets ((n, H, W) or (n, 1, H, W), in [-1, 1]); Inception-v3 loaded from
     ``weights_path`` (see :func:`synthmed.nn.inception.load_inception`), or an already loaded ``network``."""
     if (weights_path is None) == (network is None):
@@ -201,8 +213,9 @@ def fid(real_images, fake_images, weights_path: str | Path | None = None, *, net
     return _fid_with_network(real_images, fake_images, network, batch_size, device)
 
 
-def fid_or_unavailable(real, fake, weights_path: str | Path | None, *, variant: str = "auto", batch_size: int = 32,
-                       device="cpu") -> dict:
+def fid_or_unavailable(
+    real, fake, weights_path: str | Path | None, *, variant: str = "auto", batch_size: int = 32, device="cpu"
+) -> dict:
     """``{"fid": value, "weights": path, "variant": ..., "n_real": n, "n_fake": m}``, or, without weights,
     ``{"fid": None, "unavailable": "no Inception-v3 weights given (--inception-weights PATH)"}`` (never a made-up
     number). A weight file that is given but wrong raises :class:`SynthmedError`."""
@@ -212,5 +225,10 @@ def fid_or_unavailable(real, fake, weights_path: str | Path | None, *, variant: 
 
     network = load_inception(weights_path, variant=variant)
     value = _fid_with_network(real, fake, network, batch_size, device)
-    return {"fid": value, "weights": str(weights_path), "variant": network.variant,
-            "n_real": int(len(real)), "n_fake": int(len(fake))}
+    return {
+        "fid": value,
+        "weights": str(weights_path),
+        "variant": network.variant,
+        "n_real": int(len(real)),
+        "n_fake": int(len(fake)),
+    }

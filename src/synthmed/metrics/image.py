@@ -374,8 +374,11 @@ def summarize(per_subject: dict[str, dict[str, float]]) -> dict[str, dict[str, f
         result["mean"][key] = float(a.mean())
         result["sd"][key] = float(a.std(ddof=1)) if a.size > 1 else 0.0
     if capped:
-        log.warning("PSNR capped at %g dB for %s (identical images give an infinite PSNR)", PSNR_CAP_DB,
-                    ", ".join(f"{int(n)} value(s) of {k}" for k, n in capped.items()))
+        log.warning(
+            "PSNR capped at %g dB for %s (identical images give an infinite PSNR)",
+            PSNR_CAP_DB,
+            ", ".join(f"{int(n)} value(s) of {k}" for k, n in capped.items()),
+        )
         result["capped"] = capped
     return result
 

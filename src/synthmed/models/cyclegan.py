@@ -88,19 +88,31 @@ class CycleGAN(SynthesisModel):
     PRESETS = {
         "paper": {},
         "small": {
-            "image_size": 64, "generator_channels": 32, "resnet_blocks": 4, "discriminator_channels": 32,
-            "batch_size": 8, "steps": 1000,
+            "image_size": 64,
+            "generator_channels": 32,
+            "resnet_blocks": 4,
+            "discriminator_channels": 32,
+            "batch_size": 8,
+            "steps": 1000,
         },
-        "tiny": {"image_size": 32, "generator_channels": 16, "resnet_blocks": 2, "discriminator_channels": 16,
-                 "batch_size": 2, "steps": 10},
+        "tiny": {
+            "image_size": 32,
+            "generator_channels": 16,
+            "resnet_blocks": 2,
+            "discriminator_channels": 16,
+            "batch_size": 2,
+            "steps": 10,
+        },
     }
     ema_modules = ()  # the paper keeps no average of the weights
 
     def __init__(self, config: CycleGANConfig):
         super().__init__(config)
         if config.image_size < 16 or config.image_size % 4:
-            raise ValueError(f"image size {config.image_size} must be a multiple of 4 and at least 16 "
-                             "(prepare with --size 64, 128 or 256)")
+            raise ValueError(
+                f"image size {config.image_size} must be a multiple of 4 and at least 16 "
+                "(prepare with --size 64, 128 or 256)"
+            )
         for key in ("generator_channels", "discriminator_channels", "discriminator_layers", "batch_size", "steps"):
             if getattr(config, key) < 1:
                 raise ValueError(f"{key} must be at least 1")
@@ -113,7 +125,9 @@ class CycleGAN(SynthesisModel):
         if config.norm not in ("instance", "batch", "none"):
             raise ValueError(f"unknown norm {config.norm!r}; use instance (the paper's), batch or none")
         check_context(config)
-        self.generator_ab = ResnetGenerator(config.context, 1, config.generator_channels, config.resnet_blocks, norm=config.norm)
+        self.generator_ab = ResnetGenerator(
+            config.context, 1, config.generator_channels, config.resnet_blocks, norm=config.norm
+        )
         self.generator_ba = ResnetGenerator(1, 1, config.generator_channels, config.resnet_blocks, norm=config.norm)
         # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
         layers = min(config.discriminator_layers, max(1, int(math.log2(config.image_size)) - 2))
@@ -155,11 +169,13 @@ class CycleGAN(SynthesisModel):
             fake_b = self.generator_ab(stack_a)
             fake_a_stack = self.slice_by_slice(self.generator_ba, stack_b)
             fake_a = self.centre_slice(fake_a_stack)
-            cycle = (F.l1_loss(self.generator_ba(fake_b).float(), real_a)
-                     + F.l1_loss(self.generator_ab(fake_a_stack).float(), real_b))
+            cycle = F.l1_loss(self.generator_ba(fake_b).float(), real_a) + F.l1_loss(
+                self.generator_ab(fake_a_stack).float(), real_b
+            )
             if cfg.lambda_identity > 0:
-                identity = (F.l1_loss(self.generator_ab(stack_b).float(), real_b)
-                            + F.l1_loss(self.generator_ba(real_a).float(), real_a))
+                identity = F.l1_loss(self.generator_ab(stack_b).float(), real_b) + F.l1_loss(
+                    self.generator_ba(real_a).float(), real_a
+                )
             else:
                 identity = torch.zeros((), device=real_a.device)
             gan = _lsgan(self.discriminator_b(fake_b), True) + _lsgan(self.discriminator_a(fake_a), True)
@@ -172,10 +188,14 @@ class CycleGAN(SynthesisModel):
 
         # Discriminators: real -> 1, translations (newest mixed with the pool's) -> 0, each loss halved.
         with self.autocast():
-            loss_d_b = 0.5 * (_lsgan(self.discriminator_b(real_b), True)
-                              + _lsgan(self.discriminator_b(self.pool_b.query(fake_b)), False))
-            loss_d_a = 0.5 * (_lsgan(self.discriminator_a(real_a), True)
-                              + _lsgan(self.discriminator_a(self.pool_a.query(fake_a)), False))
+            loss_d_b = 0.5 * (
+                _lsgan(self.discriminator_b(real_b), True)
+                + _lsgan(self.discriminator_b(self.pool_b.query(fake_b)), False)
+            )
+            loss_d_a = 0.5 * (
+                _lsgan(self.discriminator_a(real_a), True)
+                + _lsgan(self.discriminator_a(self.pool_a.query(fake_a)), False)
+            )
             loss_d = loss_d_a + loss_d_b
         opt_d.zero_grad(set_to_none=True)
         self.backward(loss_d)
@@ -184,8 +204,13 @@ class CycleGAN(SynthesisModel):
         # The engine checkpoints the schedulers but does not step them: one scheduler step per training step.
         for scheduler in self._schedulers.values():
             scheduler.step()
-        return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "gan": gan.detach(), "cycle": cycle.detach(),
-                "identity": identity.detach()}
+        return {
+            "loss_g": loss_g.detach(),
+            "loss_d": loss_d.detach(),
+            "gan": gan.detach(),
+            "cycle": cycle.detach(),
+            "identity": identity.detach(),
+        }
 
     @torch.inference_mode()
     def translate(self, source: torch.Tensor) -> torch.Tensor:

@@ -85,14 +85,29 @@ class ConditionalDDPM(SynthesisModel):
     PRESETS = {
         "paper": {},
         "small": {
-            "image_size": 64, "channels": (32, 64, 64), "attention_levels": (False, False, True),
-            "num_head_channels": 32, "norm_num_groups": 16,
-            "lr": 2e-4, "batch_size": 16, "steps": 3000, "ema_decay": 0.999, "prediction": "v",
+            "image_size": 64,
+            "channels": (32, 64, 64),
+            "attention_levels": (False, False, True),
+            "num_head_channels": 32,
+            "norm_num_groups": 16,
+            "lr": 2e-4,
+            "batch_size": 16,
+            "steps": 3000,
+            "ema_decay": 0.999,
+            "prediction": "v",
             "sampling_steps": 10,
         },
         "tiny": {
-            "image_size": 16, "channels": (16, 16), "attention_levels": (False, False), "num_head_channels": 16,
-            "norm_num_groups": 8, "lr": 2e-4, "batch_size": 2, "steps": 10, "ema_decay": 0.999, "prediction": "v",
+            "image_size": 16,
+            "channels": (16, 16),
+            "attention_levels": (False, False),
+            "num_head_channels": 16,
+            "norm_num_groups": 8,
+            "lr": 2e-4,
+            "batch_size": 2,
+            "steps": 10,
+            "ema_decay": 0.999,
+            "prediction": "v",
             "sampling_steps": 10,
         },
     }
@@ -104,8 +119,13 @@ class ConditionalDDPM(SynthesisModel):
     def __init__(self, config: DDPMConfig):
         super().__init__(config)
         check_unet_config(config)
-        for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES), ("sampler", SAMPLERS),
-                             ("validation_sampler", SAMPLERS), ("predictor", PREDICTORS)):
+        for key, allowed in (
+            ("prediction", PREDICTIONS),
+            ("schedule", SCHEDULES),
+            ("sampler", SAMPLERS),
+            ("validation_sampler", SAMPLERS),
+            ("predictor", PREDICTORS),
+        ):
             if getattr(config, key) not in allowed:
                 raise ValueError(f"{key} {getattr(config, key)!r}: use one of {', '.join(allowed)}")
         if config.lr <= 0 or config.batch_size < 1 or config.sampling_steps < 1 or config.validation_steps < 1:
@@ -147,9 +167,17 @@ class ConditionalDDPM(SynthesisModel):
         return denoise
 
     @torch.inference_mode()
-    def translate(self, source: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
-                  eta: float | None = None, snr: float | None = None, predictor: str | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+    def translate(
+        self,
+        source: torch.Tensor,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        snr: float | None = None,
+        predictor: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """One sample of the target given ``source`` (B, 1, H, W) in [-1, 1].
 
         ``steps`` is the budget of network evaluations (the ``ddpm`` sampler defaults to all T).
@@ -159,9 +187,16 @@ class ConditionalDDPM(SynthesisModel):
         if steps is None:
             steps = get_sampler(sampler).default_steps(config.timesteps, config.sampling_steps)
         return sample(
-            self.denoiser(source), self.schedule, (source.shape[0], 1, *source.shape[2:]), sampler=sampler, steps=steps,
-            eta=config.eta if eta is None else eta, snr=config.corrector_snr if snr is None else snr,
-            predictor=predictor or config.predictor, generator=generator, device=source.device,
+            self.denoiser(source),
+            self.schedule,
+            (source.shape[0], 1, *source.shape[2:]),
+            sampler=sampler,
+            steps=steps,
+            eta=config.eta if eta is None else eta,
+            snr=config.corrector_snr if snr is None else snr,
+            predictor=predictor or config.predictor,
+            generator=generator,
+            device=source.device,
         )
 
     def check_sampling(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None) -> None:
@@ -170,5 +205,10 @@ class ConditionalDDPM(SynthesisModel):
     def validation_translate(self, source: torch.Tensor) -> torch.Tensor:
         """Cheap deterministic translation for validation during training."""
         generator = torch.Generator(device=source.device).manual_seed(0)
-        return self.translate(source, sampler=self.config.validation_sampler, steps=self.config.validation_steps,
-                              eta=0.0, generator=generator)
+        return self.translate(
+            source,
+            sampler=self.config.validation_sampler,
+            steps=self.config.validation_steps,
+            eta=0.0,
+            generator=generator,
+        )

@@ -57,11 +57,21 @@ class DDPMGenConfig:
 
 def check_generator_config(config: DDPMGenConfig, samplers: tuple[str, ...]) -> None:
     check_unet_config(config)
-    for key, allowed in (("prediction", PREDICTIONS), ("schedule", SCHEDULES), ("sampler", samplers),
-                         ("training_slices", TRAINING_SLICES)):
+    for key, allowed in (
+        ("prediction", PREDICTIONS),
+        ("schedule", SCHEDULES),
+        ("sampler", samplers),
+        ("training_slices", TRAINING_SLICES),
+    ):
         if getattr(config, key) not in allowed:
             raise ValueError(f"{key} {getattr(config, key)!r}: use one of {', '.join(allowed)}")
-    if config.lr <= 0 or config.batch_size < 1 or config.sampling_steps < 1 or config.preview_steps < 1 or config.eta < 0:
+    if (
+        config.lr <= 0
+        or config.batch_size < 1
+        or config.sampling_steps < 1
+        or config.preview_steps < 1
+        or config.eta < 0
+    ):
         raise ValueError("lr, batch_size, sampling_steps and preview_steps must be positive, eta non-negative")
 
 
@@ -69,13 +79,30 @@ def check_generator_config(config: DDPMGenConfig, samplers: tuple[str, ...]) -> 
 # gave one-piece lesion masks within a few hundred steps at 1e-3, but still fragmented ones after twice as many at
 # 2e-4. The tiny preset is what tests/test_protocol.py runs.
 SMALL_GENERATOR = {
-    "image_size": 64, "channels": (32, 64, 64), "attention_levels": (False, False, True), "num_res_blocks": 1,
-    "norm_num_groups": 16, "lr": 1e-3, "batch_size": 16, "steps": 3000, "ema_decay": 0.999, "prediction": "v",
+    "image_size": 64,
+    "channels": (32, 64, 64),
+    "attention_levels": (False, False, True),
+    "num_res_blocks": 1,
+    "norm_num_groups": 16,
+    "lr": 1e-3,
+    "batch_size": 16,
+    "steps": 3000,
+    "ema_decay": 0.999,
+    "prediction": "v",
     "sampling_steps": 50,
 }
 TINY_GENERATOR = {
-    **SMALL_GENERATOR, "image_size": 16, "channels": (8, 16), "attention_levels": (False, True), "norm_num_groups": 8,
-    "num_head_channels": 8, "batch_size": 2, "steps": 10, "timesteps": 64, "sampling_steps": 4, "preview_steps": 2,
+    **SMALL_GENERATOR,
+    "image_size": 16,
+    "channels": (8, 16),
+    "attention_levels": (False, True),
+    "norm_num_groups": 8,
+    "num_head_channels": 8,
+    "batch_size": 2,
+    "steps": 10,
+    "timesteps": 64,
+    "sampling_steps": 4,
+    "preview_steps": 2,
 }
 
 
@@ -109,7 +136,9 @@ class UnconditionalDDPM(SynthesisModel):
         noisy = self.schedule.q_sample(image, t, noise)
         with self.autocast():
             output = self.network(noisy, timesteps=t)
-        loss = F.mse_loss(output.float(), self.schedule.training_target(self.config.prediction, image, noise, alpha_bar))
+        loss = F.mse_loss(
+            output.float(), self.schedule.training_target(self.config.prediction, image, noise, alpha_bar)
+        )
         optimizer = self._optimizers["network"]
         optimizer.zero_grad(set_to_none=True)
         self.backward(loss)
@@ -117,8 +146,15 @@ class UnconditionalDDPM(SynthesisModel):
         return {"loss": loss.detach()}
 
     @torch.inference_mode()
-    def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def sample(
+        self,
+        n: int,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
         """``{"image": (n, 1, H, W)}`` in [-1, 1]."""
         config = self.config
         sampler = sampler or config.sampler
@@ -133,8 +169,16 @@ class UnconditionalDDPM(SynthesisModel):
             return self.schedule.clean_estimates(prediction, output, x, self.schedule.alpha_bar_at(s), clip)
 
         shape = (n, 1, config.image_size, config.image_size)
-        image = sample(denoise, self.schedule, shape, sampler=sampler, steps=steps,
-                       eta=config.eta if eta is None else eta, generator=generator, device=self.device)
+        image = sample(
+            denoise,
+            self.schedule,
+            shape,
+            sampler=sampler,
+            steps=steps,
+            eta=config.eta if eta is None else eta,
+            generator=generator,
+            device=self.device,
+        )
         return {"image": image}
 
     def check_sampling(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None) -> None:

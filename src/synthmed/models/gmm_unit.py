@@ -43,21 +43,40 @@ class GMMUNITConfig(UNITConfig):
 @register
 class GMMUNIT(UNIT):
     name = "gmm-unit"
-    paper = ("Zhu et al., Patch-Based Image-to-Image Translation with a Shared Latent Gaussian Mixture for "
-             "non-contrast to contrast-enhanced CT, MICCAI 2020 (after UNIT, Liu et al. 2017)")
+    paper = (
+        "Zhu et al., Patch-Based Image-to-Image Translation with a Shared Latent Gaussian Mixture for "
+        "non-contrast to contrast-enhanced CT, MICCAI 2020 (after UNIT, Liu et al. 2017)"
+    )
     Config = GMMUNITConfig
     PRESETS = {
         "paper": {},
-        "small": {"image_size": 64, "patch_size": 32, "base_channels": 16, "n_res": 2, "discriminator_channels": 16,
-                  "batch_size": 4, "steps": 1500},
-        "tiny": {"image_size": 32, "patch_size": 16, "components": 3, "base_channels": 8, "n_res": 1,
-                 "discriminator_channels": 8, "batch_size": 2, "steps": 10},
+        "small": {
+            "image_size": 64,
+            "patch_size": 32,
+            "base_channels": 16,
+            "n_res": 2,
+            "discriminator_channels": 16,
+            "batch_size": 4,
+            "steps": 1500,
+        },
+        "tiny": {
+            "image_size": 32,
+            "patch_size": 16,
+            "components": 3,
+            "base_channels": 8,
+            "n_res": 1,
+            "discriminator_channels": 8,
+            "batch_size": 2,
+            "steps": 10,
+        },
     }
 
     def __init__(self, config: GMMUNITConfig):
         multiple = 2**config.n_down
         if config.patch_size < 4 * multiple or config.patch_size % multiple:
-            raise ValueError(f"patch_size {config.patch_size} must be a multiple of {multiple} and at least {4 * multiple}")
+            raise ValueError(
+                f"patch_size {config.patch_size} must be a multiple of {multiple} and at least {4 * multiple}"
+            )
         if config.patch_size > config.image_size:
             raise ValueError(f"patch_size {config.patch_size} is larger than the image size {config.image_size}")
         if config.components < 1:

@@ -91,10 +91,22 @@ class MedGAN(SynthesisModel):
     PRESETS = {
         "paper": {},
         "single-ublock": {"n_ublocks": 1},
-        "small": {"image_size": 64, "n_ublocks": 3, "generator_channels": 32, "discriminator_channels": 32,
-                  "batch_size": 16, "steps": 1000},
-        "tiny": {"image_size": 32, "n_ublocks": 2, "generator_channels": 8, "discriminator_channels": 8,
-                 "batch_size": 2, "steps": 10},
+        "small": {
+            "image_size": 64,
+            "n_ublocks": 3,
+            "generator_channels": 32,
+            "discriminator_channels": 32,
+            "batch_size": 16,
+            "steps": 1000,
+        },
+        "tiny": {
+            "image_size": 32,
+            "n_ublocks": 2,
+            "generator_channels": 8,
+            "discriminator_channels": 8,
+            "batch_size": 2,
+            "steps": 10,
+        },
     }
     takes_context = True
 
@@ -104,21 +116,34 @@ class MedGAN(SynthesisModel):
         while depth < config.generator_depth and config.image_size % 2 ** (depth + 1) == 0:
             depth += 1
         if depth < 3:
-            raise ValueError(f"image size {config.image_size} must be a multiple of 8 (prepare with --size 64, 128 or 256)")
+            raise ValueError(
+                f"image size {config.image_size} must be a multiple of 8 (prepare with --size 64, 128 or 256)"
+            )
         for key in ("n_ublocks", "generator_channels", "discriminator_channels", "d_every", "batch_size", "steps"):
             if getattr(config, key) < 1:
                 raise ValueError(f"{key} must be at least 1")
         if config.patch_size not in PATCH_SIZES:
-            raise ValueError(f"patch_size {config.patch_size}: choose one of {sorted(PATCH_SIZES)} (PatchGAN receptive fields)")
-        if config.lr <= 0 or min(config.lambda_adv, config.lambda_perceptual, config.lambda_style, config.lambda_content) < 0:
+            raise ValueError(
+                f"patch_size {config.patch_size}: choose one of {sorted(PATCH_SIZES)} (PatchGAN receptive fields)"
+            )
+        if (
+            config.lr <= 0
+            or min(config.lambda_adv, config.lambda_perceptual, config.lambda_style, config.lambda_content) < 0
+        ):
             raise ValueError("lr must be positive and the loss weights non-negative")
         # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
         layers = min(PATCH_SIZES[config.patch_size], max(1, int(math.log2(config.image_size)) - 2))
         check_context(config)
-        self.generator = CasNet(config.n_ublocks, config.context, 1, config.generator_channels, depth, config.norm, config.dropout)
-        self.discriminator = PatchDiscriminator(config.context + 1, config.discriminator_channels, layers, norm=config.norm)
+        self.generator = CasNet(
+            config.n_ublocks, config.context, 1, config.generator_channels, depth, config.norm, config.dropout
+        )
+        self.discriminator = PatchDiscriminator(
+            config.context + 1, config.discriminator_channels, layers, norm=config.norm
+        )
         if config.perceptual_weights and len(config.perceptual_weights) != layers + 1:
-            raise ValueError(f"perceptual_weights needs {layers + 1} values (the image and {layers} discriminator layers)")
+            raise ValueError(
+                f"perceptual_weights needs {layers + 1} values (the image and {layers} discriminator layers)"
+            )
         for key in ("style_weights", "content_weights"):
             if getattr(config, key) and len(getattr(config, key)) != len(STYLE_LAYERS):
                 raise ValueError(f"{key} needs {len(STYLE_LAYERS)} values ({', '.join(STYLE_LAYERS)})")
@@ -163,8 +188,10 @@ class MedGAN(SynthesisModel):
             with self.autocast():
                 real_logits = self.discriminator(torch.cat([source, target], 1)).float()
                 fake_logits = self.discriminator(torch.cat([source, fake.detach()], 1)).float()
-                loss_d = 0.5 * (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+                loss_d = 0.5 * (
+                    F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                    + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+                )
             opt_d.zero_grad(set_to_none=True)
             self.backward(loss_d)
             self.step_optimizer(opt_d)
@@ -176,8 +203,12 @@ class MedGAN(SynthesisModel):
                 fake_logits, fake_features = self.discriminator(torch.cat([source, fake], 1), return_features=True)
                 with torch.no_grad():
                     _, real_features = self.discriminator(torch.cat([source, target], 1), return_features=True)
-                adversarial = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits.float()))
-                perceptual = perceptual_loss([target, *real_features], [fake, *fake_features], cfg.perceptual_weights or None)
+                adversarial = F.binary_cross_entropy_with_logits(
+                    fake_logits.float(), torch.ones_like(fake_logits.float())
+                )
+                perceptual = perceptual_loss(
+                    [target, *real_features], [fake, *fake_features], cfg.perceptual_weights or None
+                )
                 loss_g = cfg.lambda_adv * adversarial + cfg.lambda_perceptual * perceptual
                 style = content = torch.zeros((), device=source.device)
                 if vgg is not None:
@@ -192,8 +223,14 @@ class MedGAN(SynthesisModel):
             self.step_optimizer(opt_g)
         finally:
             self.discriminator.requires_grad_(True)
-        return {"loss_g": loss_g.detach(), "loss_d": self._last_loss_d.to(source.device), "adv": adversarial.detach(),
-                "perceptual": perceptual.detach(), "style": style.detach(), "content": content.detach()}
+        return {
+            "loss_g": loss_g.detach(),
+            "loss_d": self._last_loss_d.to(source.device),
+            "adv": adversarial.detach(),
+            "perceptual": perceptual.detach(),
+            "style": style.detach(),
+            "content": content.detach(),
+        }
 
     def generate(self, source: torch.Tensor) -> torch.Tensor:
         """CasNet(source), or with ``residual`` source + CasNet(source) clipped to [-1, 1]."""

@@ -70,8 +70,9 @@ class PIG(SynthesisModel):
         self.schedule = NoiseSchedule(config.timesteps, config.schedule, config.beta_start, config.beta_end)
         self.network_x = diffusion_unet(config, in_channels=2)  # [x_t, y_t] -> mask noise
         self.network_y = diffusion_unet(config, in_channels=2)  # [y_t, mask guide] -> image noise
-        self._optimizers = {"networks": torch.optim.Adam([*self.network_x.parameters(), *self.network_y.parameters()],
-                                                         lr=config.lr)}
+        self._optimizers = {
+            "networks": torch.optim.Adam([*self.network_x.parameters(), *self.network_y.parameters()], lr=config.lr)
+        }
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return self._optimizers
@@ -127,8 +128,16 @@ class PIG(SynthesisModel):
         return denoise_x, denoise_y
 
     @torch.inference_mode()
-    def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-               generator: torch.Generator | None = None, callback=None) -> dict[str, torch.Tensor]:
+    def sample(
+        self,
+        n: int,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | None = None,
+        callback=None,
+    ) -> dict[str, torch.Tensor]:
         """``{"image", "mask", "mask_estimate"}``, each (n, 1, H, W): the image and the mask's final estimate in
         [-1, 1], and the binary mask (estimate > ``mask_threshold``) as 0/1 floats."""
         config = self.config
@@ -137,9 +146,18 @@ class PIG(SynthesisModel):
             steps = get_sampler(sampler).default_steps(config.timesteps, config.sampling_steps)
         denoise_x, denoise_y = self.denoisers()
         shape = (n, 1, config.image_size, config.image_size)
-        mask, image = joint_sample(denoise_x, denoise_y, self.schedule, shape, sampler=sampler, steps=steps,
-                                   eta=config.eta if eta is None else eta, generator=generator, device=self.device,
-                                   callback=callback)
+        mask, image = joint_sample(
+            denoise_x,
+            denoise_y,
+            self.schedule,
+            shape,
+            sampler=sampler,
+            steps=steps,
+            eta=config.eta if eta is None else eta,
+            generator=generator,
+            device=self.device,
+            callback=callback,
+        )
         return {"image": image, "mask": (mask > config.mask_threshold).float(), "mask_estimate": mask}
 
     def check_sampling(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None) -> None:

@@ -51,8 +51,11 @@ class Pix2Pix(SynthesisModel):
     PRESETS = {
         "paper": {},
         "small": {
-            "image_size": 64, "generator_channels": 32, "discriminator_channels": 32,
-            "batch_size": 16, "steps": 1000,
+            "image_size": 64,
+            "generator_channels": 32,
+            "discriminator_channels": 32,
+            "batch_size": 16,
+            "steps": 1000,
         },
         "tiny": {"image_size": 32, "generator_channels": 8, "discriminator_channels": 8, "batch_size": 2, "steps": 10},
     }
@@ -66,17 +69,23 @@ class Pix2Pix(SynthesisModel):
         while depth < config.generator_depth and config.image_size % 2 ** (depth + 1) == 0:
             depth += 1
         if depth < 3:
-            raise ValueError(f"image size {config.image_size} must be a multiple of 8 (prepare with --size 64, 128 or 256)")
+            raise ValueError(
+                f"image size {config.image_size} must be a multiple of 8 (prepare with --size 64, 128 or 256)"
+            )
         for key in ("generator_channels", "discriminator_channels", "discriminator_layers", "batch_size"):
             if getattr(config, key) < 1:
                 raise ValueError(f"{key} must be at least 1")
         if config.lr <= 0 or config.lambda_l1 < 0:
             raise ValueError("lr must be positive and lambda_l1 non-negative")
         check_context(config)
-        self.generator = UNetGenerator(config.context, 1, config.generator_channels, depth, norm=config.norm, dropout=config.dropout)
+        self.generator = UNetGenerator(
+            config.context, 1, config.generator_channels, depth, norm=config.norm, dropout=config.dropout
+        )
         # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
         layers = min(config.discriminator_layers, max(1, int(math.log2(config.image_size)) - 2))
-        self.discriminator = PatchDiscriminator(config.context + 1, config.discriminator_channels, layers, norm=config.norm)
+        self.discriminator = PatchDiscriminator(
+            config.context + 1, config.discriminator_channels, layers, norm=config.norm
+        )
         init_gan_weights(self)
         self._optimizers = {
             "generator": torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=config.betas),

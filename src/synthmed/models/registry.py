@@ -86,13 +86,19 @@ def config_from_dict(name: str, values: dict[str, Any]):
         if isinstance(default, tuple):
             # tuple[int, ...] fields (e.g. channels per level) take any length; fixed tuples their own.
             any_length = "..." in str(known[key].type)
-            if not isinstance(value, (list, tuple)) or (not value and default) or (not any_length and len(value) != len(default)):
+            if (
+                not isinstance(value, (list, tuple))
+                or (not value and default)
+                or (not any_length and len(value) != len(default))
+            ):
                 count = "one or more" if any_length else str(len(default))
                 raise SynthmedError(f"{name} setting {key}={value!r}: give {count} values like {list(default)}")
             value = tuple(value)
-        elif isinstance(default, bool) != isinstance(value, bool) or (
-            isinstance(default, (int, float)) and not isinstance(value, (int, float))
-        ) or (isinstance(default, str) and not isinstance(value, str)):
+        elif (
+            isinstance(default, bool) != isinstance(value, bool)
+            or (isinstance(default, (int, float)) and not isinstance(value, (int, float)))
+            or (isinstance(default, str) and not isinstance(value, str))
+        ):
             raise SynthmedError(f"{name} setting {key}={value!r}: expected a {type(default).__name__} like {default!r}")
         elif isinstance(default, float):
             value = float(value)

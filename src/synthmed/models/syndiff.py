@@ -143,16 +143,36 @@ class SynDiff(SynthesisModel):
     PRESETS = {
         "paper": {},
         "small": {
-            "image_size": 64, "generator_channels": 16, "channel_mult": (1, 2, 2, 2), "num_res_blocks": 1,
-            "nz": 32, "z_embedding": 64, "n_mlp": 2, "discriminator_channels": 16, "t_embedding": 64,
-            "cycle_generator_channels": 16, "resnet_blocks": 3, "cycle_discriminator_channels": 16,
-            "batch_size": 4, "steps": 3000,
+            "image_size": 64,
+            "generator_channels": 16,
+            "channel_mult": (1, 2, 2, 2),
+            "num_res_blocks": 1,
+            "nz": 32,
+            "z_embedding": 64,
+            "n_mlp": 2,
+            "discriminator_channels": 16,
+            "t_embedding": 64,
+            "cycle_generator_channels": 16,
+            "resnet_blocks": 3,
+            "cycle_discriminator_channels": 16,
+            "batch_size": 4,
+            "steps": 3000,
         },
         "tiny": {
-            "image_size": 32, "generator_channels": 8, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "nz": 8,
-            "z_embedding": 16, "n_mlp": 1, "discriminator_channels": 8, "t_embedding": 16,
-            "cycle_generator_channels": 8, "resnet_blocks": 1, "cycle_discriminator_channels": 8,
-            "batch_size": 2, "steps": 10,
+            "image_size": 32,
+            "generator_channels": 8,
+            "channel_mult": (1, 2, 2),
+            "num_res_blocks": 1,
+            "nz": 8,
+            "z_embedding": 16,
+            "n_mlp": 1,
+            "discriminator_channels": 8,
+            "t_embedding": 16,
+            "cycle_generator_channels": 8,
+            "resnet_blocks": 1,
+            "cycle_discriminator_channels": 8,
+            "batch_size": 2,
+            "steps": 10,
         },
     }
     ema_modules = ("diffusive_a", "diffusive_b")
@@ -164,10 +184,24 @@ class SynDiff(SynthesisModel):
         super().__init__(config)
         size = config.image_size
         if size < 16 or size & (size - 1):
-            raise ValueError(f"image size {size} must be a power of two, at least 16 (prepare with --size 64, 128 or 256)")
-        for key in ("timesteps", "generator_channels", "num_res_blocks", "nz", "z_embedding", "discriminator_channels",
-                    "t_embedding", "cycle_generator_channels", "cycle_discriminator_channels",
-                    "cycle_discriminator_layers", "lazy_reg", "batch_size", "steps"):
+            raise ValueError(
+                f"image size {size} must be a power of two, at least 16 (prepare with --size 64, 128 or 256)"
+            )
+        for key in (
+            "timesteps",
+            "generator_channels",
+            "num_res_blocks",
+            "nz",
+            "z_embedding",
+            "discriminator_channels",
+            "t_embedding",
+            "cycle_generator_channels",
+            "cycle_discriminator_channels",
+            "cycle_discriminator_layers",
+            "lazy_reg",
+            "batch_size",
+            "steps",
+        ):
             if getattr(config, key) < 1:
                 raise ValueError(f"{key} must be at least 1")
         if config.resnet_blocks < 0 or config.n_mlp < 0 or not 0 <= config.dropout < 1:
@@ -187,8 +221,18 @@ class SynDiff(SynthesisModel):
 
         def diffusive(guide_channels: int):
             return NCSNppGenerator(
-                1 + guide_channels, 1, config.generator_channels, tuple(config.channel_mult), config.num_res_blocks,
-                tuple(config.attention_resolutions), size, config.nz, config.z_embedding, config.n_mlp, config.dropout)
+                1 + guide_channels,
+                1,
+                config.generator_channels,
+                tuple(config.channel_mult),
+                config.num_res_blocks,
+                tuple(config.attention_resolutions),
+                size,
+                config.nz,
+                config.z_embedding,
+                config.n_mlp,
+                config.dropout,
+            )
 
         def time_discriminator():
             return TimeConditionalDiscriminator(2, config.discriminator_channels, config.t_embedding, size)
@@ -231,10 +275,20 @@ class SynDiff(SynthesisModel):
         b_t, b_next = self.schedule.q_sample_pair(b, t_b)
         z_a = torch.randn(n, self.config.nz, device=device)
         z_b = torch.randn(n, self.config.nz, device=device)
-        return {"t_a": t_a, "t_b": t_b, "a_t": a_t, "a_next": a_next, "b_t": b_t, "b_next": b_next, "z_a": z_a, "z_b": z_b}
+        return {
+            "t_a": t_a,
+            "t_b": t_b,
+            "a_t": a_t,
+            "a_next": a_next,
+            "b_t": b_t,
+            "b_next": b_next,
+            "z_a": z_a,
+            "z_b": z_b,
+        }
 
-    def _reverse_step(self, network: NCSNppGenerator, x_next: torch.Tensor, guide: torch.Tensor, t: torch.Tensor,
-                      z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reverse_step(
+        self, network: NCSNppGenerator, x_next: torch.Tensor, guide: torch.Tensor, t: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x0 predicted from (x_{t+1}, guide) and the posterior sample x_t' ~ q(x_t | x_{t+1}, x0)."""
         x0 = network(torch.cat([x_next, guide.to(x_next.dtype)], 1), t, z)
         return x0, self.schedule.posterior_sample(x0.float(), x_next, t)
@@ -266,8 +320,10 @@ class SynDiff(SynthesisModel):
         r1_weight = cfg.r1_gamma / 2 * (cfg.lazy_reg if cfg.r1_lazy_scale else 1)
         opt_d.zero_grad(set_to_none=True)
         loss_d_diff = r1 = torch.zeros((), device=a.device)
-        for d, x_t, x_fake, t, x_next in ((self.discriminator_diff_a, draw["a_t"], a_fake, draw["t_a"], draw["a_next"]),
-                                          (self.discriminator_diff_b, draw["b_t"], b_fake, draw["t_b"], draw["b_next"])):
+        for d, x_t, x_fake, t, x_next in (
+            (self.discriminator_diff_a, draw["a_t"], a_fake, draw["t_a"], draw["a_next"]),
+            (self.discriminator_diff_b, draw["b_t"], b_fake, draw["t_b"], draw["b_next"]),
+        ):
             x_real = x_t.detach().requires_grad_(regularise)
             with self.autocast():
                 real = d(x_real, t, x_next).float()
@@ -281,8 +337,12 @@ class SynDiff(SynthesisModel):
             self.backward(total)
             loss_d_diff = loss_d_diff + loss.detach()
         with self.autocast():
-            loss_d_cycle = (F.softplus(-d_a(a).float()).mean() + F.softplus(d_a(a_hat).float()).mean()
-                            + F.softplus(-d_b(b).float()).mean() + F.softplus(d_b(b_hat).float()).mean())
+            loss_d_cycle = (
+                F.softplus(-d_a(a).float()).mean()
+                + F.softplus(d_a(a_hat).float()).mean()
+                + F.softplus(-d_b(b).float()).mean()
+                + F.softplus(d_b(b_hat).float()).mean()
+            )
         self.backward(cfg.lambda_adv * loss_d_cycle)
         self.step_optimizer(opt_d)
         loss_d = cfg.lambda_adv * (loss_d_diff + loss_d_cycle.detach()) + (r1_weight * r1 if regularise else 0)
@@ -301,8 +361,27 @@ class SynDiff(SynthesisModel):
             adv_diff = l1 = torch.zeros((), device=a.device)
             guides = {}
             for name, network, d, real, estimate, t, x_next, z in (
-                    ("b_hat", self.diffusive_a, self.discriminator_diff_a, a, b_hat, draw["t_a"], draw["a_next"], draw["z_a"]),
-                    ("a_hat", self.diffusive_b, self.discriminator_diff_b, b, a_hat_stack, draw["t_b"], draw["b_next"], draw["z_b"])):
+                (
+                    "b_hat",
+                    self.diffusive_a,
+                    self.discriminator_diff_a,
+                    a,
+                    b_hat,
+                    draw["t_a"],
+                    draw["a_next"],
+                    draw["z_a"],
+                ),
+                (
+                    "a_hat",
+                    self.diffusive_b,
+                    self.discriminator_diff_b,
+                    b,
+                    a_hat_stack,
+                    draw["t_b"],
+                    draw["b_next"],
+                    draw["z_b"],
+                ),
+            ):
                 guide = guides[name] = estimate.detach().requires_grad_(True)
                 with self.autocast():
                     x0, x_fake = self._reverse_step(network, x_next, guide, t, z)
@@ -316,24 +395,38 @@ class SynDiff(SynthesisModel):
                 adv_cycle = F.softplus(-d_a(a_hat).float()).mean() + F.softplus(-d_b(b_hat).float()).mean()
                 a_cycle, b_cycle = self.generator_ba(b_hat), self.generator_ab(a_hat)
                 cycle = F.l1_loss(a_cycle.float(), a) + F.l1_loss(b_cycle.float(), b)
-            handed_on = sum((estimate * self.unscaled(guides[name].grad)).sum()
-                            for name, estimate in (("a_hat", a_hat_stack), ("b_hat", b_hat)))
+            handed_on = sum(
+                (estimate * self.unscaled(guides[name].grad)).sum()
+                for name, estimate in (("a_hat", a_hat_stack), ("b_hat", b_hat))
+            )
             self.backward(cfg.lambda_adv * adv_cycle + cfg.lambda_cycle * cycle + handed_on)
             self.step_optimizer(opt_g)
         finally:
             for d in discriminators:
                 d.requires_grad_(True)
-        loss_g = cfg.lambda_adv * (adv_diff + adv_cycle.detach()) + cfg.lambda_l1 * l1 + cfg.lambda_cycle * cycle.detach()
+        loss_g = (
+            cfg.lambda_adv * (adv_diff + adv_cycle.detach()) + cfg.lambda_l1 * l1 + cfg.lambda_cycle * cycle.detach()
+        )
 
         # The engine checkpoints the schedulers but does not step them: one scheduler step per training step.
         for scheduler in self._schedulers.values():
             scheduler.step()
-        return {"loss_g": loss_g, "loss_d": loss_d.detach(), "adv_diff": adv_diff,
-                "adv_cycle": adv_cycle.detach(), "l1": l1, "cycle": cycle.detach(),
-                "d_diff": loss_d_diff, "d_cycle": loss_d_cycle.detach(), "r1": r1}
+        return {
+            "loss_g": loss_g,
+            "loss_d": loss_d.detach(),
+            "adv_diff": adv_diff,
+            "adv_cycle": adv_cycle.detach(),
+            "l1": l1,
+            "cycle": cycle.detach(),
+            "d_diff": loss_d_diff,
+            "d_cycle": loss_d_cycle.detach(),
+            "r1": r1,
+        }
 
     # --- translation ------------------------------------------------------------------------
-    def _sample(self, network: NCSNppGenerator, source: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _sample(
+        self, network: NCSNppGenerator, source: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
         n, device = source.shape[0], source.device
         shape = (n, 1, *source.shape[2:])  # one slice out, whatever the number of guiding slices
         x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)

@@ -76,10 +76,22 @@ class UNIT(SynthesisModel):
     Config = UNITConfig
     PRESETS = {
         "paper": {},
-        "small": {"image_size": 64, "base_channels": 16, "n_res": 2, "discriminator_channels": 16, "batch_size": 1,
-                  "steps": 1500},
-        "tiny": {"image_size": 32, "base_channels": 8, "n_res": 1, "discriminator_channels": 8, "batch_size": 2,
-                 "steps": 10},
+        "small": {
+            "image_size": 64,
+            "base_channels": 16,
+            "n_res": 2,
+            "discriminator_channels": 16,
+            "batch_size": 1,
+            "steps": 1500,
+        },
+        "tiny": {
+            "image_size": 32,
+            "base_channels": 8,
+            "n_res": 1,
+            "discriminator_channels": 8,
+            "batch_size": 2,
+            "steps": 10,
+        },
     }
 
     def __init__(self, config: UNITConfig):
@@ -98,23 +110,44 @@ class UNIT(SynthesisModel):
         init_gan_weights(self)
         self.build_latent(config.base_channels * 2**config.n_down)
         self._optimizers = {
-            "generator": torch.optim.Adam(self.generator_parameters(), lr=config.lr, betas=config.betas,
-                                          weight_decay=config.weight_decay),
-            "discriminator": torch.optim.Adam([*self.discriminator_a.parameters(), *self.discriminator_b.parameters()],
-                                              lr=config.lr, betas=config.betas, weight_decay=config.weight_decay),
+            "generator": torch.optim.Adam(
+                self.generator_parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay
+            ),
+            "discriminator": torch.optim.Adam(
+                [*self.discriminator_a.parameters(), *self.discriminator_b.parameters()],
+                lr=config.lr,
+                betas=config.betas,
+                weight_decay=config.weight_decay,
+            ),
         }
 
     @staticmethod
     def _check(config) -> None:
         multiple = 2**config.n_down
         if config.image_size < 4 * multiple or config.image_size % multiple:
-            raise ValueError(f"image size {config.image_size} must be a multiple of {multiple} and at least {4 * multiple}")
-        for key in ("base_channels", "n_down", "n_shared", "discriminator_channels", "discriminator_layers", "batch_size", "steps"):
+            raise ValueError(
+                f"image size {config.image_size} must be a multiple of {multiple} and at least {4 * multiple}"
+            )
+        for key in (
+            "base_channels",
+            "n_down",
+            "n_shared",
+            "discriminator_channels",
+            "discriminator_layers",
+            "batch_size",
+            "steps",
+        ):
             if getattr(config, key) < 1:
                 raise ValueError(f"{key} must be at least 1")
         if config.n_res < 0:
             raise ValueError("n_res must be 0 or more")
-        weights = (config.lambda_gan, config.lambda_kl, config.lambda_recon, config.lambda_cycle_kl, config.lambda_cycle_recon)
+        weights = (
+            config.lambda_gan,
+            config.lambda_kl,
+            config.lambda_recon,
+            config.lambda_cycle_kl,
+            config.lambda_cycle_recon,
+        )
         if not config.lr > 0 or min(weights) < 0 or config.weight_decay < 0:
             raise ValueError("lr must be positive, the loss weights and weight decay non-negative")
         check_context(config)
@@ -173,7 +206,9 @@ class UNIT(SynthesisModel):
             fake_b = self.generator_b(self.encode(stack_a, "a")[1])
             fake_a = self.generator_a(self.encode(b, "b")[1])
         with self.autocast():
-            loss_d = cfg.lambda_gan * (_bce(d_a(a), True) + _bce(d_a(fake_a), False) + _bce(d_b(b), True) + _bce(d_b(fake_b), False))
+            loss_d = cfg.lambda_gan * (
+                _bce(d_a(a), True) + _bce(d_a(fake_a), False) + _bce(d_b(b), True) + _bce(d_b(fake_b), False)
+            )
         opt_d.zero_grad(set_to_none=True)
         self.backward(loss_d)
         self.step_optimizer(opt_d)
@@ -193,16 +228,28 @@ class UNIT(SynthesisModel):
                 mu_ba, z_ba = self.encode(fake_a_stack, "a")
                 cycle_kl = kl_a + kl_b + self.kl(mu_ab, z_ab, "b") + self.kl(mu_ba, z_ba, "a")
                 cycle = F.l1_loss(self.generator_a(z_ab).float(), a) + F.l1_loss(self.generator_b(z_ba).float(), b)
-                loss_g = (cfg.lambda_gan * gan + cfg.lambda_kl * (kl_a + kl_b) + cfg.lambda_recon * recon
-                          + cfg.lambda_cycle_kl * cycle_kl + cfg.lambda_cycle_recon * cycle)
+                loss_g = (
+                    cfg.lambda_gan * gan
+                    + cfg.lambda_kl * (kl_a + kl_b)
+                    + cfg.lambda_recon * recon
+                    + cfg.lambda_cycle_kl * cycle_kl
+                    + cfg.lambda_cycle_recon * cycle
+                )
             opt_g.zero_grad(set_to_none=True)
             self.backward(loss_g)
             self.step_optimizer(opt_g)
         finally:
             for d in (d_a, d_b):
                 d.requires_grad_(True)
-        return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach(), "gan": gan.detach(), "kl": (kl_a + kl_b).detach(),
-                "recon": recon.detach(), "cycle": cycle.detach(), "cycle_kl": cycle_kl.detach()}
+        return {
+            "loss_g": loss_g.detach(),
+            "loss_d": loss_d.detach(),
+            "gan": gan.detach(),
+            "kl": (kl_a + kl_b).detach(),
+            "recon": recon.detach(),
+            "cycle": cycle.detach(),
+            "cycle_kl": cycle_kl.detach(),
+        }
 
     # --- translation ----------------------------------------------------------------------------
     def map_images(self, x: torch.Tensor, source: str) -> torch.Tensor:

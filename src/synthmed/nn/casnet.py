@@ -15,14 +15,23 @@ from synthmed.nn.unet import UNetGenerator
 
 
 class CasNet(nn.Module):
-    def __init__(self, n_blocks: int = 6, in_channels: int = 1, out_channels: int = 1, base_channels: int = 64,
-                 depth: int = 8, norm: str = "batch", dropout: float = 0.5):
+    def __init__(
+        self,
+        n_blocks: int = 6,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        base_channels: int = 64,
+        depth: int = 8,
+        norm: str = "batch",
+        dropout: float = 0.5,
+    ):
         super().__init__()
         if n_blocks < 1:
             raise ValueError("CasNet needs at least one U-block")
         self.blocks = nn.ModuleList(
-            UNetGenerator(in_channels if k == 0 else out_channels, out_channels, base_channels, depth, norm=norm,
-                          dropout=dropout)
+            UNetGenerator(
+                in_channels if k == 0 else out_channels, out_channels, base_channels, depth, norm=norm, dropout=dropout
+            )
             for k in range(n_blocks)
         )
 

@@ -17,7 +17,9 @@ def check_unet_config(config) -> None:
     if config.image_size % 2 ** (levels - 1):
         raise ValueError(f"image size {config.image_size} must be divisible by {2 ** (levels - 1)}")
     if any(c % config.norm_num_groups for c in config.channels):
-        raise ValueError(f"channels {list(config.channels)} must be multiples of norm_num_groups {config.norm_num_groups}")
+        raise ValueError(
+            f"channels {list(config.channels)} must be multiples of norm_num_groups {config.norm_num_groups}"
+        )
 
 
 def diffusion_unet(config, in_channels: int, out_channels: int = 1) -> DiffusionModelUNet:
@@ -25,7 +27,12 @@ def diffusion_unet(config, in_channels: int, out_channels: int = 1) -> Diffusion
     ``norm_num_groups``."""
     check_unet_config(config)
     return DiffusionModelUNet(
-        spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=tuple(config.channels),
-        attention_levels=tuple(config.attention_levels), num_res_blocks=config.num_res_blocks,
-        num_head_channels=config.num_head_channels, norm_num_groups=config.norm_num_groups,
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channels=tuple(config.channels),
+        attention_levels=tuple(config.attention_levels),
+        num_res_blocks=config.num_res_blocks,
+        num_head_channels=config.num_head_channels,
+        norm_num_groups=config.norm_num_groups,
     )

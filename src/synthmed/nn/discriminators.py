@@ -24,7 +24,14 @@ def patch_receptive_field(n_layers: int) -> int:
 
 
 class PatchDiscriminator(nn.Module):
-    def __init__(self, in_channels: int = 2, base_channels: int = 64, n_layers: int = 3, norm: str = "batch", max_multiplier: int = 8):
+    def __init__(
+        self,
+        in_channels: int = 2,
+        base_channels: int = 64,
+        n_layers: int = 3,
+        norm: str = "batch",
+        max_multiplier: int = 8,
+    ):
         super().__init__()
         bias = norm != "batch"
         blocks: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, base_channels, 4, 2, 1), nn.LeakyReLU(0.2))]
@@ -32,7 +39,11 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, n_layers + 1):
             out = base_channels * min(2**i, max_multiplier)
             stride = 2 if i < n_layers else 1
-            blocks.append(nn.Sequential(nn.Conv2d(channels, out, 4, stride, 1, bias=bias), norm_layer(norm, out), nn.LeakyReLU(0.2)))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(channels, out, 4, stride, 1, bias=bias), norm_layer(norm, out), nn.LeakyReLU(0.2)
+                )
+            )
             channels = out
         blocks.append(nn.Conv2d(channels, 1, 4, 1, 1))
         self.blocks = nn.ModuleList(blocks)

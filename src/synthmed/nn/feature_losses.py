@@ -34,12 +34,16 @@ def _weights(weights: Sequence[float] | None, n: int) -> list[float]:
     return [float(w) for w in weights]
 
 
-def perceptual_loss(real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+def perceptual_loss(
+    real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+) -> torch.Tensor:
     """Weighted mean absolute difference of matching feature maps (layer 0 may be the images themselves)."""
     return sum(w * (r.float() - f.float()).abs().mean() for w, r, f in zip(_weights(weights, len(real)), real, fake))
 
 
-def style_loss(real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+def style_loss(
+    real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+) -> torch.Tensor:
     total = 0.0
     for w, r, f in zip(_weights(weights, len(real)), real, fake):
         channels = r.shape[1]
@@ -48,5 +52,7 @@ def style_loss(real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor], weigh
     return total
 
 
-def content_loss(real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+def content_loss(
+    real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+) -> torch.Tensor:
     return sum(w * (r.float() - f.float()).pow(2).mean() for w, r, f in zip(_weights(weights, len(real)), real, fake))

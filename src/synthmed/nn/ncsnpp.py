@@ -65,7 +65,9 @@ def fir_upsample(x: torch.Tensor, kernel=FIR_KERNEL) -> torch.Tensor:
 def timestep_embedding(t: torch.Tensor, dim: int, max_positions: int = 10_000) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) step indices, (B,) -> (B, dim)."""
     half = dim // 2
-    frequencies = torch.exp(-math.log(max_positions) * torch.arange(half, device=t.device, dtype=torch.float32) / max(1, half - 1))
+    frequencies = torch.exp(
+        -math.log(max_positions) * torch.arange(half, device=t.device, dtype=torch.float32) / max(1, half - 1)
+    )
     angles = t.float()[:, None] * frequencies[None]
     embedding = torch.cat([angles.sin(), angles.cos()], 1)
     if dim % 2:
@@ -99,8 +101,16 @@ class AdaptiveGroupNorm(nn.Module):
 
 
 class ResBlockBigGAN(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, temb_dim: int, z_dim: int, up: bool = False,
-                 down: bool = False, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temb_dim: int,
+        z_dim: int,
+        up: bool = False,
+        down: bool = False,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.up, self.down = up, down
         self.norm0 = AdaptiveGroupNorm(in_channels, z_dim)
@@ -149,15 +159,35 @@ class AttentionBlock(nn.Module):
 
 
 class NCSNppGenerator(nn.Module):
-    def __init__(self, in_channels: int = 2, out_channels: int = 1, base_channels: int = 64,
-                 channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4), num_res_blocks: int = 2,
-                 attention_resolutions: tuple[int, ...] = (16,), image_size: int = 256, nz: int = 100,
-                 z_embedding: int = 256, n_mlp: int = 3, dropout: float = 0.0, use_tanh: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 2,
+        out_channels: int = 1,
+        base_channels: int = 64,
+        channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4),
+        num_res_blocks: int = 2,
+        attention_resolutions: tuple[int, ...] = (16,),
+        image_size: int = 256,
+        nz: int = 100,
+        z_embedding: int = 256,
+        n_mlp: int = 3,
+        dropout: float = 0.0,
+        use_tanh: bool = True,
+    ):
         super().__init__()
         if image_size < 4 or image_size & (image_size - 1):
             raise ValueError(f"NCSNppGenerator needs a power-of-two image size of at least 4 (got {image_size})")
-        if not channel_mult or min(channel_mult) < 1 or base_channels < 1 or num_res_blocks < 1 or nz < 1 or z_embedding < 1:
-            raise ValueError("NCSNppGenerator needs positive channel multipliers, base_channels, num_res_blocks, nz, z_embedding")
+        if (
+            not channel_mult
+            or min(channel_mult) < 1
+            or base_channels < 1
+            or num_res_blocks < 1
+            or nz < 1
+            or z_embedding < 1
+        ):
+            raise ValueError(
+                "NCSNppGenerator needs positive channel multipliers, base_channels, num_res_blocks, nz, z_embedding"
+            )
         max_levels = 1 + int(math.log2(image_size // 4))
         self.channel_mult = tuple(channel_mult[:max_levels])
         self.image_size, self.nz, self.use_tanh = image_size, nz, use_tanh
@@ -194,7 +224,9 @@ class NCSNppGenerator(nn.Module):
                 self.pyramid.append(nn.Conv2d(in_channels, channels, 3, padding=1))
                 resolution //= 2
                 skip_channels.append(channels)
-        self.mid = nn.ModuleList([block(channels, channels), AttentionBlock(channels, z_embedding), block(channels, channels)])
+        self.mid = nn.ModuleList(
+            [block(channels, channels), AttentionBlock(channels, z_embedding), block(channels, channels)]
+        )
         self.up_blocks = nn.ModuleList()
         self.up_attention = nn.ModuleDict()
         self.upsamplers = nn.ModuleList()
@@ -217,8 +249,10 @@ class NCSNppGenerator(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         size = x.shape[-1]
         if x.shape[-2] != size or size % 2 ** (len(self.channel_mult) - 1):
-            raise ValueError(f"NCSNppGenerator input must be square with a side divisible by "
-                             f"{2 ** (len(self.channel_mult) - 1)}, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"NCSNppGenerator input must be square with a side divisible by "
+                f"{2 ** (len(self.channel_mult) - 1)}, got {tuple(x.shape[-2:])}"
+            )
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         temb = self.time_embed(timestep_embedding(t, self.base_channels))

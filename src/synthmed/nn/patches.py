@@ -17,7 +17,9 @@ from collections.abc import Callable
 import torch
 
 
-def aligned_patches(tensors: list[torch.Tensor], patch: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def aligned_patches(
+    tensors: list[torch.Tensor], patch: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
     """One random ``patch`` x ``patch`` crop per sample, at the same position in every tensor of ``tensors``."""
     n, _, height, width = tensors[0].shape
     if patch > min(height, width):
@@ -26,8 +28,10 @@ def aligned_patches(tensors: list[torch.Tensor], patch: int, generator: torch.Ge
         raise ValueError("aligned patches need tensors of the same batch size and image size")
     rows = torch.randint(0, height - patch + 1, (n,), generator=generator).tolist()
     cols = torch.randint(0, width - patch + 1, (n,), generator=generator).tolist()
-    return [torch.stack([t[i, :, r : r + patch, c : c + patch] for i, (r, c) in enumerate(zip(rows, cols))])
-            for t in tensors]
+    return [
+        torch.stack([t[i, :, r : r + patch, c : c + patch] for i, (r, c) in enumerate(zip(rows, cols))])
+        for t in tensors
+    ]
 
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:
@@ -47,8 +51,13 @@ def pyramid_weight(patch: int, device=None) -> torch.Tensor:
     return ramp[:, None] * ramp[None, :]
 
 
-def sliding_window(function: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, patch: int,
-                   stride: int | None = None, batch: int = 64) -> torch.Tensor:
+def sliding_window(
+    function: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    patch: int,
+    stride: int | None = None,
+    batch: int = 64,
+) -> torch.Tensor:
     """Apply ``function`` (B, C, patch, patch) -> (B, C', patch, patch) over ``images`` (N, C, H, W) and stitch."""
     n, _, height, width = images.shape
     patch_h, patch_w = min(patch, height), min(patch, width)
@@ -71,8 +80,9 @@ def sliding_window(function: Callable[[torch.Tensor], torch.Tensor], images: tor
     return output / total
 
 
-def padded_to_multiple(function: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, multiple: int,
-                       fill: float = -1.0) -> torch.Tensor:
+def padded_to_multiple(
+    function: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, multiple: int, fill: float = -1.0
+) -> torch.Tensor:
     """``function(images)`` for networks that take only sides divisible by ``multiple`` (a U-Net halving the image
     ``log2(multiple)`` times): the images are padded on all sides with ``fill`` (the background, -1 in the model's
     range) to the next multiple, and the result is cut back to the input's size."""

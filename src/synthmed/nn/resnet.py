@@ -24,8 +24,13 @@ class ResnetBlock(nn.Module):
         super().__init__()
         bias = norm != "batch"  # a batch norm's shift replaces the bias; instance norm here has none
         self.block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), norm_layer(norm, channels), nn.ReLU(True),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3, bias=bias), norm_layer(norm, channels),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=bias),
+            norm_layer(norm, channels),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3, bias=bias),
+            norm_layer(norm, channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,24 +38,40 @@ class ResnetBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, base_channels: int = 64, n_blocks: int = 6,
-                 norm: str = "instance"):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        base_channels: int = 64,
+        n_blocks: int = 6,
+        norm: str = "instance",
+    ):
         super().__init__()
         if in_channels < 1 or out_channels < 1 or base_channels < 1 or n_blocks < 0:
             raise ValueError("ResnetGenerator needs positive channel counts and n_blocks >= 0")
         bias = norm != "batch"
         c = base_channels
         layers: list[nn.Module] = [
-            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, c, 7, bias=bias), norm_layer(norm, c), nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, c, 7, bias=bias),
+            norm_layer(norm, c),
+            nn.ReLU(True),
         ]
         for multiplier in (1, 2):  # d128, d256
-            layers += [nn.Conv2d(c * multiplier, c * multiplier * 2, 3, stride=2, padding=1, bias=bias),
-                       norm_layer(norm, c * multiplier * 2), nn.ReLU(True)]
+            layers += [
+                nn.Conv2d(c * multiplier, c * multiplier * 2, 3, stride=2, padding=1, bias=bias),
+                norm_layer(norm, c * multiplier * 2),
+                nn.ReLU(True),
+            ]
         layers += [ResnetBlock(c * 4, norm) for _ in range(n_blocks)]
         for multiplier in (4, 2):  # u128, u64
-            layers += [nn.ConvTranspose2d(c * multiplier, c * multiplier // 2, 3, stride=2, padding=1, output_padding=1,
-                                          bias=bias),
-                       norm_layer(norm, c * multiplier // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(
+                    c * multiplier, c * multiplier // 2, 3, stride=2, padding=1, output_padding=1, bias=bias
+                ),
+                norm_layer(norm, c * multiplier // 2),
+                nn.ReLU(True),
+            ]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 

@@ -56,17 +56,27 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
 
 
 class TimeConditionalDiscriminator(nn.Module):
-    def __init__(self, in_channels: int = 2, base_channels: int = 64, t_embedding: int = 256, image_size: int = 256,
-                 max_blocks: int = 6, group_size: int = 4):
+    def __init__(
+        self,
+        in_channels: int = 2,
+        base_channels: int = 64,
+        t_embedding: int = 256,
+        image_size: int = 256,
+        max_blocks: int = 6,
+        group_size: int = 4,
+    ):
         super().__init__()
         if image_size < 4 or image_size & (image_size - 1):
-            raise ValueError(f"TimeConditionalDiscriminator needs a power-of-two image size of at least 4 (got {image_size})")
+            raise ValueError(
+                f"TimeConditionalDiscriminator needs a power-of-two image size of at least 4 (got {image_size})"
+            )
         if base_channels < 1 or t_embedding < 1 or max_blocks < 1:
             raise ValueError("TimeConditionalDiscriminator needs positive base_channels, t_embedding and max_blocks")
         self.t_embedding, self.group_size = t_embedding, group_size
         self.act = nn.LeakyReLU(0.2)
-        self.time_embed = nn.Sequential(nn.Linear(t_embedding, t_embedding), nn.LeakyReLU(0.2),
-                                        nn.Linear(t_embedding, t_embedding))
+        self.time_embed = nn.Sequential(
+            nn.Linear(t_embedding, t_embedding), nn.LeakyReLU(0.2), nn.Linear(t_embedding, t_embedding)
+        )
         c = base_channels
         self.start = nn.Conv2d(in_channels, 2 * c, 1)
         n_blocks = max(1, min(max_blocks, int(math.log2(image_size // 4))))

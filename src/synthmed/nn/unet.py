@@ -35,7 +35,9 @@ class UNetGenerator(nn.Module):
         self.downs = nn.ModuleList()
         for i in range(depth):
             layers: list[nn.Module] = [] if i == 0 else [nn.LeakyReLU(0.2)]
-            layers.append(nn.Conv2d(in_channels if i == 0 else channels[i - 1], channels[i], 4, 2, 1, bias=bias or i == 0))
+            layers.append(
+                nn.Conv2d(in_channels if i == 0 else channels[i - 1], channels[i], 4, 2, 1, bias=bias or i == 0)
+            )
             if 0 < i < depth - 1:
                 layers.append(norm_layer(norm, channels[i]))
             self.downs.append(nn.Sequential(*layers))
@@ -45,7 +47,11 @@ class UNetGenerator(nn.Module):
             if i == 0:
                 layers = [nn.ReLU(), nn.ConvTranspose2d(in_ch, out_channels, 4, 2, 1), nn.Tanh()]
             else:
-                layers = [nn.ReLU(), nn.ConvTranspose2d(in_ch, channels[i - 1], 4, 2, 1, bias=bias), norm_layer(norm, channels[i - 1])]
+                layers = [
+                    nn.ReLU(),
+                    nn.ConvTranspose2d(in_ch, channels[i - 1], 4, 2, 1, bias=bias),
+                    norm_layer(norm, channels[i - 1]),
+                ]
                 if 1 <= j <= n_dropout and dropout > 0:
                     layers.append(nn.Dropout(dropout))
             self.ups.append(nn.Sequential(*layers))
@@ -53,7 +59,9 @@ class UNetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 2**self.depth or x.shape[-2] % 2**self.depth:
-            raise ValueError(f"U-Net of depth {self.depth} needs image sides divisible by {2**self.depth}, got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"U-Net of depth {self.depth} needs image sides divisible by {2**self.depth}, got {tuple(x.shape[-2:])}"
+            )
         skips = []
         for down in self.downs:
             x = down(x)

@@ -24,10 +24,17 @@ def shared_blocks(channels: int, count: int) -> nn.Sequential:
 
 
 class UnitEncoder(nn.Module):
-    def __init__(self, shared: nn.Module, in_channels: int = 1, base_channels: int = 64, n_down: int = 2, n_res: int = 3):
+    def __init__(
+        self, shared: nn.Module, in_channels: int = 1, base_channels: int = 64, n_down: int = 2, n_res: int = 3
+    ):
         super().__init__()
         c = base_channels
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, c, 7), norm_layer("instance", c), nn.ReLU(True)]
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, c, 7),
+            norm_layer("instance", c),
+            nn.ReLU(True),
+        ]
         for _ in range(n_down):
             layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), norm_layer("instance", 2 * c), nn.ReLU(True)]
             c *= 2
@@ -41,13 +48,18 @@ class UnitEncoder(nn.Module):
 
 
 class UnitGenerator(nn.Module):
-    def __init__(self, shared: nn.Module, out_channels: int = 1, base_channels: int = 64, n_down: int = 2, n_res: int = 3):
+    def __init__(
+        self, shared: nn.Module, out_channels: int = 1, base_channels: int = 64, n_down: int = 2, n_res: int = 3
+    ):
         super().__init__()
         c = base_channels * 2**n_down
         layers: list[nn.Module] = [ResnetBlock(c, "instance") for _ in range(n_res)]
         for _ in range(n_down):
-            layers += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1),
-                       norm_layer("instance", c // 2), nn.ReLU(True)]
+            layers += [
+                nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1),
+                norm_layer("instance", c // 2),
+                nn.ReLU(True),
+            ]
             c //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, out_channels, 7), nn.Tanh()]
         self.shared = shared

@@ -20,7 +20,25 @@ from torch import nn
 from synthmed.errors import SynthmedError
 
 # (out channels, or "M" for 2x2 max-pooling) up to conv5_1.
-VGG19_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512)
+VGG19_LAYOUT: tuple[int | str, ...] = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+)
 # Names of the conv layers that start each block and their index in ``features``.
 STYLE_LAYERS: dict[str, int] = {"conv1_1": 0, "conv2_1": 5, "conv3_1": 10, "conv4_1": 19, "conv5_1": 28}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -75,7 +93,9 @@ def load_vgg19(path: str | Path, layers: tuple[str, ...] = tuple(STYLE_LAYERS)) 
     """Build the trunk and load its weights from ``path`` (a state dict with torchvision's names)."""
     path = Path(path)
     if not path.is_file():
-        raise SynthmedError(f"VGG-19 weights {path}: no such file (give a local state dict saved from torchvision's vgg19)")
+        raise SynthmedError(
+            f"VGG-19 weights {path}: no such file (give a local state dict saved from torchvision's vgg19)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a pickle that is not plain tensors, a truncated file, ...
@@ -83,7 +103,9 @@ def load_vgg19(path: str | Path, layers: tuple[str, ...] = tuple(STYLE_LAYERS)) 
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise SynthmedError(f"VGG-19 weights {path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+        raise SynthmedError(
+            f"VGG-19 weights {path}: expected a state dict (name -> tensor), got {type(state).__name__}"
+        )
     model = VGG19Features(layers)
     expected = model.features.state_dict()
     missing = [name for name in expected if f"features.{name}" not in state]
@@ -93,8 +115,11 @@ def load_vgg19(path: str | Path, layers: tuple[str, ...] = tuple(STYLE_LAYERS)) 
             f"VGG-19 weights {path}: missing {len(missing)} layer(s) such as features.{missing[0]} "
             f"(found {found or sorted(state)[:4]}); is this a VGG-19 state dict with torchvision's names?"
         )
-    wrong = [f"features.{name} {tuple(state[f'features.{name}'].shape)} != {tuple(tensor.shape)}"
-             for name, tensor in expected.items() if tuple(state[f"features.{name}"].shape) != tuple(tensor.shape)]
+    wrong = [
+        f"features.{name} {tuple(state[f'features.{name}'].shape)} != {tuple(tensor.shape)}"
+        for name, tensor in expected.items()
+        if tuple(state[f"features.{name}"].shape) != tuple(tensor.shape)
+    ]
     if wrong:
         raise SynthmedError(f"VGG-19 weights {path}: shapes do not match VGG-19 ({'; '.join(wrong[:3])})")
     model.features.load_state_dict({name: state[f"features.{name}"].float() for name in expected})

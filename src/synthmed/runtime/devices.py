@@ -28,7 +28,9 @@ def pick_device(name: str = "auto") -> torch.device:
     except RuntimeError:
         raise SynthmedError(f"--device {name}: not a device name (use auto, cpu, cuda, cuda:1, mps)") from None
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise SynthmedError(f"--device {name}: no such CUDA device here (this torch sees {torch.cuda.device_count()}); use --device cpu")
+        raise SynthmedError(
+            f"--device {name}: no such CUDA device here (this torch sees {torch.cuda.device_count()}); use --device cpu"
+        )
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise SynthmedError(f"--device {name}: MPS is not available here; use --device cpu")
     return device
@@ -47,8 +49,11 @@ def autocast_dtype(mode: str, device: torch.device, training: bool = True) -> to
     if mode == "fp16":
         if device.type in ("cuda", "cpu"):
             return torch.float16
-        log.warning("--amp fp16: no fp16 autocast on %s here; %s in full precision", device,
-                    "training" if training else "running")
+        log.warning(
+            "--amp fp16: no fp16 autocast on %s here; %s in full precision",
+            device,
+            "training" if training else "running",
+        )
         return None
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():

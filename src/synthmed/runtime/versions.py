@@ -13,5 +13,10 @@ def versions() -> dict[str, str]:
     import monai
     import numpy
 
-    return {"synthmed": synthmed.__version__, "torch": torch.__version__, "monai": monai.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
+    return {
+        "synthmed": synthmed.__version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }

@@ -21,14 +21,19 @@ from typing import Any
 import numpy as np
 
 from synthmed.data.discovery import canonical_modality, file_modality
+from synthmed.data.foreground import foreground_mask
 from synthmed.data.geometry import grid_difference, resample_onto
 from synthmed.data.io import Volume, read_volume, volume_suffix
 from synthmed.data.normalize import fit_normalization
 from synthmed.errors import SynthmedError
 from synthmed.files import (
-    json_text, output_lock, record_written, refuse_replacing_foreign, same_file, write_text_atomic,
+    json_text,
+    output_lock,
+    record_written,
+    refuse_replacing_foreign,
+    same_file,
+    write_text_atomic,
 )
-from synthmed.data.foreground import foreground_mask
 from synthmed.metrics import image_metrics, summarize
 
 log = logging.getLogger(__name__)
@@ -56,7 +61,9 @@ def _find_modality(folder: Path, modality: str) -> Path | None:
     return next((c for c in sorted(folder.iterdir()) if file_modality(c, folder.name) == wanted), None)
 
 
-def match_pairs(pred: Path, ref: Path, pred_name: str | None = None, ref_name: str | None = None) -> list[tuple[str, Path, Path]]:
+def match_pairs(
+    pred: Path, ref: Path, pred_name: str | None = None, ref_name: str | None = None
+) -> list[tuple[str, Path, Path]]:
     """(subject, prediction, reference) triples: two files, or two folders matched by
     relative path, or by subject folder and modality name (``pred_name``/``ref_name``)."""
     for path in (pred, ref):
@@ -78,8 +85,15 @@ def match_pairs(pred: Path, ref: Path, pred_name: str | None = None, ref_name: s
         for p_file in sorted(p for p in pred.rglob("*") if p.is_file() and volume_suffix(p)):
             r_file = ref / p_file.relative_to(pred)
             if not r_file.exists():
-                alternatives = [r for r in r_file.parent.glob(r_file.name[: -len(volume_suffix(r_file))] + ".*")
-                                if volume_suffix(r)] if r_file.parent.is_dir() else []
+                alternatives = (
+                    [
+                        r
+                        for r in r_file.parent.glob(r_file.name[: -len(volume_suffix(r_file))] + ".*")
+                        if volume_suffix(r)
+                    ]
+                    if r_file.parent.is_dir()
+                    else []
+                )
                 if not alternatives:
                     raise SynthmedError(f"no reference for {p_file}: expected {r_file}")
                 r_file = alternatives[0]
@@ -131,8 +145,10 @@ def _check_metrics_outputs(json_path: Path, csv_path: Path, inputs: list[Path], 
         if path.is_dir():
             raise SynthmedError(f"--out: {path} is a folder; give a file name like metrics.json")
         if path.exists() and not overwrite:
-            raise SynthmedError(f"{path} exists; pass --overwrite to replace it (and its "
-                                f"{'CSV' if path == json_path else 'JSON'} twin), or choose another --out")
+            raise SynthmedError(
+                f"{path} exists; pass --overwrite to replace it (and its "
+                f"{'CSV' if path == json_path else 'JSON'} twin), or choose another --out"
+            )
     refuse_replacing_foreign([path for path in (json_path, csv_path) if path.exists() or path.is_symlink()], "evaluate")
 
 
@@ -175,18 +191,33 @@ def _on_reference_grid(prediction: Volume, reference: Volume, resample: bool) ->
     """The prediction's voxels on the reference's grid: as they are when the grids agree; resampled (linear,
     the prediction's minimum outside its field of view) with ``resample``; otherwise refused."""
     geometric = _has_geometry(prediction) and _has_geometry(reference)
-    problem = grid_difference(prediction.data.shape, prediction.affine if geometric else np.eye(4),
-                              reference.data.shape, reference.affine if geometric else np.eye(4))
+    problem = grid_difference(
+        prediction.data.shape,
+        prediction.affine if geometric else np.eye(4),
+        reference.data.shape,
+        reference.affine if geometric else np.eye(4),
+    )
     if problem is None:
         return prediction.data
     if not (resample and geometric):
-        fix = ("pass --resample to resample it onto the reference grid" if geometric
-               else "these formats carry no position, so they must have the same shape")
-        raise SynthmedError(f"{prediction.path} and its reference {reference.path} are not on one voxel grid "
-                            f"({problem}): voxel-wise scores would compare different places; {fix}")
+        fix = (
+            "pass --resample to resample it onto the reference grid"
+            if geometric
+            else "these formats carry no position, so they must have the same shape"
+        )
+        raise SynthmedError(
+            f"{prediction.path} and its reference {reference.path} are not on one voxel grid "
+            f"({problem}): voxel-wise scores would compare different places; {fix}"
+        )
     log.warning("%s: resampled onto the grid of %s (%s)", prediction.path, reference.path, problem)
-    return resample_onto(prediction.data, prediction.affine, reference.data.shape, reference.affine, order=1,
-                         fill=float(prediction.data.min()))
+    return resample_onto(
+        prediction.data,
+        prediction.affine,
+        reference.data.shape,
+        reference.affine,
+        order=1,
+        fill=float(prediction.data.min()),
+    )
 
 
 def _mask_for(mask: str | Path | None, subject: str, reference_volume: Volume) -> np.ndarray:
@@ -198,17 +229,25 @@ def _mask_for(mask: str | Path | None, subject: str, reference_volume: Volume) -
         path = mask
         if mask.is_dir():
             candidates = [c for c in (mask / subject).parent.glob(Path(subject).name + "*") if volume_suffix(c)]
-            candidates += [c for c in (mask / subject).glob("*") if volume_suffix(c)] if (mask / subject).is_dir() else []
+            candidates += (
+                [c for c in (mask / subject).glob("*") if volume_suffix(c)] if (mask / subject).is_dir() else []
+            )
             if not candidates:
                 raise SynthmedError(f"mask folder {mask} has no mask for {subject}")
             path = candidates[0]
         mask_volume = read_volume(path)
         geometric = _has_geometry(mask_volume) and _has_geometry(reference_volume)
-        problem = grid_difference(mask_volume.data.shape, mask_volume.affine if geometric else np.eye(4),
-                                  reference.shape, reference_volume.affine if geometric else np.eye(4))
+        problem = grid_difference(
+            mask_volume.data.shape,
+            mask_volume.affine if geometric else np.eye(4),
+            reference.shape,
+            reference_volume.affine if geometric else np.eye(4),
+        )
         if problem:
-            raise SynthmedError(f"mask {path} is not on the grid of its reference {reference_volume.path} "
-                                f"({problem}); give a mask of the reference's grid")
+            raise SynthmedError(
+                f"mask {path} is not on the grid of its reference {reference_volume.path} "
+                f"({problem}); give a mask of the reference's grid"
+            )
         region = mask_volume.data > 0.5
     if not region.any():
         raise SynthmedError(f"empty mask for {subject}: no voxel to evaluate")
@@ -225,7 +264,9 @@ def write_metrics(result: dict[str, Any], out: Path, overwrite: bool = True) -> 
     try:
         json_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise SynthmedError(f"cannot create folder {json_path.parent} ({error.strerror or error}); choose another --out") from None
+        raise SynthmedError(
+            f"cannot create folder {json_path.parent} ({error.strerror or error}); choose another --out"
+        ) from None
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["subject", *METRIC_KEYS])

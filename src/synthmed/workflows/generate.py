@@ -66,29 +66,59 @@ def generate(
         raise SynthmedError(str(error)) from None
     out = Path(out)
     with output_lock(out):
-        return _generate(loaded, run, n, out, steps=steps, sampler=sampler, eta=eta, fmt=fmt, seed=seed,
-                         batch_size=batch_size, overwrite=overwrite, progress=progress)
+        return _generate(
+            loaded,
+            run,
+            n,
+            out,
+            steps=steps,
+            sampler=sampler,
+            eta=eta,
+            fmt=fmt,
+            seed=seed,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            progress=progress,
+        )
 
 
 def _generated_entry(entry: Path) -> bool:
     """Whether ``entry`` is something ``generate`` writes: numbered pairs, the contact sheet, its record."""
-    return entry.is_file() and (bool(GENERATED_NAME.match(entry.name))
-                                or entry.name in ("contact_sheet.png", "generation.json"))
+    return entry.is_file() and (
+        bool(GENERATED_NAME.match(entry.name)) or entry.name in ("contact_sheet.png", "generation.json")
+    )
 
 
-def _generate(loaded, run, n: int, out: Path, *, steps, sampler, eta, fmt: str, seed: int, batch_size: int,
-              overwrite: bool, progress: bool) -> dict:
+def _generate(
+    loaded,
+    run,
+    n: int,
+    out: Path,
+    *,
+    steps,
+    sampler,
+    eta,
+    fmt: str,
+    seed: int,
+    batch_size: int,
+    overwrite: bool,
+    progress: bool,
+) -> dict:
     model = loaded.model
     if out.exists() and not out.is_dir():
         raise SynthmedError(f"--out {out} is a file, not a folder; choose another --out")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise SynthmedError(f"{out} is not empty; pass --overwrite to replace generated files there or choose another --out")
-        problem = ownership_problem(out, "generate", _generated_entry,
-                                    legacy=lambda folder: (folder / "generation.json").is_file())
+            raise SynthmedError(
+                f"{out} is not empty; pass --overwrite to replace generated files there or choose another --out"
+            )
+        problem = ownership_problem(
+            out, "generate", _generated_entry, legacy=lambda folder: (folder / "generation.json").is_file()
+        )
         if problem:
-            raise SynthmedError(f"{out} {problem}; --overwrite replaces only a folder of synthmed generate: choose "
-                                "another --out")
+            raise SynthmedError(
+                f"{out} {problem}; --overwrite replaces only a folder of synthmed generate: choose another --out"
+            )
     ensure_writable_folder(out)
     for stale in out.iterdir():
         if _generated_entry(stale):
@@ -122,8 +152,9 @@ def _generate(loaded, run, n: int, out: Path, *, steps, sampler, eta, fmt: str, 
         "checkpoint": loaded.checkpoint.name,
         "n": n,
         "sampler": sampler or config.sampler,
-        "steps": steps if steps is not None else get_sampler(sampler or config.sampler).default_steps(
-            config.timesteps, config.sampling_steps),
+        "steps": steps
+        if steps is not None
+        else get_sampler(sampler or config.sampler).default_steps(config.timesteps, config.sampling_steps),
         "eta": config.eta if eta is None else eta,
         "seed": seed,
         "batch_size": batch_size,
@@ -160,7 +191,7 @@ def write_contact_sheet(path: Path, pairs: list[tuple[np.ndarray, np.ndarray | N
     sheet = np.zeros((rows * (height + 2), min(columns, len(tiles)) * (width + 2), 3), dtype=np.uint8)
     for k, tile in enumerate(tiles):
         r, c = divmod(k, columns)
-        sheet[r * (height + 2):r * (height + 2) + height, c * (width + 2):c * (width + 2) + width] = tile
+        sheet[r * (height + 2) : r * (height + 2) + height, c * (width + 2) : c * (width + 2) + width] = tile
     Image.fromarray(sheet).save(path)
     path.chmod(default_file_mode())
     return path

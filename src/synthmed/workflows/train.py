@@ -22,7 +22,13 @@ from synthmed.engine.run_folder import RunFolder, legacy_run
 from synthmed.engine.trainer import Trainer, TrainSettings
 from synthmed.errors import SynthmedError
 from synthmed.files import (
-    MARKER_NAME, json_text, marked_by, output_lock, remove_stale_temporaries, write_marker, write_text_atomic,
+    MARKER_NAME,
+    json_text,
+    marked_by,
+    output_lock,
+    remove_stale_temporaries,
+    write_marker,
+    write_text_atomic,
 )
 from synthmed.models.registry import available_models, build_model, make_config, model_class
 from synthmed.runtime import distributed
@@ -59,9 +65,23 @@ def train(
         # One command per run folder: a second `train --resume` would interleave its steps and log rows with the
         # first one's. Rank 0 holds the lock for the whole job (the other ranks write nothing).
         with output_lock(out) if ctx.is_main else contextlib.nullcontext():
-            summary = _train(prep, model=model, out=out, preset=preset, steps=steps, batch_size=batch_size,
-                             patch=patch, context=context, resume=resume, seed=seed, device=device,
-                             overrides=overrides, progress=progress, ctx=ctx, **settings)
+            summary = _train(
+                prep,
+                model=model,
+                out=out,
+                preset=preset,
+                steps=steps,
+                batch_size=batch_size,
+                patch=patch,
+                context=context,
+                resume=resume,
+                seed=seed,
+                device=device,
+                overrides=overrides,
+                progress=progress,
+                ctx=ctx,
+                **settings,
+            )
         finished = True
         return summary
     finally:
@@ -97,8 +117,10 @@ def _train(
     if cls.task == "translate" and not plan.target:
         raise SynthmedError(f"{prep} was prepared without --target; {model} translates and needs a target modality")
     if cls.makes_masks and not plan.label:
-        raise SynthmedError(f"{prep} was prepared without --label; {model} generates image + mask pairs and trains on "
-                            f"them: prepare with --label NAME (e.g. --source FLAIR --label lesion)")
+        raise SynthmedError(
+            f"{prep} was prepared without --label; {model} generates image + mask pairs and trains on "
+            f"them: prepare with --label NAME (e.g. --source FLAIR --label lesion)"
+        )
 
     config_values = dict(overrides or {})
     image_size = _training_size(cls, model, preset, plan, patch, config_values)
@@ -107,8 +129,10 @@ def _train(
     if context != 1:
         if not cls.takes_context:
             takers = ", ".join(name for name, c in available_models().items() if c.takes_context)
-            raise SynthmedError(f"{model} generates slices from noise and takes no source; --context (2.5D input) is "
-                                f"for the translators: {takers}")
+            raise SynthmedError(
+                f"{model} generates slices from noise and takes no source; --context (2.5D input) is "
+                f"for the translators: {takers}"
+            )
         config_values["context"] = int(context)
     if steps is not None:  # schedules that follow the run length (e.g. CycleGAN's linear decay) see it too
         config_values["steps"] = int(steps)
@@ -117,7 +141,10 @@ def _train(
     settings_obj = TrainSettings(
         steps=int(steps if steps is not None else net.config.steps),
         batch_size=int(batch_size if batch_size is not None else net.config.batch_size),
-        seed=seed, device=device, progress=progress, **settings,
+        seed=seed,
+        device=device,
+        progress=progress,
+        **settings,
     )
     for key in ("steps", "batch_size", "log_every", "val_every", "checkpoint_every", "sample_every", "max_val_slices"):
         if getattr(settings_obj, key) < 1:
@@ -134,19 +161,25 @@ def _train(
         raise SynthmedError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if out.exists() and not out.is_dir():
         raise SynthmedError(f"--out {out} is a file, not a folder; choose another --out")
-    if not resume and out.exists() and any(p.name not in ("run.json", "plan.json", "checkpoints", MARKER_NAME)
-                                           for p in out.iterdir()):
+    if (
+        not resume
+        and out.exists()
+        and any(p.name not in ("run.json", "plan.json", "checkpoints", MARKER_NAME) for p in out.iterdir())
+    ):
         raise SynthmedError(f"{out} is not empty; choose another --out")
     if resume and not (marked_by(out, "train") or legacy_run(out)):
         raise SynthmedError(f"{out} was not made by synthmed train; choose the run folder to resume")
     # Datasets first: nothing is written into the run folder before the inputs are known to work.
     lesion_only = getattr(net.config, "training_slices", "all") == "lesion"
     if lesion_only and not plan.label:
-        raise SynthmedError(f"{prep} was prepared without --label, so {model} cannot keep the lesion slices "
-                            "(training_slices=lesion); prepare with --label NAME or --set training_slices=all")
+        raise SynthmedError(
+            f"{prep} was prepared without --label, so {model} cannot keep the lesion slices "
+            "(training_slices=lesion); prepare with --label NAME or --set training_slices=all"
+        )
     context = int(getattr(net.config, "context", 1))
-    train_set = SliceDataset(data, "train", unpaired=not cls.paired, seed=seed, lesion_only=lesion_only, patch=windows,
-                             context=context)
+    train_set = SliceDataset(
+        data, "train", unpaired=not cls.paired, seed=seed, lesion_only=lesion_only, patch=windows, context=context
+    )
     if cls.task == "generate":
         val_set = None  # generators are not validated against references; samples/ shows their output
     else:

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 import torch
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from synthmed.data.discovery import file_modality, strip_subject_prefix
+from synthmed.data.foreground import foreground_mask
 from synthmed.data.geometry import (
     SliceGeometry,
     box_overlap,
@@ -46,25 +47,38 @@ from synthmed.data.geometry import (
     to_slices,
     uncrop_slices,
 )
-from synthmed.data.io import (
-    Volume, ensure_writable_folder, is_volume_path, output_suffix, read_volume, volume_suffix, write_volume,
-)
 from synthmed.data.input_profile import differences as input_differences
 from synthmed.data.input_profile import measure as measure_input
+from synthmed.data.io import (
+    Volume,
+    ensure_writable_folder,
+    is_volume_path,
+    output_suffix,
+    read_volume,
+    volume_suffix,
+    write_volume,
+)
 from synthmed.data.normalize import Normalization, fit_normalization, modality_kind, mr_low
 from synthmed.data.plan import Plan
 from synthmed.engine.checkpoint import load_checkpoint
 from synthmed.engine.run_folder import RunFolder, RunRecord
-from synthmed.runtime.devices import pick_device, set_precision
 from synthmed.errors import SynthmedError
 from synthmed.files import (
-    finite_json, output_lock, read_marker, record_written, refuse_overlap, refuse_replacing_foreign,
-    remove_stale_temporaries, same_file, temporary_path, write_marker,
+    finite_json,
+    output_lock,
+    read_marker,
+    record_written,
+    refuse_overlap,
+    refuse_replacing_foreign,
+    remove_stale_temporaries,
+    same_file,
+    temporary_path,
+    write_marker,
 )
-from synthmed.data.foreground import foreground_mask
 from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import config_from_dict, instantiate
 from synthmed.nn.patches import padded_to_multiple
+from synthmed.runtime.devices import pick_device, set_precision
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +111,9 @@ class LoadedRun:
     direction: str = "A2B"
 
 
-def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", direction: str = "A2B",
-             amp: str = "off") -> LoadedRun:
+def load_run(
+    run: str | Path, device: str = "auto", checkpoint: str = "best", direction: str = "A2B", amp: str = "off"
+) -> LoadedRun:
     """Model (EMA weights where the run kept them) + plan of a run folder, ready to translate.
 
     ``amp``: the networks' precision (``off``: full, the default; ``bf16``/``fp16``/``auto`` as in ``train``: faster,
@@ -122,14 +137,18 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best", di
         for name, values in (record.get("ema") or {}).items():
             getattr(model, name).load_state_dict(values)
     except (RuntimeError, KeyError, AttributeError) as error:
-        raise SynthmedError(f"{path}: weights do not fit the {record['model']} model ({str(error).splitlines()[0][:100]})") from None
+        raise SynthmedError(
+            f"{path}: weights do not fit the {record['model']} model ({str(error).splitlines()[0][:100]})"
+        ) from None
     model.to(target).eval()
     set_precision(model, amp, target, training=False)
     if direction not in ("A2B", "B2A"):
         raise SynthmedError(f"--direction {direction}: use A2B ({plan.source} -> {plan.target}) or B2A (the reverse)")
     if direction not in model.directions:
-        raise SynthmedError(f"{model.name} translates {plan.source} -> {plan.target} only (A2B); B2A needs a model "
-                            "trained in both directions (e.g. cyclegan)")
+        raise SynthmedError(
+            f"{model.name} translates {plan.source} -> {plan.target} only (A2B); B2A needs a model "
+            "trained in both directions (e.g. cyclegan)"
+        )
     if direction == "B2A":
         plan = plan.swapped()
     return LoadedRun(model, plan, info, path, direction)
@@ -144,23 +163,33 @@ def check_checkpoint_fits(record: dict, info: RunRecord, plan: Plan, path: Path,
     or trained on another prepared data set (its plan's digest). A checkpoint copied in from elsewhere would
     otherwise translate with exit status 0 and outputs of the wrong model or scale."""
     if record["model"] != info.model:
-        raise SynthmedError(f"{path} is a {record['model']} checkpoint, but {folder.run_json} is a {info.model} "
-                            "run: the checkpoint belongs to another run; copy run folders whole")
+        raise SynthmedError(
+            f"{path} is a {record['model']} checkpoint, but {folder.run_json} is a {info.model} "
+            "run: the checkpoint belongs to another run; copy run folders whole"
+        )
     saved = finite_json({k: v for k, v in dict(record["config"]).items() if k not in RESUMABLE_SETTINGS})
     expected = finite_json({k: v for k, v in info.config.items() if k not in RESUMABLE_SETTINGS})
     if saved != expected:
         changed = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
-        shown = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {expected.get(k)!r} in run.json" for k in changed[:2])
-        raise SynthmedError(f"{path} was trained with another configuration than {folder.run_json} ({shown}"
-                            f"{' ...' if len(changed) > 2 else ''}): it belongs to another run; copy run folders whole")
+        shown = ", ".join(
+            f"{k}: {saved.get(k)!r} in the checkpoint, {expected.get(k)!r} in run.json" for k in changed[:2]
+        )
+        raise SynthmedError(
+            f"{path} was trained with another configuration than {folder.run_json} ({shown}"
+            f"{' ...' if len(changed) > 2 else ''}): it belongs to another run; copy run folders whole"
+        )
     digest = record.get("plan_digest")
     if digest and digest != plan.digest():
-        raise SynthmedError(f"{path} was trained on another prepared data set than {folder.plan_json} describes "
-                            "(its plan differs): it belongs to another run; copy run folders whole")
+        raise SynthmedError(
+            f"{path} was trained on another prepared data set than {folder.plan_json} describes "
+            "(its plan differs): it belongs to another run; copy run folders whole"
+        )
     size = expected.get("image_size")
     if size is not None and size != plan.size and info.patch != size:  # patch-trained runs differ
-        raise SynthmedError(f"{folder.run_json} is a {size} px model, but {folder.plan_json} prepares "
-                            f"{plan.size} px slices: the run folder mixes two runs")
+        raise SynthmedError(
+            f"{folder.run_json} is a {size} px model, but {folder.plan_json} prepares "
+            f"{plan.size} px slices: the run folder mixes two runs"
+        )
 
 
 def check_sampling(model: SynthesisModel, sampling: Sampling) -> None:
@@ -171,12 +200,17 @@ def check_sampling(model: SynthesisModel, sampling: Sampling) -> None:
     if not model.stochastic:
         given = [f"--{k}" for k in options] + (["--samples"] if sampling.samples > 1 else [])
         if given:
-            raise SynthmedError(f"{model.name} translates deterministically; {', '.join(given)} apply to diffusion models")
+            raise SynthmedError(
+                f"{model.name} translates deterministically; {', '.join(given)} apply to diffusion models"
+            )
         return
     unknown = sorted(set(options) - set(model.sampling_options))
     if unknown:
-        takes = f"it takes {', '.join('--' + o for o in model.sampling_options)}" if model.sampling_options else \
-            "its sampling is fixed (only --samples and --seed apply)"
+        takes = (
+            f"it takes {', '.join('--' + o for o in model.sampling_options)}"
+            if model.sampling_options
+            else "its sampling is fixed (only --samples and --seed apply)"
+        )
         raise SynthmedError(f"{model.name} has no sampling option {', '.join('--' + o for o in unknown)}; {takes}")
     try:
         model.check_sampling(**options)
@@ -184,8 +218,14 @@ def check_sampling(model: SynthesisModel, sampling: Sampling) -> None:
         raise SynthmedError(f"{model.name}: {error}") from None
 
 
-def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int = 32, sampling: Sampling | None = None,
-                     progress: bool = False, direction: str = "A2B") -> tuple[np.ndarray, np.ndarray | None]:
+def translate_slices(
+    model: SynthesisModel,
+    slices: np.ndarray,
+    batch_size: int = 32,
+    sampling: Sampling | None = None,
+    progress: bool = False,
+    direction: str = "A2B",
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Model outputs for normalised slices (N, H, W): the mean over samples and, for K > 1, their std."""
     sampling = sampling or Sampling()
     translate = model.translate if direction == "A2B" else model.translate_reverse
@@ -206,8 +246,9 @@ def translate_slices(model: SynthesisModel, slices: np.ndarray, batch_size: int 
                 mean[start : start + batch_size] = forward(chunk)[:, 0].float().cpu().numpy()
                 continue
             generator = torch.Generator(device=device).manual_seed(sampling.seed * 1_000_003 + start)
-            draws = torch.stack([forward(chunk, generator=generator, **options)[:, 0].float()
-                                 for _ in range(sampling.samples)])
+            draws = torch.stack(
+                [forward(chunk, generator=generator, **options)[:, 0].float() for _ in range(sampling.samples)]
+            )
             mean[start : start + batch_size] = draws.mean(0).cpu().numpy()
             if std is not None:
                 std[start : start + batch_size] = draws.std(0, correction=0).cpu().numpy()
@@ -275,16 +316,22 @@ def translate_volume(
     slices = _crop_in_slabs(data, normalization, geometry, interpolation)
     mean, std = translate_slices(model, slices, batch_size, sampling, progress=progress, direction=loaded.direction)
     del slices
-    image = _uncrop_in_slabs(mean, geometry, fill=-1.0, interpolation=interpolation,
-                             finish=lambda part: target_normalization.invert(part, in_place=True))
+    image = _uncrop_in_slabs(
+        mean,
+        geometry,
+        fill=-1.0,
+        interpolation=interpolation,
+        finish=lambda part: target_normalization.invert(part, in_place=True),
+    )
     if outside is not None:
         image[outside] = np.float32(target_normalization.lo)
     if std is None:
         return Translation(image)
     # The normalisation is linear: a std in [-1, 1] units scales by half the intensity range.
     scale = 0.5 * (target_normalization.hi - target_normalization.lo)
-    std_map = _uncrop_in_slabs(std, geometry, fill=0.0, interpolation=interpolation,
-                               finish=lambda part: (part * scale).astype(np.float32))
+    std_map = _uncrop_in_slabs(
+        std, geometry, fill=0.0, interpolation=interpolation, finish=lambda part: (part * scale).astype(np.float32)
+    )
     if outside is not None:
         std_map[outside] = 0.0
     return Translation(image, std_map)
@@ -302,13 +349,15 @@ def input_geometry(plan: Plan, volume: Volume, foreground: np.ndarray) -> SliceG
     return fit_native_geometry(foreground, axis, size, pixel_mm, target_mm)
 
 
-def _check_like_training(plan: Plan, volume: Volume, foreground: np.ndarray, normalization: Normalization,
-                         strict: bool) -> None:
+def _check_like_training(
+    plan: Plan, volume: Volume, foreground: np.ndarray, normalization: Normalization, strict: bool
+) -> None:
     if plan.input_profile is None:  # plans made before the profile was recorded
         return
     found = measure_input(volume.data, foreground, volume.spacing, normalization.apply(volume.data[foreground]))
-    said = input_differences(plan.input_profile, found,
-                             resampled_to=plan.resolution.spacing_mm if plan.resolution.native else None)
+    said = input_differences(
+        plan.input_profile, found, resampled_to=plan.resolution.spacing_mm if plan.resolution.native else None
+    )
     if not said:
         return
     message = f"{volume.path} is unlike the scans the model was trained on: {'; '.join(said)}"
@@ -332,8 +381,9 @@ def _dilated(mask: np.ndarray, voxels: int) -> np.ndarray:
 SLAB_SLICES = 8
 
 
-def _crop_in_slabs(data: np.ndarray, normalization: Normalization, geometry: SliceGeometry,
-                   interpolation: str) -> np.ndarray:
+def _crop_in_slabs(
+    data: np.ndarray, normalization: Normalization, geometry: SliceGeometry, interpolation: str
+) -> np.ndarray:
     """``crop_slices(normalization.apply(data), geometry, fill=-1.0, ...)``, the same values, without a
     normalised copy of the whole volume: normalised and cropped :data:`SLAB_SLICES` slices at a time.
 
@@ -352,20 +402,31 @@ def _crop_in_slabs(data: np.ndarray, normalization: Normalization, geometry: Sli
     out = np.empty((len(stack), geometry.size, geometry.size), dtype=np.float32)
     for start in starts:
         part = normalization.apply(stack[start : start + SLAB_SLICES])
-        out[start : start + SLAB_SLICES] = crop_slices(from_slices(part, geometry.axis), geometry, fill=-1.0,
-                                                       interpolation=interpolation, value_range=(low, high))
+        out[start : start + SLAB_SLICES] = crop_slices(
+            from_slices(part, geometry.axis), geometry, fill=-1.0, interpolation=interpolation, value_range=(low, high)
+        )
     return out
 
 
-def _uncrop_in_slabs(stack: np.ndarray, geometry: SliceGeometry, fill: float, interpolation: str,
-                     finish: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _uncrop_in_slabs(
+    stack: np.ndarray,
+    geometry: SliceGeometry,
+    fill: float,
+    interpolation: str,
+    finish: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
     """``finish(uncrop_slices(stack, geometry, fill, ...))``, the same values, written slab by slab into one
     preallocated volume (``finish`` maps voxels one by one, e.g. back to the target's units)."""
     value_range = (float(stack.min()), float(stack.max()))
     out = np.empty((len(stack), *geometry.plane_shape), dtype=np.float32)  # as uncrop_slices lays it out
     for start in range(0, len(stack), SLAB_SLICES):
-        part = uncrop_slices(stack[start : start + SLAB_SLICES], geometry, fill=fill, interpolation=interpolation,
-                             value_range=value_range)
+        part = uncrop_slices(
+            stack[start : start + SLAB_SLICES],
+            geometry,
+            fill=fill,
+            interpolation=interpolation,
+            value_range=value_range,
+        )
         out[start : start + SLAB_SLICES] = finish(to_slices(part, geometry.axis))
     return from_slices(out, geometry.axis)
 
@@ -382,19 +443,26 @@ def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Norma
     kind = modality_kind(target)
     low = mr_low(volume.data)
     if kind == "mr" and low <= CT_AIR_LEVEL:
-        raise SynthmedError(f"--reference {reference} has intensities down to {low:g} (its 0.5th percentile), as a CT "
-                            f"in Hounsfield units has; the output {target} is an MR image: give a {target} scan as "
-                            "--reference")
+        raise SynthmedError(
+            f"--reference {reference} has intensities down to {low:g} (its 0.5th percentile), as a CT "
+            f"in Hounsfield units has; the output {target} is an MR image: give a {target} scan as "
+            "--reference"
+        )
     if kind == "ct":
         if low > CT_AIR_LEVEL:
-            log.warning("--reference %s does not look like a CT in Hounsfield units (0.5th percentile %g, no air "
-                        "near -1000); a CT output needs no reference (its HU window is fixed) and ignores it",
-                        reference, low)
+            log.warning(
+                "--reference %s does not look like a CT in Hounsfield units (0.5th percentile %g, no air "
+                "near -1000); a CT output needs no reference (its HU window is fixed) and ignores it",
+                reference,
+                low,
+            )
         return loaded.plan.reference(target)
     return fit_normalization(volume.data, foreground_mask(volume.data), kind, name=str(reference), low=low)
 
 
-def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: Path | None) -> list[tuple[Path, Path, Path | None]]:
+def plan_outputs(
+    loaded: LoadedRun, input_path: Path, output: Path, reference: Path | None
+) -> list[tuple[Path, Path, Path | None]]:
     """(input, output, reference) triples for a file or a folder input."""
     if not input_path.exists() and not any(c in str(input_path) for c in "*?["):
         raise SynthmedError(f"{input_path}: no such file or folder")
@@ -407,7 +475,11 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
     aliases = loaded.plan.aliases
     for entry in sorted(input_path.iterdir()):
         if entry.is_dir():
-            files = [f for f in sorted(entry.iterdir()) if volume_suffix(f) and file_modality(f, entry.name, aliases) == source]
+            files = [
+                f
+                for f in sorted(entry.iterdir())
+                if volume_suffix(f) and file_modality(f, entry.name, aliases) == source
+            ]
             if not files:
                 log.warning("%s: no %s scan in this subject folder; skipped", entry, source)
                 continue
@@ -416,8 +488,15 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
             out_file = output / entry.name / f"{_target_name(loaded)}{suffix}"
             ref = None
             if reference is not None:
-                matches = [f for f in sorted((reference / entry.name).glob("*"))
-                           if volume_suffix(f) and file_modality(f, entry.name, aliases) == loaded.plan.target] if (reference / entry.name).is_dir() else []
+                matches = (
+                    [
+                        f
+                        for f in sorted((reference / entry.name).glob("*"))
+                        if volume_suffix(f) and file_modality(f, entry.name, aliases) == loaded.plan.target
+                    ]
+                    if (reference / entry.name).is_dir()
+                    else []
+                )
                 ref = matches[0] if matches else None
                 if ref is None:
                     raise SynthmedError(f"reference folder {reference / entry.name} has no {loaded.plan.target} scan")
@@ -431,7 +510,9 @@ def plan_outputs(loaded: LoadedRun, input_path: Path, output: Path, reference: P
                     raise SynthmedError(f"no reference {ref} for {entry}")
             jobs.append((entry, out_file, ref))
     if not jobs:
-        raise SynthmedError(f"{input_path}: no volumes found (neither image files nor subject folders with a {source} scan)")
+        raise SynthmedError(
+            f"{input_path}: no volumes found (neither image files nor subject folders with a {source} scan)"
+        )
     return jobs
 
 
@@ -494,16 +575,26 @@ def translate(
         for folder in sorted({outs[0].parent for _, outs, _ in jobs}):
             ensure_writable_folder(folder)
             remove_stale_temporaries(folder)  # partial outputs of a translation that was killed
-        written = _run_jobs(loaded, jobs, channel, batch_size, sampling, overwrite, progress,
-                            marker_folder=output if folder_mode else None, mask_background=mask_background,
-                            strict=strict)
+        written = _run_jobs(
+            loaded,
+            jobs,
+            channel,
+            batch_size,
+            sampling,
+            overwrite,
+            progress,
+            marker_folder=output if folder_mode else None,
+            mask_background=mask_background,
+            strict=strict,
+        )
         if not folder_mode:
             record_written(written, "translate")
         return written
 
 
-def _check_outputs(jobs: list, input_path: Path, output: Path, reference: Path | None, overwrite: bool,
-                   folder_mode: bool) -> None:
+def _check_outputs(
+    jobs: list, input_path: Path, output: Path, reference: Path | None, overwrite: bool, folder_mode: bool
+) -> None:
     """Refuse outputs that would destroy data: an output on (or around, or inside) an input or a reference, an
     existing output without ``overwrite``, and in folder mode any existing file synthmed did not write (a
     subject folder holding other scans means OUTPUT is somebody's data folder)."""
@@ -513,11 +604,14 @@ def _check_outputs(jobs: list, input_path: Path, output: Path, reference: Path |
         for out in outs:
             for source in sources:
                 if same_file(out, source):
-                    raise SynthmedError(f"output {out} is the input {source}; writing it would destroy the input: "
-                                        "choose another output")
+                    raise SynthmedError(
+                        f"output {out} is the input {source}; writing it would destroy the input: choose another output"
+                    )
     existing = [out for _, outs, _ in jobs for out in outs if out.exists() or out.is_symlink()]
     if existing and not overwrite:
-        raise SynthmedError(f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace")
+        raise SynthmedError(
+            f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace"
+        )
     if not folder_mode:
         refuse_replacing_foreign(existing, "translate")  # e.g. the real T2 beside the T1 being translated
         return
@@ -525,20 +619,33 @@ def _check_outputs(jobs: list, input_path: Path, output: Path, reference: Path |
     ours = set(marker["written"]) if marker and marker["command"] == "translate" else set()
     for out in existing:
         if str(out.relative_to(output)) not in ours:
-            raise SynthmedError(f"{out} exists and was not written by synthmed translate; --overwrite replaces only "
-                                "synthmed's own outputs: move it away or translate into a new folder")
+            raise SynthmedError(
+                f"{out} exists and was not written by synthmed translate; --overwrite replaces only "
+                "synthmed's own outputs: move it away or translate into a new folder"
+            )
     for folder in sorted({outs[0].parent for _, outs, _ in jobs} - {output}):
         if not folder.is_dir():
             continue
         for entry in sorted(folder.iterdir()):
             if volume_suffix(entry) and not entry.name.startswith(".") and str(entry.relative_to(output)) not in ours:
-                raise SynthmedError(f"{folder} holds {entry.name}, a scan synthmed translate did not write: {output} "
-                                    "looks like a data folder; translate into a new folder")
+                raise SynthmedError(
+                    f"{folder} holds {entry.name}, a scan synthmed translate did not write: {output} "
+                    "looks like a data folder; translate into a new folder"
+                )
 
 
-def _run_jobs(loaded: LoadedRun, jobs: list, channel: int | None, batch_size: int, sampling: Sampling,
-              overwrite: bool, progress: bool, marker_folder: Path | None, mask_background: bool = True,
-              strict: bool = False) -> list[Path]:
+def _run_jobs(
+    loaded: LoadedRun,
+    jobs: list,
+    channel: int | None,
+    batch_size: int,
+    sampling: Sampling,
+    overwrite: bool,
+    progress: bool,
+    marker_folder: Path | None,
+    mask_background: bool = True,
+    strict: bool = False,
+) -> list[Path]:
     # Each result goes to a hidden partial file beside its destination; all are renamed at the end,
     # so a failure on the fifth volume leaves no output of the first four behind.
     partials: list[tuple[Path, Path]] = []
@@ -546,18 +653,28 @@ def _run_jobs(loaded: LoadedRun, jobs: list, channel: int | None, batch_size: in
     try:
         for in_file, outs, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
             volume = read_volume(in_file, channel=channel)
-            result = translate_volume(loaded, volume, _reference_normalization(loaded, ref), batch_size=batch_size,
-                                      sampling=sampling, progress=progress, mask_background=mask_background,
-                                      strict=strict)
+            result = translate_volume(
+                loaded,
+                volume,
+                _reference_normalization(loaded, ref),
+                batch_size=batch_size,
+                sampling=sampling,
+                progress=progress,
+                mask_background=mask_background,
+                strict=strict,
+            )
             for out_file, data in zip(outs, (result.image, result.std)):
-                if volume_suffix(out_file) == ".mhd":  # header + .raw pair: its name is inside the header, write in place
+                if (
+                    volume_suffix(out_file) == ".mhd"
+                ):  # header + .raw pair: its name is inside the header, write in place
                     written.append(write_volume(out_file, data, like=volume, overwrite=overwrite))
                     continue
                 partial = temporary_path(out_file, "partial")
                 partials.append((write_volume(partial, data, like=volume, overwrite=True), out_file))
         if marker_folder is not None:  # before the renames: what it lists is synthmed's to replace, even after a crash
-            write_marker(marker_folder, "translate",
-                         [str(out.relative_to(marker_folder)) for _, outs, _ in jobs for out in outs])
+            write_marker(
+                marker_folder, "translate", [str(out.relative_to(marker_folder)) for _, outs, _ in jobs for out in outs]
+            )
         for partial, out_file in partials:
             if out_file.is_dir():
                 raise SynthmedError(f"{out_file} is a folder; cannot replace it with a volume")

@@ -27,16 +27,41 @@ class FileFormat:
 
 # The lambdas look the module functions up at call time, so a test may replace one.
 FORMATS: tuple[FileFormat, ...] = (
-    FileFormat("nifti", (".nii.gz", ".nii"), lambda path, channel, key, dtype: nifti.read(path, channel, dtype),
-               lambda tmp, data, like, suffix: nifti.write(tmp, data, like), geometry=True),
-    FileFormat("itk", (".nrrd", ".mha", ".mhd"), lambda path, channel, key, dtype: itk.read(path, channel),
-               lambda tmp, data, like, suffix: itk.write(tmp, data, like), geometry=True),
-    FileFormat("npy", (".npy",), lambda path, channel, key, dtype: numpy_array.read(path, channel),
-               lambda tmp, data, like, suffix: numpy_array.write(tmp, data, like), geometry=False),
-    FileFormat("mat", (".mat",), lambda path, channel, key, dtype: matlab.read(path, key, channel),
-               lambda tmp, data, like, suffix: matlab.write(tmp, data, like), geometry=False),
-    FileFormat("image", (".png", ".tif", ".tiff"), lambda path, channel, key, dtype: images.read(path, channel),
-               lambda tmp, data, like, suffix: images.write(tmp, data, suffix), geometry=False),
+    FileFormat(
+        "nifti",
+        (".nii.gz", ".nii"),
+        lambda path, channel, key, dtype: nifti.read(path, channel, dtype),
+        lambda tmp, data, like, suffix: nifti.write(tmp, data, like),
+        geometry=True,
+    ),
+    FileFormat(
+        "itk",
+        (".nrrd", ".mha", ".mhd"),
+        lambda path, channel, key, dtype: itk.read(path, channel),
+        lambda tmp, data, like, suffix: itk.write(tmp, data, like),
+        geometry=True,
+    ),
+    FileFormat(
+        "npy",
+        (".npy",),
+        lambda path, channel, key, dtype: numpy_array.read(path, channel),
+        lambda tmp, data, like, suffix: numpy_array.write(tmp, data, like),
+        geometry=False,
+    ),
+    FileFormat(
+        "mat",
+        (".mat",),
+        lambda path, channel, key, dtype: matlab.read(path, key, channel),
+        lambda tmp, data, like, suffix: matlab.write(tmp, data, like),
+        geometry=False,
+    ),
+    FileFormat(
+        "image",
+        (".png", ".tif", ".tiff"),
+        lambda path, channel, key, dtype: images.read(path, channel),
+        lambda tmp, data, like, suffix: images.write(tmp, data, suffix),
+        geometry=False,
+    ),
 )
 BY_SUFFIX: dict[str, FileFormat] = {suffix: f for f in FORMATS for suffix in f.suffixes}
 SLICE_SUFFIXES: tuple[str, ...] = BY_SUFFIX[".png"].suffixes  # 2D image files, stacked from folders and globs

@@ -18,7 +18,16 @@ log = logging.getLogger(__name__)
 
 # Longest first so that '.nii.gz' wins over '.nii'-like endings.
 VOLUME_SUFFIXES: tuple[str, ...] = (
-    ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".mat", ".png", ".tiff", ".tif",
+    ".nii.gz",
+    ".nii",
+    ".nrrd",
+    ".mha",
+    ".mhd",
+    ".npy",
+    ".mat",
+    ".png",
+    ".tiff",
+    ".tif",
 )
 _NO_GEOMETRY_FORMATS = ("image", "npy", "mat")
 
@@ -183,9 +192,13 @@ def pick_channel(array: np.ndarray, channel: int | None, where: str, what: str =
         check_channel(channel, n, where, f"4D ({shape_text(array.shape)})")
         return array[..., channel]
     if array.ndim > 4:
-        raise SynthmedError(f"{where} has {array.ndim} dimensions ({shape_text(array.shape)}); only 2D, 3D or 4D images are supported")
+        raise SynthmedError(
+            f"{where} has {array.ndim} dimensions ({shape_text(array.shape)}); only 2D, 3D or 4D images are supported"
+        )
     if channel not in (None, 0):
-        raise SynthmedError(f"{where} is {array.ndim}D ({shape_text(array.shape)}) with no channels: drop channel={channel}")
+        raise SynthmedError(
+            f"{where} is {array.ndim}D ({shape_text(array.shape)}) with no channels: drop channel={channel}"
+        )
     if array.ndim == 2:
         return array[:, :, None]
     if array.ndim == 3:

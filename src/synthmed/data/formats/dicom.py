@@ -53,8 +53,13 @@ def read_series(folder: Path, channel: int | None) -> Volume:
     files_by_series = {sid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids}
     chosen = max(series_ids, key=lambda sid: len(files_by_series[sid]))
     if len(series_ids) > 1:
-        log.warning("%s holds %d DICOM series; reading the largest (%s, %d files)",
-                    where, len(series_ids), chosen, len(files_by_series[chosen]))
+        log.warning(
+            "%s holds %d DICOM series; reading the largest (%s, %d files)",
+            where,
+            len(series_ids),
+            chosen,
+            len(files_by_series[chosen]),
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files_by_series[chosen])
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -70,10 +75,12 @@ def read_series(folder: Path, channel: int | None) -> Volume:
     except Exception:  # noqa: BLE001 - metadata is informative only
         pass
     volume.header = header
-    volume.meta.update({
-        "series_id": chosen,
-        "series_ids": series_ids,
-        "n_files": len(files_by_series[chosen]),
-        "files": files_by_series[chosen],
-    })
+    volume.meta.update(
+        {
+            "series_id": chosen,
+            "series_ids": series_ids,
+            "n_files": len(files_by_series[chosen]),
+            "files": files_by_series[chosen],
+        }
+    )
     return volume

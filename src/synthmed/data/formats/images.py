@@ -24,7 +24,9 @@ def _image_to_2d(image, channel: int | None, where: str) -> tuple[np.ndarray, in
         image = image.convert("L")
         mode = "L"
     array = np.asarray(image)
-    bits = {"L": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8, "F": 32, "I": 32}.get(mode, 16 if mode.startswith("I;16") else array.dtype.itemsize * 8)
+    bits = {"L": 8, "LA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8, "F": 32, "I": 32}.get(
+        mode, 16 if mode.startswith("I;16") else array.dtype.itemsize * 8
+    )
     if array.ndim == 2:
         # A grayscale pixel has the same value in every channel, so any channel is this image.
         return array, bits
@@ -36,7 +38,9 @@ def _image_to_2d(image, channel: int | None, where: str) -> tuple[np.ndarray, in
     if all(np.array_equal(array[:, :, 0], array[:, :, c]) for c in range(1, colour)):
         return array[:, :, 0], bits
     names = {"RGB": "0=R, 1=G, 2=B", "RGBA": "0=R, 1=G, 2=B, 3=A"}.get(mode, f"0-{n - 1}")
-    raise SynthmedError(f"{where}: {mode} image with different channels: choose a channel ({names}) (translate --channel N, or a 'channel' column in a prepare --manifest)")
+    raise SynthmedError(
+        f"{where}: {mode} image with different channels: choose a channel ({names}) (translate --channel N, or a 'channel' column in a prepare --manifest)"
+    )
 
 
 def _read_image_file(path: str, channel: int | None) -> tuple[np.ndarray, dict]:
@@ -55,7 +59,9 @@ def _read_image_file(path: str, channel: int | None) -> tuple[np.ndarray, dict]:
                 image.load()
                 array, bits = _image_to_2d(image, channel, where)
                 if frames and array.shape != frames[0].shape:
-                    raise SynthmedError(f"{where}: page {index} is {shape_text(array.shape)}, page 0 is {shape_text(frames[0].shape)}; pages must match")
+                    raise SynthmedError(
+                        f"{where}: page {index} is {shape_text(array.shape)}, page 0 is {shape_text(frames[0].shape)}; pages must match"
+                    )
                 frames.append(np.array(array))
     except SynthmedError:
         raise
@@ -104,7 +110,9 @@ def read_slices(files: list[str], source: str, channel: int | None, glob_hint: s
         slices.append(data)
     stacked = np.concatenate(slices, axis=-1)
     meta = {"files": list(files), "mode": info.get("mode"), "bit_depth": info.get("bit_depth"), "channel": channel}
-    return Volume(data=stacked, affine=np.eye(4), path=Path(source), format="image", header={"files": list(files)}, meta=meta)
+    return Volume(
+        data=stacked, affine=np.eye(4), path=Path(source), format="image", header={"files": list(files)}, meta=meta
+    )
 
 
 def glob_hint(files: list[str], folder: str) -> str:
@@ -112,10 +120,12 @@ def glob_hint(files: list[str], folder: str) -> str:
     names = [os.path.basename(f) for f in files]
     numbered = [n for n in names if re.search(r"\d\.[^.]+$", n)]
     sample = (numbered or names)[0]
-    suffix = sample[sample.rfind("."):]
+    suffix = sample[sample.rfind(".") :]
     stem = sample[: sample.rfind(".")]
     prefix = re.split(r"\d", stem, maxsplit=1)[0]
-    return os.path.join(folder, f"{globlib.escape(prefix)}*[0-9]{suffix}" if numbered else f"{globlib.escape(prefix)}*{suffix}")
+    return os.path.join(
+        folder, f"{globlib.escape(prefix)}*[0-9]{suffix}" if numbered else f"{globlib.escape(prefix)}*{suffix}"
+    )
 
 
 def image_pages(data: np.ndarray, out: Path, suffix: str) -> list[np.ndarray]:
@@ -128,7 +138,9 @@ def image_pages(data: np.ndarray, out: Path, suffix: str) -> list[np.ndarray]:
     else:
         pages = [np.squeeze(data)] if data.ndim > 2 else [data]
         if pages[0].ndim != 2:
-            raise SynthmedError(f"{out}: cannot write data of shape {shape_text(data.shape)} as a 2D image; use .nii.gz")
+            raise SynthmedError(
+                f"{out}: cannot write data of shape {shape_text(data.shape)} as a 2D image; use .nii.gz"
+            )
     if data.size == 0:
         raise SynthmedError(f"{out}: no voxels to write")
     finite = np.isfinite(data) if data.dtype.kind == "f" else np.ones(1, bool)

@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from synthmed.data.formats.common import (
-    Volume, check_channel, check_declared_size, magnitude, pick_channel, suffix_of_name,
+    Volume,
+    check_channel,
+    check_declared_size,
+    magnitude,
+    pick_channel,
+    suffix_of_name,
 )
 from synthmed.errors import SynthmedError
 
@@ -93,7 +98,7 @@ def _metaimage_data(path: Path, text: str, whole: bool) -> tuple[list[str], _Dat
     if value.upper().startswith("LIST"):
         if not whole:
             return None  # the list runs to the end of the file
-        return [name for name in lines[number + 1:] if name.strip()], _DataLayout()
+        return [name for name in lines[number + 1 :] if name.strip()], _DataLayout()
     if "%" in value:
         # 'pattern min max step' (the pattern itself may hold spaces when all four are given)
         pattern = " ".join(words[:-3]) if len(words) >= 5 else words[0]
@@ -126,7 +131,7 @@ def _nrrd_data(path: Path, text: str, whole: bool) -> tuple[list[str], _DataLayo
             if value.upper().startswith("LIST"):
                 if not whole:
                     return None  # the list runs to the end of the file
-                return [name for name in lines[number + 1:] if name.strip()], _DataLayout()
+                return [name for name in lines[number + 1 :] if name.strip()], _DataLayout()
             fields["data file"], raw = value, rest
         elif not line.startswith("#"):
             fields.setdefault(key, value)
@@ -217,7 +222,9 @@ def from_itk_image(image, path: Path, channel: int | None, fmt: str, where: str)
             if components in (3, 4) and all(np.array_equal(spatial[..., 0], spatial[..., c]) for c in range(1, 3)):
                 spatial = spatial[..., :1]
             else:
-                raise SynthmedError(f"{where} has {components} components per voxel: choose a channel 0-{components - 1} (translate --channel N, or a 'channel' column in a prepare --manifest)")
+                raise SynthmedError(
+                    f"{where} has {components} components per voxel: choose a channel 0-{components - 1} (translate --channel N, or a 'channel' column in a prepare --manifest)"
+                )
         else:
             check_channel(channel, components, where, f"{components} components")
             spatial = spatial[..., channel : channel + 1]
@@ -234,11 +241,20 @@ def from_itk_image(image, path: Path, channel: int | None, fmt: str, where: str)
         except Exception:  # noqa: BLE001 - undecodable metadata is not worth failing for
             continue
     meta = {
-        "itk_origin": tuple(origin), "itk_spacing": tuple(spacing), "itk_direction": tuple(direction),
-        "itk_dimension": dim, "pixel_type": image.GetPixelIDTypeAsString(),
+        "itk_origin": tuple(origin),
+        "itk_spacing": tuple(spacing),
+        "itk_direction": tuple(direction),
+        "itk_dimension": dim,
+        "pixel_type": image.GetPixelIDTypeAsString(),
     }
-    return Volume(data=data, affine=_itk_geometry_affine(origin, spacing, direction), path=path,
-                  format=fmt, header=header, meta=meta)
+    return Volume(
+        data=data,
+        affine=_itk_geometry_affine(origin, spacing, direction),
+        path=path,
+        format=fmt,
+        header=header,
+        meta=meta,
+    )
 
 
 def read(path: Path, channel: int | None) -> Volume:
@@ -256,7 +272,9 @@ def read(path: Path, channel: int | None) -> Volume:
     except SynthmedError:
         raise
     except Exception as error:  # noqa: BLE001 - SimpleITK raises RuntimeError with long text
-        raise SynthmedError(f"{where}: unreadable {suffix_of_name(path.name)} file ({itk_reason(error)}); is it really an image?") from None
+        raise SynthmedError(
+            f"{where}: unreadable {suffix_of_name(path.name)} file ({itk_reason(error)}); is it really an image?"
+        ) from None
     return from_itk_image(image, path, channel, "itk", where)
 
 
@@ -277,8 +295,13 @@ def _check_itk_size(where: str, reader, layout: _DataLayout) -> None:
         except OSError:
             file_size = None  # ITK will say it is missing
     check_declared_size(
-        where, size + ((components,) if components > 1 else ()), f"{kind}{bits}", bits // 8,
-        file_size=file_size, offset=layout.offset, compressed=layout.compressed,
+        where,
+        size + ((components,) if components > 1 else ()),
+        f"{kind}{bits}",
+        bits // 8,
+        file_size=file_size,
+        offset=layout.offset,
+        compressed=layout.compressed,
         data_file=layout.file.name if layout.file is not None and layout.file != Path(where) else None,
     )
 

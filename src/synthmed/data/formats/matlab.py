@@ -10,8 +10,20 @@ import numpy as np
 from synthmed.data.formats.common import Volume, check_declared_size, first_line, magnitude, pick_channel, shape_text
 from synthmed.errors import SynthmedError
 
-_MAT5_ITEMSIZE = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4,
-                  "int64": 8, "uint64": 8, "logical": 1, "sparse": 8}
+_MAT5_ITEMSIZE = {
+    "double": 8,
+    "single": 4,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "logical": 1,
+    "sparse": 8,
+}
 
 
 def _is_hdf5(path: Path) -> bool:
@@ -35,7 +47,9 @@ def read(path: Path, key: str | None, channel: int | None) -> Volume:
         array = array.astype(np.uint8)
     data = pick_channel(array, channel, f"{where} (variable {key!r})")
     meta = {"key": key, "mat_version": version, "variables": variables, "shape": tuple(array.shape)}
-    return Volume(data=data, affine=np.eye(4), path=path, format="mat", header={"key": key, "version": version}, meta=meta)
+    return Volume(
+        data=data, affine=np.eye(4), path=path, format="mat", header={"key": key, "version": version}, meta=meta
+    )
 
 
 def _choose_mat_key(path: Path, key: str | None, variables: dict[str, tuple]) -> str:
@@ -62,9 +76,23 @@ def _read_mat5(path: Path, key: str | None) -> tuple[np.ndarray, str, list[str]]
     try:
         listing = scipy.io.whosmat(str(path))
     except Exception as error:  # noqa: BLE001 - MatReadError, ValueError, struct errors
-        raise SynthmedError(f"{where}: not a MATLAB .mat file ({first_line(error)}); save it with MATLAB or scipy.io.savemat") from None
-    numeric = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
-               "logical", "sparse"}
+        raise SynthmedError(
+            f"{where}: not a MATLAB .mat file ({first_line(error)}); save it with MATLAB or scipy.io.savemat"
+        ) from None
+    numeric = {
+        "double",
+        "single",
+        "int8",
+        "uint8",
+        "int16",
+        "uint16",
+        "int32",
+        "uint32",
+        "int64",
+        "uint64",
+        "logical",
+        "sparse",
+    }
     variables = {name: tuple(shape) for name, shape, cls in listing if cls in numeric}
     key = _choose_mat_key(path, key, variables)
     matlab_class = next(cls for name, _, cls in listing if name == key)
@@ -72,7 +100,9 @@ def _read_mat5(path: Path, key: str | None) -> tuple[np.ndarray, str, list[str]]
     try:
         loaded = scipy.io.loadmat(str(path), variable_names=[key], squeeze_me=False, mat_dtype=False)
     except Exception as error:  # noqa: BLE001
-        raise SynthmedError(f"{where}: cannot read variable {key!r} ({first_line(error)}); is the file truncated?") from None
+        raise SynthmedError(
+            f"{where}: cannot read variable {key!r} ({first_line(error)}); is the file truncated?"
+        ) from None
     array = loaded.get(key)
     if scipy.sparse.issparse(array):
         array = array.toarray()
@@ -94,7 +124,11 @@ def _read_mat73(path: Path, key: str | None) -> tuple[np.ndarray, str, list[str]
                 matlab_class = item.attrs.get("MATLAB_class", b"")
                 if isinstance(matlab_class, bytes):
                     matlab_class = matlab_class.decode(errors="replace")
-                if item.dtype.kind not in "biuf" or matlab_class in ("char", "cell", "struct") or item.attrs.get("MATLAB_empty", 0):
+                if (
+                    item.dtype.kind not in "biuf"
+                    or matlab_class in ("char", "cell", "struct")
+                    or item.attrs.get("MATLAB_empty", 0)
+                ):
                     continue
                 variables[name] = tuple(reversed(item.shape))  # as MATLAB sees it
             key = _choose_mat_key(path, key, variables)
@@ -107,7 +141,9 @@ def _read_mat73(path: Path, key: str | None) -> tuple[np.ndarray, str, list[str]
     except MemoryError:
         raise
     except Exception as error:  # noqa: BLE001 - h5py raises OSError/KeyError/ValueError for bad files
-        raise SynthmedError(f"{where}: unreadable MATLAB v7.3 (HDF5) file ({first_line(error)}); is it truncated?") from None
+        raise SynthmedError(
+            f"{where}: unreadable MATLAB v7.3 (HDF5) file ({first_line(error)}); is it truncated?"
+        ) from None
     return array, key, list(variables)
 
 

@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from synthmed.data.formats.common import (
-    Volume, check_channel, check_declared_size, first_line, magnitude, shape_text, suffix_of_name,
+    Volume,
+    check_channel,
+    check_declared_size,
+    first_line,
+    magnitude,
+    shape_text,
+    suffix_of_name,
 )
 from synthmed.errors import SynthmedError
 
@@ -23,7 +29,9 @@ def read(path: Path, channel: int | None, dtype) -> Volume:
     except FileNotFoundError:
         raise SynthmedError(f"{where}: no such file") from None
     except Exception as error:  # noqa: BLE001 - anything nibabel raises here means a bad file
-        raise SynthmedError(f"{where}: not a NIfTI file (header unreadable: {first_line(error)}); is it truncated, or not really an image?") from None
+        raise SynthmedError(
+            f"{where}: not a NIfTI file (header unreadable: {first_line(error)}); is it truncated, or not really an image?"
+        ) from None
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise SynthmedError(f"{where}: not a NIfTI file ({type(image).__name__}); convert it to .nii.gz")
     shape = tuple(int(s) for s in image.shape)
@@ -31,23 +39,34 @@ def read(path: Path, channel: int | None, dtype) -> Volume:
         raise SynthmedError(f"{where} has shape {shape_text(shape)}; expected a 2D or 3D image")
     stored = image.get_data_dtype()
     check_declared_size(
-        where, shape, stored.name, stored.itemsize, file_size=path.stat().st_size,
+        where,
+        shape,
+        stored.name,
+        stored.itemsize,
+        file_size=path.stat().st_size,
         # nibabel zeroes the loaded header's vox_offset; the data proxy keeps the real one.
-        offset=int(getattr(image.dataobj, "offset", 0)), compressed=suffix_of_name(path.name) == ".nii.gz",
+        offset=int(getattr(image.dataobj, "offset", 0)),
+        compressed=suffix_of_name(path.name) == ".nii.gz",
         read_voxels=math.prod(shape[:3]),
     )
     index: tuple = ()
     extra = [(axis, size) for axis, size in enumerate(shape[3:], start=3)]
     big = [axis for axis, size in extra if size != 1]
     if len(big) > 1:
-        raise SynthmedError(f"{where} has {len(shape)} dimensions ({shape_text(shape)}); only 2D, 3D or 4D images are supported")
+        raise SynthmedError(
+            f"{where} has {len(shape)} dimensions ({shape_text(shape)}); only 2D, 3D or 4D images are supported"
+        )
     if big:
         n = shape[big[0]]
         if channel is None:
-            raise SynthmedError(f"{where} is 4D ({shape_text(shape)}): choose a channel 0-{n - 1} (translate --channel N, or a 'channel' column in a prepare --manifest)")
+            raise SynthmedError(
+                f"{where} is 4D ({shape_text(shape)}): choose a channel 0-{n - 1} (translate --channel N, or a 'channel' column in a prepare --manifest)"
+            )
         check_channel(channel, n, where, f"4D ({shape_text(shape)})")
     elif channel not in (None, 0):
-        raise SynthmedError(f"{where} is {min(len(shape), 3)}D ({shape_text(shape)}) with no channels: drop channel={channel}")
+        raise SynthmedError(
+            f"{where} is {min(len(shape), 3)}D ({shape_text(shape)}) with no channels: drop channel={channel}"
+        )
     if extra:
         index = (slice(None),) * 3 + tuple(channel if axis in big else 0 for axis, _ in extra)
     try:
@@ -60,13 +79,19 @@ def read(path: Path, channel: int | None, dtype) -> Volume:
     except MemoryError:
         raise
     except Exception as error:  # noqa: BLE001 - truncated/corrupt data
-        raise SynthmedError(f"{where}: corrupt or truncated image data ({first_line(error)}); re-export or re-download it") from None
+        raise SynthmedError(
+            f"{where}: corrupt or truncated image data ({first_line(error)}); re-export or re-download it"
+        ) from None
     data = magnitude(data, where)
     if data.ndim == 2:
         data = data[:, :, None]
     return Volume(
-        data=data, affine=np.asarray(image.affine, dtype=np.float64), path=path, format="nifti",
-        header=image.header, meta={"shape": shape, "channel": channel if big else None},
+        data=data,
+        affine=np.asarray(image.affine, dtype=np.float64),
+        path=path,
+        format="nifti",
+        header=image.header,
+        meta={"shape": shape, "channel": channel if big else None},
     )
 
 

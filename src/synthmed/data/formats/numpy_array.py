@@ -31,14 +31,18 @@ def read(path: Path, channel: int | None) -> Volume:
     try:
         shape, dtype, offset = _npy_header(path)
     except Exception as error:  # noqa: BLE001 - not .npy (an .npz, a pickle), a damaged header
-        raise SynthmedError(f"{where}: not a readable .npy array ({first_line(error)}); save it with numpy.save") from None
+        raise SynthmedError(
+            f"{where}: not a readable .npy array ({first_line(error)}); save it with numpy.save"
+        ) from None
     if dtype.kind not in "biufc":
         raise SynthmedError(f"{where}: holds {dtype} values, not a numeric image")
     check_declared_size(where, shape, dtype.name, dtype.itemsize, file_size=path.stat().st_size, offset=offset)
     try:
         array = np.load(str(path), allow_pickle=False)
     except Exception as error:  # noqa: BLE001 - truncated data
-        raise SynthmedError(f"{where}: not a readable .npy array ({first_line(error)}); save it with numpy.save") from None
+        raise SynthmedError(
+            f"{where}: not a readable .npy array ({first_line(error)}); save it with numpy.save"
+        ) from None
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biufc":
         raise SynthmedError(f"{where}: holds {getattr(array, 'dtype', type(array))} values, not a numeric image")
     data = pick_channel(magnitude(array, where), channel, where)

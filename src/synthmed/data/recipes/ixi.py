@@ -15,6 +15,12 @@ def ixi_manifest(root: str | Path, *, absolute: bool = False) -> list[dict]:
         file = root / f"{modality}.mat"
         if not file.is_file():
             raise SynthmedError(f"{file}: not found; {root} should hold SynDiff's T1.mat and T2.mat")
-        rows.append({"subject": "ixi", "modality": modality,
-                     "path": str(file.absolute()) if absolute else file.name, "key": "data_fs"})
+        rows.append(
+            {
+                "subject": "ixi",
+                "modality": modality,
+                "path": str(file.absolute()) if absolute else file.name,
+                "key": "data_fs",
+            }
+        )
     return rows

@@ -64,5 +64,7 @@ def lgg_manifest(root: str | Path, *, absolute: bool = False) -> list[dict]:
             rows.append({"subject": patient, "modality": modality, "path": image, "channel": channel})
         rows.append({"subject": patient, "modality": "lesion", "path": mask})
     if not rows:
-        raise SynthmedError(f"{root}: no patient folders with *_mask.tif slices; expected root/<patient>/<patient>_<n>.tif")
+        raise SynthmedError(
+            f"{root}: no patient folders with *_mask.tif slices; expected root/<patient>/<patient>_<n>.tif"
+        )
     return rows

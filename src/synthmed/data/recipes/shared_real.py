@@ -14,19 +14,43 @@ from synthmed.errors import SynthmedError
 from synthmed.files import write_text_atomic
 
 REAL_SUBJECTS: dict[str, tuple[str, dict[str, str], str | None, str]] = {
-    "BraTS-GLI-00001-000": ("brats/BraTS-GLI-00001-000", {
-        "t1": "BraTS-GLI-00001-000-t1n.nii.gz", "t1c": "BraTS-GLI-00001-000-t1c.nii.gz",
-        "t2": "BraTS-GLI-00001-000-t2w.nii.gz", "flair": "BraTS-GLI-00001-000-t2f.nii.gz"}, None, "train"),
-    "AURORA-MET-example": ("brats/AURORA-MET-example", {
-        "t1": "t1.nii.gz", "t1c": "t1c.nii.gz", "t2": "t2.nii.gz", "flair": "flair.nii.gz"}, None, "train"),
-    "TCGA-DU-7294": ("brats/TCGA-DU-7294", {
-        "t1": "TCGA-DU-7294_t1_bet.nii.gz", "t1c": "TCGA-DU-7294_t1c_bet.nii.gz",
-        "t2": "TCGA-DU-7294_t2_bet.nii.gz", "flair": "TCGA-DU-7294_fla_bet.nii.gz"},
-        "TCGA-DU-7294_seg_fused_mav.nii.gz", "test"),
-    "patient07": ("ms/patient07", {
-        modality: f"{name}_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
-        for modality, name in (("t1", "T1"), ("t1c", "T1POST"), ("t2", "T2"), ("flair", "FLAIR"))},
-        "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz", "test"),
+    "BraTS-GLI-00001-000": (
+        "brats/BraTS-GLI-00001-000",
+        {
+            "t1": "BraTS-GLI-00001-000-t1n.nii.gz",
+            "t1c": "BraTS-GLI-00001-000-t1c.nii.gz",
+            "t2": "BraTS-GLI-00001-000-t2w.nii.gz",
+            "flair": "BraTS-GLI-00001-000-t2f.nii.gz",
+        },
+        None,
+        "train",
+    ),
+    "AURORA-MET-example": (
+        "brats/AURORA-MET-example",
+        {"t1": "t1.nii.gz", "t1c": "t1c.nii.gz", "t2": "t2.nii.gz", "flair": "flair.nii.gz"},
+        None,
+        "train",
+    ),
+    "TCGA-DU-7294": (
+        "brats/TCGA-DU-7294",
+        {
+            "t1": "TCGA-DU-7294_t1_bet.nii.gz",
+            "t1c": "TCGA-DU-7294_t1c_bet.nii.gz",
+            "t2": "TCGA-DU-7294_t2_bet.nii.gz",
+            "flair": "TCGA-DU-7294_fla_bet.nii.gz",
+        },
+        "TCGA-DU-7294_seg_fused_mav.nii.gz",
+        "test",
+    ),
+    "patient07": (
+        "ms/patient07",
+        {
+            modality: f"{name}_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"
+            for modality, name in (("t1", "T1"), ("t1c", "T1POST"), ("t2", "T2"), ("flair", "FLAIR"))
+        },
+        "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz",
+        "test",
+    ),
 }
 
 
@@ -35,8 +59,10 @@ def real_suite_manifest(root: str | Path, out: str | Path) -> Path:
     refuses a folder that lacks any of them."""
     root = Path(root)
     if not root.is_dir():
-        raise SynthmedError(f"--suite real: {root} is not a folder; pass --data with the folder that holds brats/ "
-                            "and ms/ (as ../shared/data/real)")
+        raise SynthmedError(
+            f"--suite real: {root} is not a folder; pass --data with the folder that holds brats/ "
+            "and ms/ (as ../shared/data/real)"
+        )
     lines, missing = ["subject,modality,path,split,label"], []
     for subject, (folder, files, label, split) in REAL_SUBJECTS.items():
         label_path = root / folder / label if label else None
@@ -45,7 +71,9 @@ def real_suite_manifest(root: str | Path, out: str | Path) -> Path:
             missing += [str(p) for p in (path, label_path) if p is not None and not p.is_file()]
             lines.append(f"{subject},{modality},{path.resolve()},{split},{label_path.resolve() if label_path else ''}")
     if missing:
-        raise SynthmedError(f"--suite real: {len(set(missing))} file(s) missing under {root}, e.g. {sorted(missing)[0]}")
+        raise SynthmedError(
+            f"--suite real: {len(set(missing))} file(s) missing under {root}, e.g. {sorted(missing)[0]}"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, "\n".join(lines) + "\n")
