@@ -54,7 +54,7 @@ from synthmed.data.io import read_volume, write_volume
 from synthmed.data.prepare import prepare
 from synthmed.workflows.evaluate import evaluate_pairs
 from synthmed.workflows.train import train
-from synthmed.workflows.translate import BACKGROUND_MARGIN, _dilated, load_run, translate_volume
+from synthmed.workflows.translate import BACKGROUND_MARGIN, dilated, load_run, translate_volume
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -159,7 +159,7 @@ def run(
                 started = time.monotonic()
                 image = translate_volume(loaded, volume, None).image
                 translate_seconds += time.monotonic() - started
-                outside = ~_dilated(foreground_mask(volume.data), BACKGROUND_MARGIN)
+                outside = ~dilated(foreground_mask(volume.data), BACKGROUND_MARGIN)
                 off += int(np.count_nonzero(image[outside] != image[outside].flat[0])) if outside.any() else 0
                 out = work / "outputs" / model / layout / subject / f"{target_name}.nii.gz"
                 out.parent.mkdir(parents=True, exist_ok=True)

@@ -101,16 +101,16 @@ def wrap(owner, name, label):
         return result
     setattr(owner, name, wrapper)
 
-# Whole steps only: the slab loops (_crop_in_slabs, _uncrop_in_slabs) call crop_slices, uncrop_slices and the
+# Whole steps only: the slab loops (crop_in_slabs, uncrop_in_slabs) call crop_slices, uncrop_slices and the
 # normalisation once per slab; a wrapper inside a wrapped step would reset that step's high-water mark.
 for name, label in [("read_volume", "read_volume"),
                     ("mr_low", "mr_low: the MR background percentile"),
                     ("foreground_mask", "foreground_mask"),
                     ("fit_geometry", "fit_geometry"),
                     ("fit_normalization", "fit_normalization"),
-                    ("_crop_in_slabs", "normalise + crop_slices, in slabs"),
+                    ("crop_in_slabs", "normalise + crop_slices, in slabs"),
                     ("translate_slices", "translate_slices: the model"),
-                    ("_uncrop_in_slabs", "uncrop_slices + inverse normalisation, in slabs"),
+                    ("uncrop_in_slabs", "uncrop_slices + inverse normalisation, in slabs"),
                     ("write_volume", "write_volume")]:
     wrap(T, name, label)
 start_rss = rss_mb()

@@ -3,7 +3,7 @@
 ``foreground_mask`` labels connected components slab by slab (``_components``, ``_select``, ``_fill_planes``);
 these tests compare it with a straightforward reference that labels the whole volume at once
 (``ndimage.label``, written here), with slabs made small so that components cross many slab boundaries.
-``translate_volume`` crops and uncrops slabs of slices (``_crop_in_slabs``, ``_uncrop_in_slabs``); they must
+``translate_volume`` crops and uncrops slabs of slices (``crop_in_slabs``, ``uncrop_in_slabs``); they must
 give exactly what ``crop_slices`` / ``uncrop_slices`` give on the whole stack.
 """
 
@@ -202,13 +202,13 @@ def test_crop_and_uncrop_in_slabs_are_exact(monkeypatch, interpolation, axis, le
     normalization = Normalization("mr", 50.0, 1500.0)
 
     expected = crop_slices(normalization.apply(data), geometry, fill=-1.0, interpolation=interpolation)
-    slices = translate._crop_in_slabs(data, normalization, geometry, interpolation)
+    slices = translate.crop_in_slabs(data, normalization, geometry, interpolation)
     assert slices.dtype == expected.dtype and np.array_equal(slices, expected)
 
     outputs = np.tanh(slices * 3 + rng.normal(0, 0.5, slices.shape)).astype(np.float32)
     target = Normalization("mr", 10.0, 900.0)
     expected = target.invert(uncrop_slices(outputs, geometry, fill=-1.0, interpolation=interpolation))
-    image_out = translate._uncrop_in_slabs(
+    image_out = translate.uncrop_in_slabs(
         outputs,
         geometry,
         fill=-1.0,
@@ -228,7 +228,7 @@ def test_uncrop_std_in_slabs_is_exact(monkeypatch):
     std[3, 5:9, 5:9] = 1.5  # one slab with a much wider range than the others
     scale = 0.5 * (900.0 - 10.0)
     expected = (uncrop_slices(std, geometry, fill=0.0) * scale).astype(np.float32)
-    result = translate._uncrop_in_slabs(
+    result = translate.uncrop_in_slabs(
         std, geometry, fill=0.0, interpolation="bicubic", finish=lambda part: (part * scale).astype(np.float32)
     )
     assert np.array_equal(result, expected)

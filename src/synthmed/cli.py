@@ -253,6 +253,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="noise seed (same seed, batch size and device: same output)")
     _add_common(p)
 
+    p = sub.add_parser("anomaly", help="anomaly maps of scans from a model of healthy anatomy (anoddpm)")
+    p.add_argument("run", help="run folder of a model trained on healthy slices (train --model anoddpm)")
+    p.add_argument("input", help="a volume, or a folder of volumes or subject folders")
+    p.add_argument("output", help="the map's file (a folder for a folder input); the reconstruction goes beside it")
+    p.add_argument("--t-star", type=int, default=None, help="the partial step the slices are noised to (paper: 250)")
+    p.add_argument("--noise", choices=["simplex", "gaussian"], default=None, help="default: what the model trained on")
+    p.add_argument(
+        "--method",
+        choices=["ddpm", "ddim"],
+        default=None,
+        help="ddpm: AnoDDPM's ancestral chain; ddim: deterministic inversion and decoding",
+    )
+    p.add_argument("--steps", type=int, default=None, help="reverse steps from t-star (0: every one)")
+    p.add_argument("--samples", type=positive_int, default=1, help="reconstructions averaged into the map")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--channel", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
     p = sub.add_parser("benchmark", help="every translation method, one protocol: train, translate, evaluate")
     p.add_argument(
         "--suite",
@@ -499,6 +521,27 @@ def run_command(args: argparse.Namespace) -> int:
         )
         what = "image + mask pairs" if info["masks"] else "images (this generator makes no masks)"
         print(f"generated {info['n']} {what} in {info['seconds']} s into {args.out} (contact_sheet.png)")
+    elif args.verb == "anomaly":
+        from synthmed.workflows.anomaly import anomaly
+
+        written = anomaly(
+            args.run,
+            args.input,
+            args.output,
+            t_star=args.t_star,
+            noise=args.noise,
+            method=args.method,
+            steps=args.steps,
+            samples=args.samples,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            device=args.device,
+            checkpoint=args.checkpoint,
+            channel=args.channel,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+        print(f"wrote {len(written) // 2} anomaly map(s) and reconstruction(s): {written[0]}")
     elif args.verb == "benchmark":
         from synthmed.benchmarking.protocol import benchmark
 

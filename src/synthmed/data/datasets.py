@@ -33,10 +33,15 @@ class PreparedData:
         return np.flatnonzero(np.isin(self.arrays["index"][:, 0], numbers))
 
 
+SLICE_SELECTIONS = ("all", "lesion", "healthy")
+
+
 class SliceDataset(Dataset):
     """Slices of one split as ``{'source', 'target', 'mask', ['label']}`` tensors of shape (1, H, W).
 
-    ``lesion_only`` keeps the slices whose label map holds a lesion (generators trained, as PIG, on lesion slices).
+    ``slices``: ``all``; ``lesion`` keeps the slices whose label map holds a lesion (generators trained, as PIG, on
+    lesion slices); ``healthy`` those without any lesion voxel (anomaly detectors learn healthy anatomy only; data
+    prepared without a label counts as healthy throughout).
 
     ``unpaired=True`` (for methods trained on unpaired data) gives each source slice the
     target of a slice of *another subject*, so no pairing leaks in (neither the slice's
@@ -64,7 +69,7 @@ class SliceDataset(Dataset):
         split: str,
         unpaired: bool = False,
         seed: int = 0,
-        lesion_only: bool = False,
+        slices: str = "all",
         patch: int | None = None,
         context: int = 1,
     ):
@@ -78,19 +83,20 @@ class SliceDataset(Dataset):
             {(int(subject), int(number)): row for row, (subject, number) in enumerate(index)} if context > 1 else {}
         )
         self.rows = data.rows(split)
-        if lesion_only:  # only slices whose label map holds a lesion (label > 0)
-            if "label" not in data.arrays:
-                raise SynthmedError(
-                    f"{data.root}: lesion slices were asked for, but the data was prepared without --label"
-                )
+        if slices not in SLICE_SELECTIONS:
+            raise SynthmedError(f"training slices {slices!r}: use one of {', '.join(SLICE_SELECTIONS)}")
+        if slices == "lesion" and "label" not in data.arrays:
+            raise SynthmedError(f"{data.root}: lesion slices were asked for, but the data was prepared without --label")
+        if slices != "all" and "label" in data.arrays:  # by whether the label map holds a lesion (label > 0)
             labels = data.arrays["label"]
-            self.rows = np.asarray([row for row in self.rows if labels[row].any()], dtype=self.rows.dtype)
+            wanted = slices == "lesion"
+            self.rows = np.asarray([row for row in self.rows if labels[row].any() == wanted], dtype=self.rows.dtype)
         self.split = split
         self.unpaired = unpaired
         self.seed = seed
         self.partner = self.rows
         if len(self.rows) == 0:
-            what = "slices with a lesion" if lesion_only else "slices"
+            what = {"all": "slices", "lesion": "slices with a lesion", "healthy": "slices without a lesion"}[slices]
             raise SynthmedError(f"{data.root}: the {split} split has no {what} (too few subjects for --split?)")
         if unpaired:
             self._subjects = np.asarray(data.arrays["index"][self.rows, 0])

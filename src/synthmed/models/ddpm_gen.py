@@ -27,7 +27,7 @@ from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import register
 from synthmed.nn.diffusion_unet import check_unet_config, diffusion_unet
 
-TRAINING_SLICES = ("all", "lesion")
+TRAINING_SLICES = ("all", "lesion", "healthy")
 
 
 @dataclass

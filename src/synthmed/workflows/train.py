@@ -170,15 +170,17 @@ def _train(
     if resume and not (marked_by(out, "train") or legacy_run(out)):
         raise SynthmedError(f"{out} was not made by synthmed train; choose the run folder to resume")
     # Datasets first: nothing is written into the run folder before the inputs are known to work.
-    lesion_only = getattr(net.config, "training_slices", "all") == "lesion"
-    if lesion_only and not plan.label:
+    slices = getattr(net.config, "training_slices", "all")
+    if slices == "lesion" and not plan.label:
         raise SynthmedError(
             f"{prep} was prepared without --label, so {model} cannot keep the lesion slices "
             "(training_slices=lesion); prepare with --label NAME or --set training_slices=all"
         )
+    if slices == "healthy" and not plan.label:
+        log.warning("%s was prepared without --label: every training slice counts as healthy", prep)
     context = int(getattr(net.config, "context", 1))
     train_set = SliceDataset(
-        data, "train", unpaired=not cls.paired, seed=seed, lesion_only=lesion_only, patch=windows, context=context
+        data, "train", unpaired=not cls.paired, seed=seed, slices=slices, patch=windows, context=context
     )
     if cls.task == "generate":
         val_set = None  # generators are not validated against references; samples/ shows their output

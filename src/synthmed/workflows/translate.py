@@ -305,18 +305,18 @@ def translate_volume(
         raise SynthmedError(f"{volume.path}: empty foreground (nothing above the background level)")
     geometry = input_geometry(plan, volume, foreground)
     normalization = fit_normalization(data, foreground, source_kind, name=str(volume.path), low=low)
-    _check_like_training(plan, volume, foreground, normalization, strict)
+    check_like_training(plan, volume, foreground, normalization, strict)
     if target_normalization is None:  # no reference: the plan's scale model, from this input's own range
         target_normalization = plan.target_scale.predict(normalization)
-    outside = ~_dilated(foreground, BACKGROUND_MARGIN) if mask_background else None
+    outside = ~dilated(foreground, BACKGROUND_MARGIN) if mask_background else None
     del foreground
     interpolation = plan.interpolation  # as the training slices were made
     # From here on the only whole volumes are the input and the output: slabs of slices are normalised and
     # cropped into the model-sized stack, and the model outputs are pasted back slab by slab.
-    slices = _crop_in_slabs(data, normalization, geometry, interpolation)
+    slices = crop_in_slabs(data, normalization, geometry, interpolation)
     mean, std = translate_slices(model, slices, batch_size, sampling, progress=progress, direction=loaded.direction)
     del slices
-    image = _uncrop_in_slabs(
+    image = uncrop_in_slabs(
         mean,
         geometry,
         fill=-1.0,
@@ -329,7 +329,7 @@ def translate_volume(
         return Translation(image)
     # The normalisation is linear: a std in [-1, 1] units scales by half the intensity range.
     scale = 0.5 * (target_normalization.hi - target_normalization.lo)
-    std_map = _uncrop_in_slabs(
+    std_map = uncrop_in_slabs(
         std, geometry, fill=0.0, interpolation=interpolation, finish=lambda part: (part * scale).astype(np.float32)
     )
     if outside is not None:
@@ -349,7 +349,7 @@ def input_geometry(plan: Plan, volume: Volume, foreground: np.ndarray) -> SliceG
     return fit_native_geometry(foreground, axis, size, pixel_mm, target_mm)
 
 
-def _check_like_training(
+def check_like_training(
     plan: Plan, volume: Volume, foreground: np.ndarray, normalization: Normalization, strict: bool
 ) -> None:
     if plan.input_profile is None:  # plans made before the profile was recorded
@@ -371,17 +371,17 @@ def _check_like_training(
 BACKGROUND_MARGIN = 2
 
 
-def _dilated(mask: np.ndarray, voxels: int) -> np.ndarray:
+def dilated(mask: np.ndarray, voxels: int) -> np.ndarray:
     """``mask`` grown by ``voxels`` (26-connected steps; in-plane only for a single slice)."""
     structure = np.ones((3, 3, 3) if mask.shape[2] > 1 else (3, 3, 1), dtype=bool)
     return ndimage.binary_dilation(mask, structure=structure, iterations=voxels)
 
 
-# Slices per slab in _crop_in_slabs / _uncrop_in_slabs: each slab costs a few slab-sized float32 arrays.
+# Slices per slab in crop_in_slabs / uncrop_in_slabs: each slab costs a few slab-sized float32 arrays.
 SLAB_SLICES = 8
 
 
-def _crop_in_slabs(
+def crop_in_slabs(
     data: np.ndarray, normalization: Normalization, geometry: SliceGeometry, interpolation: str
 ) -> np.ndarray:
     """``crop_slices(normalization.apply(data), geometry, fill=-1.0, ...)``, the same values, without a
@@ -408,7 +408,7 @@ def _crop_in_slabs(
     return out
 
 
-def _uncrop_in_slabs(
+def uncrop_in_slabs(
     stack: np.ndarray,
     geometry: SliceGeometry,
     fill: float,
@@ -461,9 +461,10 @@ def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Norma
 
 
 def plan_outputs(
-    loaded: LoadedRun, input_path: Path, output: Path, reference: Path | None
+    loaded: LoadedRun, input_path: Path, output: Path, reference: Path | None, name: str | None = None
 ) -> list[tuple[Path, Path, Path | None]]:
-    """(input, output, reference) triples for a file or a folder input."""
+    """(input, output, reference) triples for a file or a folder input; in subject folders the output is named
+    ``name`` (default: the target modality as the training files spell it)."""
     if not input_path.exists() and not any(c in str(input_path) for c in "*?["):
         raise SynthmedError(f"{input_path}: no such file or folder")
     if input_path.is_file() or not input_path.is_dir() or is_volume_path(input_path) and not _has_subjects(input_path):
@@ -485,7 +486,7 @@ def plan_outputs(
                 continue
             in_file = files[0]
             suffix = output_suffix(in_file)
-            out_file = output / entry.name / f"{_target_name(loaded)}{suffix}"
+            out_file = output / entry.name / f"{name or _target_name(loaded)}{suffix}"
             ref = None
             if reference is not None:
                 matches = (
@@ -571,29 +572,38 @@ def translate(
     output = Path(output)
     folder_mode = jobs[0][1][0] != output  # a folder of inputs: outputs go below OUTPUT
     with output_lock(output):
-        _check_outputs(jobs, Path(input_path), output, Path(reference) if reference else None, overwrite, folder_mode)
+        check_outputs(jobs, Path(input_path), output, Path(reference) if reference else None, overwrite, folder_mode)
         for folder in sorted({outs[0].parent for _, outs, _ in jobs}):
             ensure_writable_folder(folder)
             remove_stale_temporaries(folder)  # partial outputs of a translation that was killed
-        written = _run_jobs(
-            loaded,
-            jobs,
-            channel,
-            batch_size,
-            sampling,
-            overwrite,
-            progress,
-            marker_folder=output if folder_mode else None,
-            mask_background=mask_background,
-            strict=strict,
-        )
+
+        def process(volume: Volume, ref: Path | None) -> tuple[np.ndarray, ...]:
+            result = translate_volume(
+                loaded,
+                volume,
+                _reference_normalization(loaded, ref),
+                batch_size=batch_size,
+                sampling=sampling,
+                progress=progress,
+                mask_background=mask_background,
+                strict=strict,
+            )
+            return result.image, result.std
+
+        written = run_jobs(jobs, process, channel, overwrite, progress, marker_folder=output if folder_mode else None)
         if not folder_mode:
             record_written(written, "translate")
         return written
 
 
-def _check_outputs(
-    jobs: list, input_path: Path, output: Path, reference: Path | None, overwrite: bool, folder_mode: bool
+def check_outputs(
+    jobs: list,
+    input_path: Path,
+    output: Path,
+    reference: Path | None,
+    overwrite: bool,
+    folder_mode: bool,
+    command: str = "translate",
 ) -> None:
     """Refuse outputs that would destroy data: an output on (or around, or inside) an input or a reference, an
     existing output without ``overwrite``, and in folder mode any existing file synthmed did not write (a
@@ -613,15 +623,15 @@ def _check_outputs(
             f"{existing[0]} exists ({len(existing)} output(s) would be replaced); pass --overwrite to replace"
         )
     if not folder_mode:
-        refuse_replacing_foreign(existing, "translate")  # e.g. the real T2 beside the T1 being translated
+        refuse_replacing_foreign(existing, command)  # e.g. the real T2 beside the T1 being translated
         return
     marker = read_marker(output)
-    ours = set(marker["written"]) if marker and marker["command"] == "translate" else set()
+    ours = set(marker["written"]) if marker and marker["command"] == command else set()
     for out in existing:
         if str(out.relative_to(output)) not in ours:
             raise SynthmedError(
-                f"{out} exists and was not written by synthmed translate; --overwrite replaces only "
-                "synthmed's own outputs: move it away or translate into a new folder"
+                f"{out} exists and was not written by synthmed {command}; --overwrite replaces only "
+                f"synthmed's own outputs: move it away or write into a new folder"
             )
     for folder in sorted({outs[0].parent for _, outs, _ in jobs} - {output}):
         if not folder.is_dir():
@@ -629,41 +639,30 @@ def _check_outputs(
         for entry in sorted(folder.iterdir()):
             if volume_suffix(entry) and not entry.name.startswith(".") and str(entry.relative_to(output)) not in ours:
                 raise SynthmedError(
-                    f"{folder} holds {entry.name}, a scan synthmed translate did not write: {output} "
-                    "looks like a data folder; translate into a new folder"
+                    f"{folder} holds {entry.name}, a scan synthmed {command} did not write: {output} "
+                    "looks like a data folder; write into a new folder"
                 )
 
 
-def _run_jobs(
-    loaded: LoadedRun,
+def run_jobs(
     jobs: list,
+    process: Callable[[Volume, Path | None], tuple[np.ndarray | None, ...]],
     channel: int | None,
-    batch_size: int,
-    sampling: Sampling,
     overwrite: bool,
     progress: bool,
     marker_folder: Path | None,
-    mask_background: bool = True,
-    strict: bool = False,
+    command: str = "translate",
 ) -> list[Path]:
+    """Read each job's input, ``process`` it (with its reference) into one array per output file, and write them
+    in the input's geometry."""
     # Each result goes to a hidden partial file beside its destination; all are renamed at the end,
     # so a failure on the fifth volume leaves no output of the first four behind.
     partials: list[tuple[Path, Path]] = []
     written: list[Path] = []
     try:
-        for in_file, outs, ref in tqdm(jobs, desc="translate", unit="volume", disable=not progress or len(jobs) < 2):
+        for in_file, outs, ref in tqdm(jobs, desc=command, unit="volume", disable=not progress or len(jobs) < 2):
             volume = read_volume(in_file, channel=channel)
-            result = translate_volume(
-                loaded,
-                volume,
-                _reference_normalization(loaded, ref),
-                batch_size=batch_size,
-                sampling=sampling,
-                progress=progress,
-                mask_background=mask_background,
-                strict=strict,
-            )
-            for out_file, data in zip(outs, (result.image, result.std)):
+            for out_file, data in zip(outs, process(volume, ref)):
                 if (
                     volume_suffix(out_file) == ".mhd"
                 ):  # header + .raw pair: its name is inside the header, write in place
@@ -673,7 +672,7 @@ def _run_jobs(
                 partials.append((write_volume(partial, data, like=volume, overwrite=True), out_file))
         if marker_folder is not None:  # before the renames: what it lists is synthmed's to replace, even after a crash
             write_marker(
-                marker_folder, "translate", [str(out.relative_to(marker_folder)) for _, outs, _ in jobs for out in outs]
+                marker_folder, command, [str(out.relative_to(marker_folder)) for _, outs, _ in jobs for out in outs]
             )
         for partial, out_file in partials:
             if out_file.is_dir():
