@@ -172,3 +172,85 @@ def load_plan_files(prep) -> str:
 
     plan = load_plan(prep)
     return str(plan.file_of(plan.test_subjects[0], plan.source).parent.parent)
+
+
+# --- learning: a model of healthy slices finds a lesion that is not simply bright ------------------------------
+
+
+def _paint_lesions(data: Path, radius: float, seed: int = 0) -> None:
+    """Give every phantom a ball of grey-matter-like T1 inside its white matter (darker than the white matter,
+    brighter than CSF: a lesion no intensity threshold separates), added to its lesion label."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    for folder in sorted(p for p in data.iterdir() if p.is_dir()):
+        t1 = nib.load(folder / "T1.nii.gz")
+        image = np.asarray(t1.dataobj, dtype=np.float32)
+        labels = np.asarray(nib.load(folder / "labels.nii.gz").dataobj)
+        lesion = np.asarray(nib.load(folder / "lesion.nii.gz").dataobj).astype(np.uint8)
+        white = ndimage.binary_erosion(labels == 5, iterations=2)
+        centre = np.argwhere(white)[rng.integers(white.sum())]
+        ball = np.linalg.norm(np.indices(image.shape).transpose(1, 2, 3, 0) - centre, axis=-1) <= radius
+        grey = float(np.median(image[labels == 4]))
+        image[ball] = grey * (1 + 0.03 * rng.standard_normal(int(ball.sum())))
+        nib.save(nib.Nifti1Image(image, t1.affine), folder / "T1.nii.gz")
+        nib.save(nib.Nifti1Image(np.maximum(lesion, ball).astype(np.uint8), t1.affine), folder / "lesion.nii.gz")
+
+
+@pytest.mark.slow
+def test_a_model_of_healthy_slices_finds_lesions_an_intensity_threshold_cannot(tmp_path):
+    from synthmed.data.foreground import foreground_mask
+    from synthmed.data.io import read_volume
+    from synthmed.data.phantom import write_phantoms
+    from synthmed.data.prepare import prepare
+    from synthmed.metrics.anomaly import auroc
+    from synthmed.workflows.anomaly import Detection, detect_volume
+    from synthmed.workflows.train import train
+    from synthmed.workflows.translate import load_run
+
+    write_phantoms(tmp_path / "data", subjects=6, size=32, seed=0)
+    _paint_lesions(tmp_path / "data", radius=2.5)
+    prep = prepare(
+        tmp_path / "data",
+        source="T1",
+        label="lesion",
+        out=tmp_path / "prep",
+        size=32,
+        split="0.67,0,0.33",
+        seed=0,
+        progress=False,
+    )
+    torch.manual_seed(0)
+    overrides = {
+        "image_size": 32,
+        "channels": (16, 32),
+        "attention_levels": (False, True),
+        "num_head_channels": 16,
+        "norm_num_groups": 8,
+        "timesteps": 100,
+        "t_star": 30,
+        "reconstruction_steps": 10,
+        "batch_size": 16,
+        "simplex_frequency": 2.0**-3,
+        "simplex_octaves": 3,
+    }
+    run = tmp_path / "run"
+    train(prep, model="anoddpm", preset="small", out=run, steps=100, progress=False, overrides=overrides)
+    loaded = load_run(run, device="cpu", checkpoint="last")
+    from synthmed.data.plan import load_plan
+
+    plan = load_plan(prep)
+    maps, intensities, labels = [], [], []
+    for subject in plan.test_subjects:  # held out: never seen in training
+        volume = read_volume(plan.file_of(subject, plan.source))
+        head = foreground_mask(volume.data)
+        lesion = read_volume(tmp_path / "data" / subject / "lesion.nii.gz").data > 0
+        maps.append(detect_volume(loaded, volume, Detection(method="ddim"))[0][head])
+        intensities.append(volume.data[head])
+        labels.append(lesion[head])
+    maps, intensities, labels = np.concatenate(maps), np.concatenate(intensities), np.concatenate(labels)
+    found = auroc(maps, labels)
+    bright, dark = auroc(intensities, labels), auroc(-intensities, labels)
+    assert max(bright, dark) < 0.65  # the lesions' intensity is no giveaway
+    assert found > 0.75 and found > max(bright, dark) + 0.15, (found, bright, dark)
