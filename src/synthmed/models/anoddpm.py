@@ -14,6 +14,9 @@ healthy-trained model paints healthy anatomy where the lesion was; the anomaly m
 Low-frequency simplex noise hides large structures at ``t_star`` too, which is why the paper found it better
 for large lesions; white noise at the same step leaves them visible and the model restores them.
 
+It is registered as a generator (``synthmed generate`` samples it from white noise), but a model trained on
+simplex noise has never seen white noise: its samples are a diagnostic, not a use.
+
 Paper settings (the ``paper`` preset): 256 px, U-Net of base 128 channels (multipliers 1,1,2,2,4,4, two residual
 blocks per level, attention at 16 and 8 px with 2 heads), T = 1000 linear betas 1e-4 .. 0.02, epsilon prediction,
 L2 loss, Adam lr 1e-4 at batch 1; simplex noise of 6 octaves, persistence 0.8, starting frequency 2^-6;
