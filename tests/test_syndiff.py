@@ -17,22 +17,7 @@ from synthmed.nn.ncsnpp import NCSNppGenerator, fir_downsample, fir_upsample
 from synthmed.nn.resnet import ResnetGenerator
 from synthmed.nn.time_discriminator import TimeConditionalDiscriminator, minibatch_stddev
 
-TINY = {
-    "image_size": 32,
-    "generator_channels": 8,
-    "channel_mult": (1, 2, 2),
-    "num_res_blocks": 1,
-    "nz": 8,
-    "z_embedding": 16,
-    "n_mlp": 1,
-    "discriminator_channels": 8,
-    "t_embedding": 16,
-    "cycle_generator_channels": 8,
-    "resnet_blocks": 1,
-    "cycle_discriminator_channels": 8,
-    "batch_size": 2,
-    "steps": 10,
-}
+TINY = dict(available_models()["syndiff"].PRESETS["tiny"])  # the registered tiny preset
 GENERATORS = ("diffusive_a", "diffusive_b", "generator_ab", "generator_ba")
 DISCRIMINATORS = ("discriminator_diff_a", "discriminator_diff_b", "discriminator_a", "discriminator_b")
 
