@@ -360,6 +360,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and its CSV")
     _add_common(p)
 
+    p = sub.add_parser("evaluate-anomaly", help="AUROC, AUPRC and Dice of anomaly maps against lesion labels")
+    p.add_argument("maps", help="a map file, or the folder synthmed anomaly wrote for a folder of subjects")
+    p.add_argument("data", help="the label file, or the folder of subject folders holding labels (and scans)")
+    p.add_argument("--label-name", default="lesion", help="label modality in each subject folder (lesion = label > 0)")
+    p.add_argument("--map-name", default="anomaly", help="map file name in each subject folder of MAPS")
+    p.add_argument(
+        "--input-name",
+        help="the scan in each subject folder (e.g. flair): maps in its normalised units, and the intensity "
+        "baselines bright/dark scored beside them",
+    )
+    p.add_argument("--input", dest="input_file", help="the scan, when MAPS and DATA are files")
+    p.add_argument("--mask", help="brain mask file or folder (default: the scan's foreground, else map > 0)")
+    p.add_argument(
+        "--validation",
+        help="comma list of subjects whose pooled voxels choose the threshold applied to every other subject",
+    )
+    p.add_argument("--out", help="anomaly.json (a CSV is written beside it)")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
     p = sub.add_parser("degrade", help="degraded copies for restoration pairs: MR motion, Rician noise, PET low dose")
     p.add_argument("input", help="a volume, or a folder of subject folders (with --name)")
     p.add_argument("output", help="a volume file, or a folder mirroring the subject folders")
@@ -621,6 +641,26 @@ def run_command(args: argparse.Namespace) -> int:
         print(format_table({Path(args.pred).name: result}))
         if args.out:
             print(f"metrics: {', '.join(map(str, result['written']))}")
+    elif args.verb == "evaluate-anomaly":
+        from synthmed.workflows.anomaly_evaluation import evaluate_anomaly, format_anomaly_table
+
+        if args.input_name and args.input_file:
+            raise SynthmedError("--input-name (folders) and --input (files): give one")
+        result = evaluate_anomaly(
+            args.maps,
+            args.data,
+            label_name=args.label_name,
+            map_name=args.map_name,
+            input_name=args.input_name,
+            input_file=args.input_file,
+            mask=args.mask,
+            validation=[s.strip() for s in args.validation.split(",") if s.strip()] if args.validation else (),
+            out=args.out,
+            overwrite=args.overwrite,
+        )
+        print(format_anomaly_table(result))
+        if args.out:
+            print(f"scores: {', '.join(map(str, result['written']))}")
     elif args.verb == "degrade":
         from synthmed.data.degrade import degrade
 

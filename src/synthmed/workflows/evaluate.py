@@ -56,7 +56,7 @@ def _subject_name(path: Path, root: Path) -> str:
     return name[: -len(suffix)] if suffix else name
 
 
-def _find_modality(folder: Path, modality: str) -> Path | None:
+def find_modality(folder: Path, modality: str) -> Path | None:
     wanted = canonical_modality(modality)
     return next((c for c in sorted(folder.iterdir()) if file_modality(c, folder.name) == wanted), None)
 
@@ -76,9 +76,9 @@ def match_pairs(
     pairs = []
     if pred_name or ref_name:
         for folder in sorted(p for p in pred.iterdir() if p.is_dir()):
-            p_file = _find_modality(folder, pred_name or ref_name)
+            p_file = find_modality(folder, pred_name or ref_name)
             r_folder = ref / folder.name
-            r_file = _find_modality(r_folder, ref_name or pred_name) if r_folder.is_dir() else None
+            r_file = find_modality(r_folder, ref_name or pred_name) if r_folder.is_dir() else None
             if p_file and r_file:
                 pairs.append((folder.name, p_file, r_file))
     else:
@@ -127,7 +127,7 @@ def evaluate(
     json_path, csv_path = metrics_paths(Path(out))
     inputs = [p for _, pair_pred, pair_ref in pairs for p in (pair_pred, pair_ref)] + ([Path(mask)] if mask else [])
     with output_lock(json_path):
-        _check_metrics_outputs(json_path, csv_path, inputs, overwrite)
+        check_metrics_outputs(json_path, csv_path, inputs, overwrite)
         return evaluate_pairs(pairs, mask=mask, out=json_path, match=match, resample=resample, overwrite=overwrite)
 
 
@@ -137,7 +137,9 @@ def metrics_paths(out: Path) -> tuple[Path, Path]:
     return json_path, json_path.with_suffix(".csv")
 
 
-def _check_metrics_outputs(json_path: Path, csv_path: Path, inputs: list[Path], overwrite: bool) -> None:
+def check_metrics_outputs(
+    json_path: Path, csv_path: Path, inputs: list[Path], overwrite: bool, command: str = "evaluate"
+) -> None:
     for path in (json_path, csv_path):
         for item in inputs:
             if same_file(path, item) or (item.is_dir() and path.resolve().is_relative_to(item.resolve())):
@@ -149,7 +151,7 @@ def _check_metrics_outputs(json_path: Path, csv_path: Path, inputs: list[Path], 
                 f"{path} exists; pass --overwrite to replace it (and its "
                 f"{'CSV' if path == json_path else 'JSON'} twin), or choose another --out"
             )
-    refuse_replacing_foreign([path for path in (json_path, csv_path) if path.exists() or path.is_symlink()], "evaluate")
+    refuse_replacing_foreign([path for path in (json_path, csv_path) if path.exists() or path.is_symlink()], command)
 
 
 def evaluate_pairs(
@@ -165,8 +167,8 @@ def evaluate_pairs(
     per_subject: dict[str, dict[str, float]] = {}
     for subject, p_file, r_file in pairs:
         p_vol, r_vol = read_volume(p_file), read_volume(r_file)
-        prediction = _on_reference_grid(p_vol, r_vol, resample)
-        region = _mask_for(mask, subject, r_vol)
+        prediction = on_reference_grid(p_vol, r_vol, resample)
+        region = mask_for(mask, subject, r_vol)
         if match:
             prediction = match_intensity(prediction, r_vol.data)
         per_subject[subject] = image_metrics(prediction, r_vol.data, region)
@@ -187,7 +189,7 @@ def _has_geometry(volume: Volume) -> bool:
     return volume.format in GEOMETRIC_FORMATS
 
 
-def _on_reference_grid(prediction: Volume, reference: Volume, resample: bool) -> np.ndarray:
+def on_reference_grid(prediction: Volume, reference: Volume, resample: bool) -> np.ndarray:
     """The prediction's voxels on the reference's grid: as they are when the grids agree; resampled (linear,
     the prediction's minimum outside its field of view) with ``resample``; otherwise refused."""
     geometric = _has_geometry(prediction) and _has_geometry(reference)
@@ -220,7 +222,7 @@ def _on_reference_grid(prediction: Volume, reference: Volume, resample: bool) ->
     )
 
 
-def _mask_for(mask: str | Path | None, subject: str, reference_volume: Volume) -> np.ndarray:
+def mask_for(mask: str | Path | None, subject: str, reference_volume: Volume) -> np.ndarray:
     reference = reference_volume.data
     if mask is None:
         region = foreground_mask(reference)

@@ -182,6 +182,9 @@ def _train(
     train_set = SliceDataset(
         data, "train", unpaired=not cls.paired, seed=seed, slices=slices, patch=windows, context=context
     )
+    if slices != "all" and ctx.is_main:
+        kept = {"lesion": "with a lesion", "healthy": "without any lesion voxel"}[slices]
+        log.info("training on the %d train-split slices %s (training_slices=%s)", len(train_set.rows), kept, slices)
     if cls.task == "generate":
         val_set = None  # generators are not validated against references; samples/ shows their output
     else:

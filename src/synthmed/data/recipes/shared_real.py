@@ -78,3 +78,64 @@ def real_suite_manifest(root: str | Path, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, "\n".join(lines) + "\n")
     return out
+
+
+# The labelled FLAIR scans, for lesion detection by models of healthy anatomy: subject -> (folder, FLAIR, label,
+# split). BraTS 2013's expert tumour labels (0-4) and the MS expert lesion mask; TCGA-DU-7294's label is fused from
+# five algorithms, so it only trains (it decides which of its slices count as healthy). The MS scan, from another
+# site and with small lesions, tests how far the model carries.
+LESION_FLAIR: dict[str, tuple[str, str, str, str]] = {
+    **{
+        f"brats_2013_pat000{case}_1": (
+            f"brats2013/brats_2013_pat000{case}_1",
+            "Flair_subtrMeanDivStd.nii.gz",
+            "OTMultiClass.nii.gz",
+            {5: "val", 6: "test"}.get(case, "train"),
+        )
+        for case in range(1, 7)
+    },
+    "TCGA-DU-7294": (
+        "brats/TCGA-DU-7294",
+        "TCGA-DU-7294_fla_bet.nii.gz",
+        "TCGA-DU-7294_seg_fused_mav.nii.gz",
+        "train",
+    ),
+    "patient07": (
+        "ms/patient07",
+        "FLAIR_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz",
+        "GOLD_STANDARD_N4_noneck_reduced_winsor_regtoFLAIR_regtoMNI.nii.gz",
+        "test",
+    ),
+}
+
+
+def lesion_flair_layout(root: str | Path, work: str | Path) -> tuple[Path, Path]:
+    """(manifest for ``prepare``, folder of subject folders) of :data:`LESION_FLAIR` under ``root``.
+
+    The folder holds the validation and test subjects only, each as ``flair`` and ``lesion`` links to the
+    original files, which is the layout ``synthmed anomaly`` and ``evaluate-anomaly`` read.
+    """
+    root, work = Path(root), Path(work)
+    missing = [
+        str(root / folder / name)
+        for folder, flair, label, _ in LESION_FLAIR.values()
+        for name in (flair, label)
+        if not (root / folder / name).is_file()
+    ]
+    if missing:
+        raise SynthmedError(f"{len(missing)} labelled FLAIR file(s) missing under {root}, e.g. {missing[0]}")
+    lines = ["subject,modality,path,split,label"]
+    scans = work / "scans"
+    for subject, (folder, flair, label, split) in LESION_FLAIR.items():
+        flair_path, label_path = (root / folder / flair).resolve(), (root / folder / label).resolve()
+        lines.append(f"{subject},flair,{flair_path},{split},{label_path}")
+        if split == "train":
+            continue
+        (scans / subject).mkdir(parents=True, exist_ok=True)
+        for name, target in (("flair.nii.gz", flair_path), ("lesion.nii.gz", label_path)):
+            link = scans / subject / name
+            if not link.is_symlink():
+                link.symlink_to(target)
+    manifest = work / "manifest.csv"
+    write_text_atomic(manifest, "\n".join(lines) + "\n")
+    return manifest, scans
