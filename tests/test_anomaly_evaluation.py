@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from synthmed.cli import main
+from synthmed.data.io import read_volume
 from synthmed.errors import SynthmedError
 from synthmed.metrics.anomaly import auroc, best_dice
 from synthmed.workflows.anomaly_evaluation import evaluate_anomaly
@@ -95,3 +96,20 @@ def test_cli_writes_json_and_csv_refuses_to_replace_them_and_names_unknown_subje
         evaluate_anomaly(maps, data, validation=["z"])
     with pytest.raises(SynthmedError, match="every subject"):
         evaluate_anomaly(maps, data, validation=["a", "b", "c"])
+
+
+@pytest.mark.real
+def test_the_real_lesion_flair_layout_links_validation_and_test_scans_and_lists_every_subject(real_data, tmp_path):
+    from synthmed.data.recipes.shared_real import LESION_FLAIR, lesion_flair_layout
+
+    manifest, scans = lesion_flair_layout(real_data, tmp_path)
+    rows = manifest.read_text().splitlines()
+    assert rows[0] == "subject,modality,path,split,label" and len(rows) == 1 + len(LESION_FLAIR)
+    held_out = sorted(s for s, (_, _, _, split) in LESION_FLAIR.items() if split != "train")
+    assert sorted(p.name for p in scans.iterdir()) == held_out
+    for subject in held_out:
+        flair, lesion = scans / subject / "flair.nii.gz", scans / subject / "lesion.nii.gz"
+        assert flair.is_symlink() and lesion.is_symlink()
+        assert read_volume(flair).data.shape == read_volume(lesion).data.shape
+        assert (read_volume(lesion).data > 0).any()
+    assert lesion_flair_layout(real_data, tmp_path) == (manifest, scans)  # a second call keeps the links
