@@ -1,5 +1,5 @@
-"""Undersampled MRI: the measurement side of reconstruction (k-space, masks, coils, data consistency); the
-building blocks a score-based reconstruction plugs its prior into.
+"""Undersampled MRI: the measurement side of reconstruction (k-space, masks, coils, data consistency) and a
+classical compressed-sensing baseline; the building blocks a score-based reconstruction plugs its prior into.
 
 Conventions: k-space is centred (DC at ``(H // 2, W // 2)``) and the 2D FFT orthonormal
 (:mod:`~synthmed.mri.fourier`); images and k-space are complex torch tensors whose last two dimensions are
@@ -16,6 +16,7 @@ from synthmed.mri.coils import (
     sense_forward,
 )
 from synthmed.mri.consistency import hard_data_consistency
+from synthmed.mri.cs import cs_reconstruction, total_variation, tv_reconstruction
 from synthmed.mri.fourier import fft2c, ifft2c
 from synthmed.mri.masks import achieved_acceleration, undersampling_mask
 from synthmed.mri.phantom import gaussian_coil_sensitivities, shepp_logan
@@ -24,6 +25,7 @@ from synthmed.mri.undersample import synthetic_phase, undersample_image, undersa
 __all__ = [
     "achieved_acceleration",
     "calibration_region",
+    "cs_reconstruction",
     "estimate_sensitivities",
     "fft2c",
     "gaussian_coil_sensitivities",
@@ -35,6 +37,8 @@ __all__ = [
     "sense_forward",
     "shepp_logan",
     "synthetic_phase",
+    "total_variation",
+    "tv_reconstruction",
     "undersample_image",
     "undersample_kspace",
     "undersampling_mask",
