@@ -7,6 +7,7 @@ Conventions: k-space is centred (DC at ``(H // 2, W // 2)``) and the 2D FFT orth
 sample was acquired. This package imports only torch, NumPy and synthmed's bottom layer (errors, files).
 """
 
+from synthmed.mri.bart import read_cfl, read_cfl_shape, write_cfl
 from synthmed.mri.coils import (
     calibration_region,
     estimate_sensitivities,
@@ -31,6 +32,8 @@ __all__ = [
     "gaussian_coil_sensitivities",
     "hard_data_consistency",
     "ifft2c",
+    "read_cfl",
+    "read_cfl_shape",
     "root_sum_of_squares",
     "sense_adjoint",
     "sense_combine",
@@ -42,5 +45,6 @@ __all__ = [
     "undersample_image",
     "undersample_kspace",
     "undersampling_mask",
+    "write_cfl",
     "zero_filled",
 ]
