@@ -23,6 +23,7 @@ RANKS = {
     "data": 1,
     "nn": 1,
     "diffusion": 1,
+    "mri": 1,
     "metrics": 2,
     "models": 3,
     "engine": 4,
