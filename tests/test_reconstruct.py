@@ -123,3 +123,36 @@ def test_kspace_inputs_npy_and_bart_and_their_refusals(tmp_path, capsys):
     with pytest.raises(SynthmedError, match="measured is for k-space"):
         _phantom_volume(tmp_path / "scan.nii.gz")
         reconstruct("cs", tmp_path / "scan.nii.gz", tmp_path / "y.nii.gz", sampling=Sampling("measured"))
+
+
+@pytest.mark.slow
+def test_a_prior_trained_on_phantom_slices_beats_zero_filling_on_a_held_out_head(tmp_path):
+    from synthmed.data.phantom import write_phantoms
+    from synthmed.data.plan import load_plan
+    from synthmed.data.prepare import prepare
+    from synthmed.workflows.train import train
+
+    write_phantoms(tmp_path / "data", subjects=6, size=32, seed=0, overwrite=True)
+    prepare(tmp_path / "data", source="T1", out=tmp_path / "prep", split="0.67,0,0.33", seed=0, progress=False)
+    train(tmp_path / "prep", model="score-mri", preset="small", out=tmp_path / "run", steps=300, progress=False)
+    plan = load_plan(tmp_path / "prep")
+    scan = nib.load(str(plan.file_of(plan.test_subjects[0], plan.source)))
+    # the middle of the head: slices with anatomy in them
+    middle = scan.slicer[:, :, 12:20]
+    nib.save(middle, str(tmp_path / "held_out.nii.gz"))
+    scores = {}
+    for method in ("zero-filled", str(tmp_path / "run")):
+        result = reconstruct(
+            method,
+            tmp_path / "held_out.nii.gz",
+            tmp_path / f"{len(scores)}.nii.gz",
+            sampling=Sampling("random", 4, seed=0),
+            steps=20 if method != "zero-filled" else None,
+            progress=False,
+        )
+        scores[method] = result["metrics"]
+    prior, zero_filled = scores[str(tmp_path / "run")], scores["zero-filled"]
+    # measured: +1.8 dB and +0.04 SSIM after 400 steps (+0.8 dB after 150: the margin grows with training)
+    print(f"prior {prior['psnr']:.2f} dB {prior['ssim']:.3f}, zero-filled {zero_filled['psnr']:.2f} dB {zero_filled['ssim']:.3f}")
+    assert prior["psnr"] > zero_filled["psnr"] + 0.8
+    assert prior["ssim"] > zero_filled["ssim"]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from synthmed.data.foreground import foreground_mask
 from synthmed.data.io import Volume, read_volume, volume_suffix, write_volume
 from synthmed.errors import SynthmedError
 from synthmed.files import output_lock, record_written, refuse_replacing_foreign
@@ -255,9 +256,15 @@ def reconstruct(
     result = {"method": str(method), "slices": len(means), "notes": slices.notes, "written": [str(p) for p in written]}
     if slices.references is not None:
         reference = np.stack(slices.references, axis=-1)
+        peak = float(reference.max() - reference.min())
+        head = foreground_mask(reference)
+        # over the whole image (the fastMRI convention) and inside the head, where the diagnosis is
         result["metrics"] = {
-            "psnr": psnr(mean, reference, data_range=float(reference.max() - reference.min())),
-            "ssim": ssim(mean, reference, data_range=float(reference.max() - reference.min())),
+            "psnr": psnr(mean, reference, data_range=peak),
+            "ssim": ssim(mean, reference, data_range=peak),
             "nmse": nmse(mean, reference),
+            "psnr_head": psnr(mean, reference, head, data_range=peak),
+            "ssim_head": ssim(mean, reference, head, data_range=peak),
+            "nmse_head": nmse(mean, reference, head),
         }
     return result
