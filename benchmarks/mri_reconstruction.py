@@ -142,7 +142,9 @@ def main() -> None:
                 "seconds_per_slice": round(seconds / record["slices"], 2),
                 "notes": record["notes"],
             }
-            say(f"IXI {acceleration}x {name}: {record['metrics']['psnr']:.2f} dB, {seconds / record['slices']:.2f} s/slice")
+            say(
+                f"IXI {acceleration}x {name}: {record['metrics']['psnr']:.2f} dB, {seconds / record['slices']:.2f} s/slice"
+            )
             write_json(args.out, result)
     reference = np.abs(read_cfl(args.data / "kspace" / "bart-brain" / "img", squeeze="all"))
     reference = reference[..., 0] if reference.ndim == 3 else reference
@@ -185,10 +187,18 @@ def figure(work: Path, ixi: Path, bart_reference: np.ndarray) -> Path:
 
     fully = np.abs(read_volume(ixi).data)
     rows = [
-        ("IXI T2 8x", lambda name: read_volume(work / f"ixi-8x-{name}.nii.gz").data[..., 12], fully[..., 12],
-         work / "ixi-8x-diffusion.nii.gz"),
-        ("BART brain", lambda name: read_volume(work / f"bart-{name}.nii.gz").data[..., 0], bart_reference,
-         work / "bart-diffusion.nii.gz"),
+        (
+            "IXI T2 8x",
+            lambda name: read_volume(work / f"ixi-8x-{name}.nii.gz").data[..., 12],
+            fully[..., 12],
+            work / "ixi-8x-diffusion.nii.gz",
+        ),
+        (
+            "BART brain",
+            lambda name: read_volume(work / f"bart-{name}.nii.gz").data[..., 0],
+            bart_reference,
+            work / "bart-diffusion.nii.gz",
+        ),
     ]
     fig, axes = plt.subplots(len(rows), 5, figsize=(15, 3.4 * len(rows)), squeeze=False)
     for axis_row, (title, load, reference, diffusion_path) in zip(axes, rows):
