@@ -110,7 +110,7 @@ def main() -> None:
             work / "logs" / "prepare.log",
         )
     training = train_all(work, prep, args.minutes, args.threads)
-    validation = [s for s, (_, _, split) in LESION_FLAIR.items() if split == "val"]
+    validation = [s for s, (_, _, _, split) in LESION_FLAIR.items() if split == "val"]
     result: dict[str, Any] = {
         "benchmark": "anomaly-detection",
         "complete": False,
@@ -126,7 +126,7 @@ def main() -> None:
             "jobs": args.jobs,
             "preset": "small",
         },
-        "subjects": {s: split for s, (_, _, split) in LESION_FLAIR.items()},
+        "subjects": {s: split for s, (_, _, _, split) in LESION_FLAIR.items()},
         "training": training,
         "scores": {},
     }
@@ -194,7 +194,7 @@ def figure(work: Path, scans: Path, setting: str, validation: list[str]) -> Path
 
     from synthmed.data.io import read_volume
 
-    subjects = [s for s in LESION_FLAIR if LESION_FLAIR[s][2] == "test"]
+    subjects = [s for s in LESION_FLAIR if LESION_FLAIR[s][3] == "test"]
     fig, axes = plt.subplots(len(subjects), 4, figsize=(12, 3.2 * len(subjects)), squeeze=False)
     for row, subject in zip(axes, subjects):
         maps = work / "maps" / setting / subject
