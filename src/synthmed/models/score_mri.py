@@ -132,6 +132,9 @@ class ScoreMRI(UnconditionalDDPM):
         "tiny": {**TINY_GENERATOR, "sampler": "ddim", "sampling_steps": 4},
     }
     reconstructs_kspace = True
+    # the prior is applied to whole images of any size, so on native-resolution data it learns from patches (the
+    # preset's image size) like a translator, not from whole padded slices as an image generator does
+    trains_on_patches = True
 
     @torch.inference_mode()
     def reconstruct(

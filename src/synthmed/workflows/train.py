@@ -233,11 +233,12 @@ def _train(
 
 def _training_size(cls, model: str, preset: str, plan: Plan, patch: int | None, config_values: dict) -> int:
     """The image size a model is built for and trained at: ``--patch``; else, on native-resolution data, the preset's
-    image size (``paper`` 256 px, ``small`` a CPU-sized patch), on resized data the prepared slice size. Generators
-    make whole slices, so they train on whole slices: native ones padded to a multiple of
+    image size (``paper`` 256 px, ``small`` a CPU-sized patch), on resized data the prepared slice size (so do priors
+    marked ``trains_on_patches``). Other generators make whole slices, so they train on whole slices: native ones padded to a multiple of
     :data:`GENERATOR_MULTIPLE`, which every generator's U-Net halves down evenly."""
     slice_size = plan.size
-    if cls.task == "generate":
+    # a prior that is applied convolutionally to whole images of any size (score-mri) learns from patches
+    if cls.task == "generate" and not getattr(cls, "trains_on_patches", False):
         if patch is not None:
             raise SynthmedError(f"{model} generates whole slices; --patch applies to translation methods")
         if plan.resolution.native:
