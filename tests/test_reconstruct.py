@@ -134,7 +134,10 @@ def test_a_prior_trained_on_phantom_slices_beats_zero_filling_on_a_held_out_head
 
     write_phantoms(tmp_path / "data", subjects=6, size=32, seed=0, overwrite=True)
     prepare(tmp_path / "data", source="T1", out=tmp_path / "prep", split="0.67,0,0.33", seed=0, progress=False)
-    train(tmp_path / "prep", model="score-mri", preset="small", out=tmp_path / "run", steps=300, progress=False)
+    # whole 32 px slices (the preset's 64 px patches would pad them with background)
+    train(
+        tmp_path / "prep", model="score-mri", preset="small", out=tmp_path / "run", steps=300, patch=32, progress=False
+    )
     plan = load_plan(tmp_path / "prep")
     scan = nib.load(str(plan.file_of(plan.test_subjects[0], plan.source)))
     # the middle of the head: slices with anatomy in them
@@ -155,3 +158,17 @@ def test_a_prior_trained_on_phantom_slices_beats_zero_filling_on_a_held_out_head
     # measured here: 19.79 dB / 0.671 against 18.21 dB / 0.583 (whole volume, 150 steps: +0.8 dB; 400: +1.8 dB)
     assert prior["psnr"] > zero_filled["psnr"] + 0.8
     assert prior["ssim"] > zero_filled["ssim"]
+
+
+def test_the_prior_trains_on_patches_of_native_resolution_slices(tmp_path):
+    from synthmed.data.phantom import write_phantoms
+    from synthmed.data.prepare import prepare
+    from synthmed.engine.run_folder import RunFolder
+    from synthmed.workflows.train import train
+
+    write_phantoms(tmp_path / "data", subjects=2, size=32, seed=0, overwrite=True)
+    prepare(tmp_path / "data", source="T1", out=tmp_path / "prep", split="1,0,0", seed=0, progress=False)
+    train(tmp_path / "prep", model="score-mri", preset="tiny", out=tmp_path / "run", steps=1, progress=False)
+    record, _ = RunFolder(tmp_path / "run").load()
+    # the tiny preset's 16 px windows of the 32 px slices, unlike an image generator's whole slices
+    assert record.config["image_size"] == 16
