@@ -15,14 +15,7 @@ from synthmed.mri import read_cfl, read_cfl_shape, write_cfl
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Iterative reconstructions are many small FFTs: on a busy machine a second torch thread only adds
-    contention (measured 3x slower on two loaded cores), so these tests run on one and restore the setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_round_trip_and_squeezing(tmp_path):

@@ -25,15 +25,7 @@ from synthmed.mri import (
 )
 from synthmed.mri.cs import gradient, gradient_adjoint, operator_norm
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Iterative reconstructions are many small FFTs: on a busy machine a second torch thread only adds
-    contention (measured 3x slower on two loaded cores), so these tests run on one and restore the setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _psnr(image: torch.Tensor, truth: torch.Tensor) -> float:

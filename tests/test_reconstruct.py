@@ -22,13 +22,7 @@ from synthmed.mri import (
 )
 from synthmed.workflows.reconstruct import Sampling, reconstruct
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "pc", "ode"])
