@@ -110,6 +110,8 @@ def test_kspace_inputs_npy_and_bart_and_their_refusals(tmp_path, capsys):
     np.save(tmp_path / "real.npy", np.abs(full))
     with pytest.raises(SynthmedError, match="complex"):
         reconstruct("zero-filled", tmp_path / "real.npy", tmp_path / "y.nii.gz", progress=False)
+    with pytest.raises(SynthmedError, match="is the input"):
+        reconstruct("zero-filled", tmp_path / "zf.nii.gz", tmp_path / "zf.nii.gz", overwrite=True, progress=False)
     with pytest.raises(SynthmedError, match="neither a run folder"):
         reconstruct("nonsense", tmp_path / "full.npy", tmp_path / "y.nii.gz", progress=False)
     with pytest.raises(SynthmedError, match="deterministic"):

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from synthmed.data.foreground import foreground_mask
 from synthmed.data.io import Volume, read_volume, volume_suffix, write_volume
 from synthmed.errors import SynthmedError
-from synthmed.files import output_lock, record_written, refuse_replacing_foreign
+from synthmed.files import output_lock, record_written, refuse_replacing_foreign, same_file
 from synthmed.metrics.image import nmse, psnr, ssim
 from synthmed.models.score_mri import Acquisition
 from synthmed.mri.bart import read_cfl
@@ -212,6 +212,11 @@ def reconstruct(
     if not volume_suffix(output):
         raise SynthmedError(f"{output}: give an image file name (.nii.gz, .png, ...)")
     outputs = [output] + ([std_path(output)] if samples > 1 else [])
+    for path in outputs:
+        if same_file(path, input_path) or (
+            is_kspace_path(input_path) and same_file(path, input_path.with_suffix(".cfl"))
+        ):
+            raise SynthmedError(f"{path} is the input; choose another output (--overwrite never replaces an input)")
     with output_lock(output):
         for path in outputs:
             if path.exists() and not overwrite:
