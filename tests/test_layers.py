@@ -25,6 +25,7 @@ RANKS = {
     "diffusion": 1,
     "mri": 1,
     "metrics": 2,
+    "weights": 2,
     "models": 3,
     "engine": 4,
     "workflows": 5,

@@ -41,7 +41,8 @@ z embedding 256 through a 4-layer mapping network, time embedding positional; di
 channels and a 256-wide time embedding; ResNet generators with 64 channels and 6 blocks; PatchGANs with
 64 channels, 3 layers; Adam betas (0.5, 0.9), lr 1.6e-4 (generators) and 1e-4 (discriminators), cosine
 decay to 1e-5; EMA 0.999 of the diffusive generators (used for translation); batch 1 per GPU.
-Parameter counts of this implementation at 256 px: NCSN++ 39.7 M each (reference 39.7 M), time-conditional
+Parameter counts of this implementation at 256 px: NCSN++ 39,724,673 each (the reference's 39,725,250 less its
+unused second output channel; the networks are weight-compatible, ``synthmed.weights.syndiff_official``), time-conditional
 discriminators 27.7 M each (27.7 M), ResNet generators 7.8 M (7.8 M), PatchGANs 2.8 M (2.8 M).
 The reference trains 500 epochs at batch 1; ``steps`` = 500,000 is 500 epochs of 1,000 slices (set
 ``--set steps=...`` to 500 x the number of training slices; the cosine decay follows the config's ``steps``,
@@ -53,10 +54,9 @@ Deviations and choices:
   the reference code applies gamma/2 without that factor every 10th step (``--set r1_lazy_scale=false``).
 - The non-diffusive half uses instance norm in its generators and PatchGANs (as our CycleGAN) and the
   softplus (non-saturating) loss per patch, like the reference's other losses; no image pool, no identity loss.
-- The diffusive generators predict one channel (the reference predicts two and keeps the first).
+- The diffusive generators predict one channel (the reference predicts two and keeps the first; an imported
+  reference generator keeps only the weights of that first channel, which gives the same output).
 - Level 0 of the diffusion is the clean image (the reference adds noise of standard deviation 1e-4).
-- The input pyramid of NCSN++ is down-sampled by the FIR blur with stride 2 followed by a 3x3 convolution
-  (the reference fuses the two into one FIR convolution); the BigGAN blocks resample with the FIR kernel only.
 - The EMA starts with the engine's warm-up (decay min(0.999, (1 + n) / (10 + n))); the reference has none.
 - As in the reference, the non-diffusive generators also receive the gradients of the diffusive losses
   through the source estimates they provide.

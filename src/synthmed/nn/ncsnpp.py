@@ -9,22 +9,28 @@ description, not copied:
 - a 3x3 stem to ``base_channels``, then per level (``channel_mult``, 1,1,2,2,4,4 at 256 px)
   ``num_res_blocks`` BigGAN-style residual blocks (attention after each block at the
   ``attention_resolutions``), a down-sampling residual block between levels, and a residual input
-  pyramid (the input FIR-down-sampled and projected by a 3x3 convolution, added to each new level,
-  NCSN++'s ``progressive_input='residual'``); a middle of block - attention - block; the up path with
-  ``num_res_blocks + 1`` blocks per level over the concatenated skips, attention, and an up-sampling
-  residual block between levels; GroupNorm - SiLU - 3x3 convolution - tanh at the end;
+  pyramid (NCSN++'s ``progressive_input='residual'``): the pyramid starts as the input, and at each new level
+  it is FIR-blurred and convolved 3x3 with stride 2 (:class:`FIRDownConv`), added to the down-sampled features
+  (sum / sqrt(2)), and the sum is both the level's features and the next pyramid; a middle of block - attention -
+  block; the up path with ``num_res_blocks + 1`` blocks per level over the concatenated skips, attention, and an
+  up-sampling residual block between levels; GroupNorm - SiLU - 3x3 convolution - tanh at the end;
 - BigGAN residual blocks: AdaGN - act - (FIR up/down-sampling of both paths) - 3x3 conv - plus the
   projected time embedding - AdaGN - act - dropout - 3x3 conv (zero-initialised), a 1x1 projection
   on the skip where the shape changes, and the sum scaled by 1/sqrt(2);
+- attention: affine GroupNorm (not adaptive), single head, output zero-initialised, sum scaled by 1/sqrt(2);
 - time: sinusoidal (positional) embedding of the step index -> Linear - act - Linear (4 x base channels);
 - latent: ``z ~ N(0, I)`` of size ``nz`` (100) -> pixel norm -> Linear(nz, z_embedding) - act -> ``n_mlp``
-  x (Linear - act), the mapping network of the reference; every group norm is adaptive: GroupNorm
-  without affine parameters whose per-channel scale and shift are a linear function of the z embedding;
+  x (Linear - act), the mapping network of the reference; the group norms of the residual blocks are adaptive:
+  GroupNorm without affine parameters whose per-channel scale and shift are a linear function of the z embedding;
 - FIR resampling with the separable [1, 3, 3, 1] kernel (``fir_downsample``, ``fir_upsample``).
+
+The network is weight-compatible with the official SynDiff/DDGAN NCSN++ (``synthmed.weights.syndiff_official``
+converts its state dicts; at the README configuration both have 39,725,250 parameters with two output channels),
+and reproduces its outputs to round-off (``tests/test_syndiff_official.py``).
 
 Tiny images: the levels are limited so that the smallest feature map is at least 4 px (``channel_mult``
 is cut to its first ``1 + log2(image_size / 4)`` entries; ``self.channel_mult`` holds what was used).
-The activation is SiLU (the reference NCSN++ default for the generator) and normalisation groups are
+The activation is SiLU everywhere, the mapping network included (the reference's ``swish``) and normalisation groups are
 ``min(channels // 4, 32)``.
 """
 
@@ -140,22 +146,45 @@ class ResBlockBigGAN(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Single-head self-attention over the pixels (AdaGN in front, zero-initialised output, scaled skip)."""
+    """Single-head self-attention over the pixels (GroupNorm in front, zero-initialised output, scaled skip).
 
-    def __init__(self, channels: int, z_dim: int):
+    The norm is an ordinary affine GroupNorm, not AdaGN: the reference NCSN++ of DDGAN/SynDiff conditions only its
+    residual blocks on the latent code.
+    """
+
+    def __init__(self, channels: int):
         super().__init__()
-        self.norm = AdaptiveGroupNorm(channels, z_dim)
+        self.norm = nn.GroupNorm(groups_for(channels), channels, eps=1e-6)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor, zemb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, height, width = x.shape
-        q, k, v = self.qkv(self.norm(x, zemb)).reshape(b, 3, c, height * width).unbind(1)
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, height * width).unbind(1)
         h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         h = self.out(h.transpose(1, 2).reshape(b, c, height, width))
         return (x + h) / math.sqrt(2.0)
+
+
+class FIRDownConv(nn.Module):
+    """FIR blur then a 3x3 convolution with stride 2: NCSN++'s fused down-sampling convolution (H -> H/2).
+
+    The blur is padded by 2 so that the unpadded stride-2 convolution lands on the same grid as the reference's
+    ``conv_downsample_2d``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel=FIR_KERNEL):
+        super().__init__()
+        self.kernel = tuple(kernel)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        weight = _fir_2d(c, self.kernel, x.device, x.dtype)
+        pad = (len(self.kernel) - 2) // 2 + 1
+        return self.conv(F.conv2d(x, weight, padding=pad, groups=c))
 
 
 class NCSNppGenerator(nn.Module):
@@ -195,9 +224,9 @@ class NCSNppGenerator(nn.Module):
         self.act = nn.SiLU()
         temb_dim = 4 * base_channels
         self.time_embed = nn.Sequential(nn.Linear(base_channels, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        mapping: list[nn.Module] = [PixelNorm(), nn.Linear(nz, z_embedding), nn.LeakyReLU(0.2)]
+        mapping: list[nn.Module] = [PixelNorm(), nn.Linear(nz, z_embedding), nn.SiLU()]
         for _ in range(n_mlp):
-            mapping += [nn.Linear(z_embedding, z_embedding), nn.LeakyReLU(0.2)]
+            mapping += [nn.Linear(z_embedding, z_embedding), nn.SiLU()]
         self.z_transform = nn.Sequential(*mapping)
 
         def block(cin, cout, **kw):
@@ -211,22 +240,22 @@ class NCSNppGenerator(nn.Module):
         self.pyramid = nn.ModuleList()
         skip_channels = [base_channels]
         channels, resolution = base_channels, image_size
+        pyramid_channels = in_channels
         for level, mult in enumerate(self.channel_mult):
             for i in range(num_res_blocks):
                 out = base_channels * mult
                 self.down_blocks.append(block(channels, out))
                 channels = out
                 if resolution in attention_resolutions:
-                    self.down_attention[f"{level}_{i}"] = AttentionBlock(channels, z_embedding)
+                    self.down_attention[f"{level}_{i}"] = AttentionBlock(channels)
                 skip_channels.append(channels)
             if level != levels - 1:
                 self.downsamplers.append(block(channels, channels, down=True))
-                self.pyramid.append(nn.Conv2d(in_channels, channels, 3, padding=1))
+                self.pyramid.append(FIRDownConv(pyramid_channels, channels))
+                pyramid_channels = channels
                 resolution //= 2
                 skip_channels.append(channels)
-        self.mid = nn.ModuleList(
-            [block(channels, channels), AttentionBlock(channels, z_embedding), block(channels, channels)]
-        )
+        self.mid = nn.ModuleList([block(channels, channels), AttentionBlock(channels), block(channels, channels)])
         self.up_blocks = nn.ModuleList()
         self.up_attention = nn.ModuleDict()
         self.upsamplers = nn.ModuleList()
@@ -236,7 +265,7 @@ class NCSNppGenerator(nn.Module):
                 self.up_blocks.append(block(channels + skip_channels.pop(), out))
                 channels = out
             if resolution in attention_resolutions:
-                self.up_attention[str(level)] = AttentionBlock(channels, z_embedding)
+                self.up_attention[str(level)] = AttentionBlock(channels)
             if level != 0:
                 self.upsamplers.append(block(channels, channels, up=True))
                 resolution *= 2
@@ -266,24 +295,24 @@ class NCSNppGenerator(nn.Module):
                 h = next(blocks)(hs[-1], temb, zemb)
                 key = f"{level}_{i}"
                 if key in self.down_attention:
-                    h = self.down_attention[key](h, zemb)
+                    h = self.down_attention[key](h)
                 hs.append(h)
             if level != levels - 1:
                 down, project = next(downsamplers)
                 h = down(hs[-1], temb, zemb)
-                pyramid = fir_downsample(pyramid)
-                h = (h + project(pyramid)) / math.sqrt(2.0)
+                pyramid = (project(pyramid) + h) / math.sqrt(2.0)
+                h = pyramid
                 hs.append(h)
         h = hs[-1]
         h = self.mid[0](h, temb, zemb)
-        h = self.mid[1](h, zemb)
+        h = self.mid[1](h)
         h = self.mid[2](h, temb, zemb)
         blocks, upsamplers = iter(self.up_blocks), iter(self.upsamplers)
         for level in reversed(range(levels)):
             for _ in range(self.num_res_blocks + 1):
                 h = next(blocks)(torch.cat([h, hs.pop()], 1), temb, zemb)
             if str(level) in self.up_attention:
-                h = self.up_attention[str(level)](h, zemb)
+                h = self.up_attention[str(level)](h)
             if level != 0:
                 h = next(upsamplers)(h, temb, zemb)
         h = self.out_conv(self.act(self.out_norm(h)))

@@ -6,7 +6,8 @@
 - down-sampling residual blocks (act - 3x3 conv - plus the projected time embedding - act - FIR
   down-sampling of both paths - 3x3 conv (zero-initialised), 1x1 projection on the skip, sum / sqrt(2)),
   channels 2c -> 4c -> 8c -> 8c ... (c = base channels), 6 blocks at 256 px down to 4 px; fewer for smaller
-  images so that the last map is at least 4 px;
+  images so that the last map is at least ``smallest`` px (4; the reference always has 6 blocks, which at 64 px
+  reach 1 px: ``smallest=1``);
 - the minibatch standard deviation (groups of up to 4 images, one feature) appended as a channel,
   a 3x3 convolution, act, the sum over pixels and a linear layer to the logit;
 - time: sinusoidal embedding of the step index -> Linear - act - Linear (``t_embedding`` wide, 256 in SynDiff), LeakyReLU 0.2.
@@ -64,13 +65,14 @@ class TimeConditionalDiscriminator(nn.Module):
         image_size: int = 256,
         max_blocks: int = 6,
         group_size: int = 4,
+        smallest: int = 4,
     ):
         super().__init__()
         if image_size < 4 or image_size & (image_size - 1):
             raise ValueError(
                 f"TimeConditionalDiscriminator needs a power-of-two image size of at least 4 (got {image_size})"
             )
-        if base_channels < 1 or t_embedding < 1 or max_blocks < 1:
+        if base_channels < 1 or t_embedding < 1 or max_blocks < 1 or smallest < 1:
             raise ValueError("TimeConditionalDiscriminator needs positive base_channels, t_embedding and max_blocks")
         self.t_embedding, self.group_size = t_embedding, group_size
         self.act = nn.LeakyReLU(0.2)
@@ -79,10 +81,10 @@ class TimeConditionalDiscriminator(nn.Module):
         )
         c = base_channels
         self.start = nn.Conv2d(in_channels, 2 * c, 1)
-        n_blocks = max(1, min(max_blocks, int(math.log2(image_size // 4))))
+        n_blocks = max(1, min(max_blocks, int(math.log2(image_size // smallest))))
         widths = [2 * c, 4 * c] + [8 * c] * (n_blocks - 1)
         self.blocks = nn.ModuleList(
-            DownBlock(widths[i], widths[i + 1], t_embedding, downsample=image_size // 2 ** (i + 1) >= 4)
+            DownBlock(widths[i], widths[i + 1], t_embedding, downsample=image_size // 2 ** (i + 1) >= smallest)
             for i in range(n_blocks)
         )
         self.final_conv = nn.Conv2d(widths[n_blocks] + 1, widths[n_blocks], 3, padding=1)
