@@ -376,6 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="resample each prediction onto its reference's grid (linear) when their geometry differs",
     )
+    p.add_argument(
+        "--protocol",
+        default="toolkit",
+        choices=["toolkit", "max-normalised", "synthrad2023", "synthrad2025"],
+        help="scoring convention: the toolkit's (target units, masked), SynDiff's max-normalised slices, or the "
+        "SynthRAD2023/2025 challenges' (CT in HU; --mask must be the body mask)",
+    )
+    p.add_argument(
+        "--compare",
+        metavar="OTHER_PRED",
+        help="a second prediction file or folder scored against the same REF; per metric a paired Wilcoxon "
+        "signed-rank test, median difference and rank-biserial effect size over the common subjects",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file and its CSV")
     _add_common(p)
 
@@ -644,6 +657,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
         print(f"wrote {written}")
     elif args.verb == "evaluate":
+        from synthmed.metrics.paired import format_paired
         from synthmed.workflows.evaluate import evaluate, format_table
 
         result = evaluate(
@@ -656,8 +670,17 @@ def run_command(args: argparse.Namespace) -> int:
             match=args.match_intensity,
             resample=args.resample,
             overwrite=args.overwrite,
+            protocol=args.protocol,
+            compare=args.compare,
         )
-        print(format_table({Path(args.pred).name: result}))
+        comparison = result.get("compare")
+        if comparison:
+            first, second = comparison["names"]
+            print(format_table({first: result, second: comparison["other_result"]}))
+            print()
+            print(format_paired(comparison, (first, second)))
+        else:
+            print(format_table({Path(args.pred).name: result}))
         if args.out:
             print(f"metrics: {', '.join(map(str, result['written']))}")
     elif args.verb == "reconstruct":

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.errors import SynthmedError
+from synthmed.metrics.protocols import max_normalised_scores  # the one definition, shared with `evaluate --protocol`
 
 METRICS = ("psnr", "ssim", "ssim3d", "mae", "nmse", "psnr_fit", "ssim_fit", "psnr_dz")
 MAX_NORMALISED_METRICS = ("psnr", "ssim")
@@ -25,23 +26,6 @@ RESOURCE_FIGURES = (
     "translate_peak_rss_mb",
     "parameters",
 )
-
-
-def max_normalised_scores(prediction: np.ndarray, reference: np.ndarray, head: np.ndarray) -> dict[str, float]:
-    """PSNR and SSIM in the convention of SynDiff's test code, for comparison with published tables: every axial
-    slice (last axis) that holds part of ``head``, negatives clipped to 0, divided by its own maximum (prediction
-    and reference separately), scored over the whole slice (no mask) with data range 1; mean over those slices."""
-    from synthmed.metrics import PSNR_CAP_DB, max_normalised, psnr, ssim
-
-    keep = np.flatnonzero(head.any(axis=(0, 1)))
-    if keep.size == 0:
-        raise SynthmedError("max-normalised scores: the reference has no foreground slice")
-    values: dict[str, list[float]] = {"psnr": [], "ssim": []}
-    for z in keep:
-        p, r = max_normalised(np.clip(prediction[..., z], 0, None), np.clip(reference[..., z], 0, None))
-        values["psnr"].append(min(psnr(p, r, data_range=1.0), PSNR_CAP_DB))
-        values["ssim"].append(ssim(p, r, data_range=1.0))
-    return {k: float(np.mean(v)) for k, v in values.items()} | {"slices": int(keep.size)}
 
 
 class FidScorer:

@@ -8,6 +8,12 @@ inside the mask. With ``match_intensity`` each prediction is first mapped linear
 its reference's scale by the same robust percentiles the normaliser uses (background
 level and 99.5th foreground percentile): this is how a source image is scored as the
 identity baseline, since its units are not the target's.
+
+``protocol`` picks the convention the scores follow (:mod:`synthmed.metrics.protocols`): the toolkit's (above),
+SynDiff's max-normalised slices, or the SynthRAD2023/2025 challenges' (CT in HU inside the body mask, which must be
+given: the reference's foreground is not the challenge's mask). ``compare`` scores a second prediction folder against
+the same references and tests, per metric, the paired differences over the subjects both have
+(:mod:`synthmed.metrics.paired`).
 """
 
 from __future__ import annotations
@@ -34,11 +40,14 @@ from synthmed.files import (
     same_file,
     write_text_atomic,
 )
-from synthmed.metrics import image_metrics, summarize
+from synthmed.metrics import summarize
+from synthmed.metrics.paired import paired_tests
+from synthmed.metrics.protocols import LOWER_IS_BETTER, PROTOCOL_TEXT, PROTOCOLS, score
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("psnr", "ssim", "ssim3d", "mae", "nmse", "psnr_fit", "ssim_fit", "psnr_dz")
+METRIC_KEYS = ("psnr", "ssim", "ssim3d", "mae", "nmse", "psnr_fit", "ssim_fit", "psnr_dz")  # the toolkit's columns
+SYNTHRAD = ("synthrad2023", "synthrad2025")
 GEOMETRIC_FORMATS = ("nifti", "itk", "dicom")  # formats whose affine places the voxels in the world
 
 
@@ -118,17 +127,76 @@ def evaluate(
     match: bool = False,
     resample: bool = False,
     overwrite: bool = False,
+    protocol: str = "toolkit",
+    compare: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate and (with ``out``) write ``metrics.json`` and a CSV beside it (refused when they exist, unless
-    ``overwrite``)."""
+    ``overwrite``). With ``compare``, the second prediction folder is scored the same way and the result gains a
+    ``'compare'`` entry: its scores and the paired tests (:func:`compare_results`)."""
+    check_protocol(protocol, mask)
     pairs = match_pairs(Path(pred), Path(ref), pred_name, ref_name)
+    other_pairs = match_pairs(Path(compare), Path(ref), pred_name, ref_name) if compare is not None else []
+    if other_pairs and Path(pred).is_file():
+        # Two files against one reference are one subject, whatever the two files are called.
+        other_pairs = [(pairs[0][0], other_pairs[0][1], other_pairs[0][2])]
+    options = {"mask": mask, "match": match, "resample": resample, "protocol": protocol}
+
+    def run() -> dict[str, Any]:
+        result = evaluate_pairs(pairs, **options)
+        if compare is not None:
+            other = evaluate_pairs(other_pairs, **options)
+            result["compare"] = compare_results(result, other, comparison_names(Path(pred), Path(compare)), compare)
+        return result
+
     if out is None:
-        return evaluate_pairs(pairs, mask=mask, match=match, resample=resample)
+        return run()
     json_path, csv_path = metrics_paths(Path(out))
-    inputs = [p for _, pair_pred, pair_ref in pairs for p in (pair_pred, pair_ref)] + ([Path(mask)] if mask else [])
+    inputs = [p for _, a, b in pairs + other_pairs for p in (a, b)] + ([Path(mask)] if mask else [])
     with output_lock(json_path):
         check_metrics_outputs(json_path, csv_path, inputs, overwrite)
-        return evaluate_pairs(pairs, mask=mask, out=json_path, match=match, resample=resample, overwrite=overwrite)
+        result = run()
+        result["written"] = list(write_metrics(result, json_path, overwrite=overwrite))
+        return result
+
+
+def check_protocol(protocol: str, mask: str | Path | None) -> None:
+    """Refuse an unknown protocol, and a SynthRAD protocol without the body mask it is defined on."""
+    if protocol not in PROTOCOLS:
+        raise SynthmedError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if protocol in SYNTHRAD and mask is None:
+        raise SynthmedError(
+            f"--protocol {protocol} scores inside the body mask that comes with each SynthRAD CT (mask/<subject>); "
+            "pass it with --mask FILE_OR_FOLDER. The reference's foreground is not that mask, so the numbers "
+            "would not be comparable with the challenge's"
+        )
+
+
+def comparison_names(pred: Path, other: Path) -> tuple[str, str]:
+    """Short names for the two prediction folders in tables: their own names, or whole paths when those clash."""
+    a, b = pred.name or str(pred), other.name or str(other)
+    return (a, b) if a != b else (str(pred), str(other))
+
+
+def compare_results(
+    result: dict[str, Any], other: dict[str, Any], names: tuple[str, str], other_path: str | Path
+) -> dict[str, Any]:
+    """The ``'compare'`` entry of :func:`evaluate`: the other folder's scores and, per metric, the Wilcoxon
+    signed-rank test, median difference (first - second) and rank-biserial correlation over the common subjects."""
+    metrics = [k for k in result["mean"] if k != "slices"]
+    paired = paired_tests(
+        result["per_subject"], other["per_subject"], metrics, names=names, lower_is_better=LOWER_IS_BETTER
+    )
+    for note in paired["warnings"]:
+        log.warning("compare: %s", note)
+    return {
+        "other": str(other_path),
+        "names": list(names),
+        "difference": f"{names[0]} - {names[1]}",
+        "test": "Wilcoxon signed-rank, two-sided, zero differences dropped (zero_method='wilcox'); effect size: "
+        "matched-pairs rank-biserial correlation (positive: the first is higher)",
+        **paired,
+        "other_result": {k: v for k, v in other.items() if k != "written"},
+    }
 
 
 def metrics_paths(out: Path) -> tuple[Path, Path]:
@@ -162,8 +230,10 @@ def evaluate_pairs(
     match: bool = False,
     resample: bool = False,
     overwrite: bool = False,
+    protocol: str = "toolkit",
 ) -> dict[str, Any]:
     """Metrics of explicit (subject, prediction, reference) triples; see :func:`evaluate`."""
+    check_protocol(protocol, mask)
     per_subject: dict[str, dict[str, float]] = {}
     for subject, p_file, r_file in pairs:
         p_vol, r_vol = read_volume(p_file), read_volume(r_file)
@@ -171,11 +241,18 @@ def evaluate_pairs(
         region = mask_for(mask, subject, r_vol)
         if match:
             prediction = match_intensity(prediction, r_vol.data)
-        per_subject[subject] = image_metrics(prediction, r_vol.data, region)
+        if protocol in SYNTHRAD:
+            warn_unless_hounsfield(r_vol)
+        per_subject[subject] = score(protocol, prediction, r_vol.data, region)
     summary = summarize(per_subject)
+    convention = (
+        "target units, inside the mask (given or reference foreground); PSNR data range = reference range in the mask"
+        if protocol == "toolkit"
+        else PROTOCOL_TEXT[protocol]
+    )
     result = {
-        "convention": "target units, inside the mask (given or reference foreground); PSNR data range = reference range in the mask"
-        + ("; predictions intensity-matched to the reference" if match else ""),
+        "protocol": protocol,
+        "convention": convention + ("; predictions intensity-matched to the reference" if match else ""),
         "n": len(per_subject),
         "per_subject": per_subject,
         **summary,
@@ -183,6 +260,19 @@ def evaluate_pairs(
     if out is not None:
         result["written"] = list(write_metrics(result, Path(out), overwrite=overwrite))
     return result
+
+
+def warn_unless_hounsfield(reference: Volume) -> None:
+    """A CT in HU has air near -1000 around the body; a reference without anything below -500 is probably not in
+    HU (an MR, or a CT rescaled to [0, 1]), and the SynthRAD windows would then clip it to nonsense."""
+    low = float(reference.data.min())
+    if low > -500:
+        log.warning(
+            "%s: lowest value %.4g; the SynthRAD protocols expect CT in HU (air near -1000), so its scores may not "
+            "be comparable with the challenge's",
+            reference.path,
+            low,
+        )
 
 
 def _has_geometry(volume: Volume) -> bool:
@@ -256,6 +346,14 @@ def mask_for(mask: str | Path | None, subject: str, reference_volume: Volume) ->
     return region
 
 
+def metric_columns(result: dict[str, Any]) -> list[str]:
+    """The CSV's metric columns: the toolkit's fixed set (stable for spreadsheets that read it), or the protocol's
+    own metrics in the order it returns them."""
+    if result.get("protocol", "toolkit") == "toolkit":
+        return list(METRIC_KEYS)
+    return list(result["mean"])
+
+
 def write_metrics(result: dict[str, Any], out: Path, overwrite: bool = True) -> tuple[Path, Path]:
     """``metrics.json`` (strict JSON: an infinite PSNR, identical images, is ``null``) and the CSV beside it,
     each written atomically; an existing one is refused unless ``overwrite``."""
@@ -271,11 +369,12 @@ def write_metrics(result: dict[str, Any], out: Path, overwrite: bool = True) -> 
         ) from None
     table = io.StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["subject", *METRIC_KEYS])
+    keys = metric_columns(result)
+    writer.writerow(["subject", *keys])
     for subject, metrics in result["per_subject"].items():
-        writer.writerow([subject, *[metrics.get(k) for k in METRIC_KEYS]])
+        writer.writerow([subject, *[metrics.get(k) for k in keys]])
     for row in ("mean", "sd"):
-        writer.writerow([row, *[result[row].get(k) for k in METRIC_KEYS]])
+        writer.writerow([row, *[result[row].get(k) for k in keys]])
     write_text_atomic(csv_path, table.getvalue())
     write_text_atomic(json_path, json_text({k: v for k, v in result.items() if k != "written"}))
     record_written([csv_path, json_path], "evaluate")
@@ -283,8 +382,12 @@ def write_metrics(result: dict[str, Any], out: Path, overwrite: bool = True) -> 
 
 
 def format_table(rows: dict[str, dict[str, Any]]) -> str:
-    """Plain-text table of ``{name: result}`` (mean +/- sd for each metric)."""
+    """Plain-text table of ``{name: result}`` (mean +/- sd for each metric): the toolkit's main metrics, or every
+    metric of another protocol."""
     digits = {"psnr": 2, "ssim": 4, "mae": 3, "nmse": 4, "psnr_fit": 2, "psnr_dz": 2}
+    if any(result.get("protocol", "toolkit") != "toolkit" for result in rows.values()):
+        keys = list(dict.fromkeys(k for result in rows.values() for k in result["mean"] if k != "slices"))
+        digits = {k: digits.get(k, 4) for k in keys}
     width = 22
     header = f"{'method':<20}" + "".join(f"{k.upper() + ' (mean +/- sd)':>{width}}" for k in digits)
     lines = [header, "-" * len(header)]
