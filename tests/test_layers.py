@@ -1,7 +1,8 @@
 """Layers only point down: a module imports its own package and the layers below it, never one above.
 
 The ranks are the picture in DESIGN.md read from the code: the bottom utilities every layer may use; the data,
-network-block and diffusion layers (which know no model); metrics (FID needs the Inception network); the methods;
+network-block and diffusion layers (which know no model); metrics (FID needs the Inception network) and the
+converters of official checkpoints into our networks; the methods;
 the training engine; the workflows; benchmarking (which drives the workflows); the command line. An import found anywhere in a module (also inside a function)
 counts, because a lazy import is still a dependency.
 """

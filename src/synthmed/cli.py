@@ -223,6 +223,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="noise seed (same seed, batch size and device: same output)")
     _add_common(p)
 
+    p = sub.add_parser(
+        "import",
+        help="a run folder from a checkpoint of an official implementation (pix2pix, CycleGAN)",
+        description="Turn an official implementation's checkpoint into a run folder that `synthmed translate` "
+        "applies to whole volumes. pix2pix, cyclegan: junyanz/pytorch-CycleGAN-and-pix2pix generators "
+        "(latest_net_G.pth; U-Net or ResNet, batch/instance norm, 1 or 3 channels, read from the file).",
+    )
+    p.add_argument("kind", help="pix2pix or cyclegan")
+    p.add_argument("checkpoint", help="the generator's state dict, e.g. checkpoints/NAME/latest_net_G.pth")
+    p.add_argument("run_out", metavar="RUN_OUT", help="the run folder to create")
+    p.add_argument("--source", default="A", help="the input modality's name, e.g. T1 (default A)")
+    p.add_argument("--target", default="B", help="the output modality's name, e.g. T2 (default B)")
+    p.add_argument("--reverse", help="the B -> A generator of a CycleGAN pair (latest_net_G_B.pth): enables B2A")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument(
+        "--size", type=positive_int, help="slice size each foreground box is resized to (default: the network's)"
+    )
+    size.add_argument("--spacing", type=float, help="keep native resolution at this pixel size (mm) instead")
+    p.add_argument("--axis", default="axial", help="slice axis: axial, coronal, sagittal or 0-2")
+    for role in ("source", "target"):
+        p.add_argument(
+            f"--{role}-norm",
+            choices=["mr", "ct"],
+            help=f"{role} intensities -> [-1, 1]: mr (per volume, 0.5th percentile -> -1, foreground 99.5th -> 1) "
+            "or ct (window [-1000, 2000] HU); default from the modality name",
+        )
+    p.add_argument("--overwrite", action="store_true", help="replace a run folder that synthmed import made")
+    _add_common(p)
+
     p = sub.add_parser("generate", help="new slices (and lesion masks, pig) from a trained generator")
     p.add_argument("run")
     p.add_argument("--n", type=positive_int, required=True, help="number of slices (pairs) to generate")
@@ -573,6 +602,24 @@ def run_command(args: argparse.Namespace) -> int:
         )
         what = "image + mask pairs" if info["masks"] else "images (this generator makes no masks)"
         print(f"generated {info['n']} {what} in {info['seconds']} s into {args.out} (contact_sheet.png)")
+    elif args.verb == "import":
+        from synthmed.workflows.import_weights import import_weights
+
+        out = import_weights(
+            args.kind,
+            args.checkpoint,
+            args.run_out,
+            source=args.source,
+            target=args.target,
+            reverse=args.reverse,
+            size=args.size,
+            spacing=args.spacing,
+            axis=args.axis,
+            source_norm=args.source_norm,
+            target_norm=args.target_norm,
+            overwrite=args.overwrite,
+        )
+        print(f"wrote {out}: translate with `synthmed translate {out} INPUT OUTPUT`")
     elif args.verb == "anomaly":
         from synthmed.workflows.anomaly import anomaly
 

@@ -27,7 +27,7 @@ from synthmed.data.plan import Plan
 from synthmed.errors import SynthmedError
 from synthmed.files import json_text, read_json_record, write_text_atomic
 from synthmed.models.registry import model_class
-from synthmed.records import Bool, Choice, Int, Maybe, Record, Str, validate
+from synthmed.records import Bool, Choice, Int, ListOf, Maybe, Record, Str, validate
 
 RUN_SCHEMA = Record(
     {
@@ -47,6 +47,7 @@ RUN_SCHEMA = Record(
         "plan_digest": Str(100),
         "training_slice_count": Int(0),
         "patch": Maybe(Int(16, 1024)),
+        "directions": ListOf(Choice("A2B", "B2A")),
     },
 )
 # Everything train writes into a run folder: --overwrite elsewhere (benchmark, demo) deletes these names only.
@@ -73,6 +74,9 @@ class RunRecord:
     plan_digest: str | None = None
     training_slice_count: int | None = None
     patch: int | None = None  # trained on patch x patch windows of the slices
+    # The directions this run has weights for, where fewer than its model can translate (a run imported from one
+    # generator of a two-way model); None: all of the model's.
+    directions: tuple[str, ...] | None = None
     versions: dict[str, Any] = field(default_factory=dict)
     _record: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -96,6 +100,7 @@ class RunRecord:
             plan_digest=record.get("plan_digest"),
             training_slice_count=record.get("training_slice_count"),
             patch=record.get("patch"),
+            directions=tuple(record["directions"]) if "directions" in record else None,
             versions=dict(versions) if isinstance(versions, dict) else {},
             _record=record,
         )

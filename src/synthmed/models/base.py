@@ -163,3 +163,19 @@ def check_context(config) -> None:
     """Refuse a 2.5D context that is not an odd number of slices."""
     if config.context < 1 or config.context % 2 == 0:
         raise ValueError(f"context {config.context}: give an odd number of slices (1, 3, 5, ...)")
+
+
+def check_network_channels(config) -> tuple[int, int]:
+    """The (in, out) channels of a translator's generator: ``(context, 1)`` for a grey network, else the config's
+    ``network_channels`` (an RGB network takes one slice repeated, so only without 2.5D context)."""
+    channels = tuple(int(c) for c in config.network_channels)
+    if len(channels) != 2 or min(channels) < 1:
+        raise ValueError(f"network_channels {list(config.network_channels)}: give two positive counts like [3, 3]")
+    if channels == (1, 1):
+        return config.context, 1
+    if config.context != 1:
+        raise ValueError(
+            f"network_channels {list(channels)} (a network made for colour pictures) takes single slices; "
+            f"context {config.context} needs a grey network"
+        )
+    return channels

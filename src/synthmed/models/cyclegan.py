@@ -38,11 +38,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from synthmed.models.base import SynthesisModel, check_context
+from synthmed.models.base import SynthesisModel, check_context, check_network_channels
 from synthmed.models.registry import register
 from synthmed.nn.discriminators import PatchDiscriminator
 from synthmed.nn.image_pool import ImagePool
-from synthmed.nn.layers import evaluating, init_gan_weights
+from synthmed.nn.layers import evaluating, grey_network, init_gan_weights
 from synthmed.nn.resnet import ResnetGenerator
 
 
@@ -62,6 +62,9 @@ class CycleGANConfig:
     batch_size: int = 1
     steps: int = 200_000
     context: int = 1  # 2.5D: source slices given to G_AB (ours; the paper is 2D)
+    # Channels (A, B) of the pictures the generators were made for: (3, 3) for RGB networks (e.g. imported from the
+    # official code), which get grey slices repeated and whose outputs are averaged; (1, 1): grey.
+    network_channels: tuple[int, int] = (1, 1)
 
 
 def linear_decay(steps: int):
@@ -125,10 +128,15 @@ class CycleGAN(SynthesisModel):
         if config.norm not in ("instance", "batch", "none"):
             raise ValueError(f"unknown norm {config.norm!r}; use instance (the paper's), batch or none")
         check_context(config)
-        self.generator_ab = ResnetGenerator(
-            config.context, 1, config.generator_channels, config.resnet_blocks, norm=config.norm
+        channels_a, channels_b = check_network_channels(config)
+        self.generator_ab = grey_network(
+            ResnetGenerator(channels_a, channels_b, config.generator_channels, config.resnet_blocks, norm=config.norm),
+            *config.network_channels,
         )
-        self.generator_ba = ResnetGenerator(1, 1, config.generator_channels, config.resnet_blocks, norm=config.norm)
+        reverse = tuple(reversed(config.network_channels))
+        self.generator_ba = grey_network(
+            ResnetGenerator(*reverse, config.generator_channels, config.resnet_blocks, norm=config.norm), *reverse
+        )
         # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
         layers = min(config.discriminator_layers, max(1, int(math.log2(config.image_size)) - 2))
         self.discriminator_a = PatchDiscriminator(1, config.discriminator_channels, layers, norm=config.norm)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from synthmed.models.base import SynthesisModel, check_context
+from synthmed.models.base import SynthesisModel, check_context, check_network_channels
 from synthmed.models.registry import register
 from synthmed.nn.discriminators import PatchDiscriminator
-from synthmed.nn.layers import init_gan_weights
+from synthmed.nn.layers import grey_network, init_gan_weights
 from synthmed.nn.unet import UNetGenerator
 
 
@@ -39,6 +39,9 @@ class Pix2PixConfig:
     steps: int = 200_000
     ema_decay: float = 0.0
     context: int = 1  # 2.5D: source slices given to the networks (ours; the paper is 2D)
+    # Channels (in, out) of the pictures the generator was made for: (3, 3) for an RGB network (e.g. one imported
+    # from the official code), which gets the grey slice repeated and whose outputs are averaged; (1, 1): grey.
+    network_channels: tuple[int, int] = (1, 1)
 
 
 @register
@@ -78,8 +81,12 @@ class Pix2Pix(SynthesisModel):
         if config.lr <= 0 or config.lambda_l1 < 0:
             raise ValueError("lr must be positive and lambda_l1 non-negative")
         check_context(config)
-        self.generator = UNetGenerator(
-            config.context, 1, config.generator_channels, depth, norm=config.norm, dropout=config.dropout
+        in_channels, out_channels = check_network_channels(config)
+        self.generator = grey_network(
+            UNetGenerator(
+                in_channels, out_channels, config.generator_channels, depth, norm=config.norm, dropout=config.dropout
+            ),
+            *config.network_channels,
         )
         # Tiny images cannot host all stride-2 layers: keep at least a 4x4 map before the last two convolutions.
         layers = min(config.discriminator_layers, max(1, int(math.log2(config.image_size)) - 2))

@@ -1,9 +1,11 @@
-"""Small shared helpers: normalisation layer factory, GAN weight initialisation, temporary eval mode."""
+"""Small shared helpers: normalisation layer factory, GAN weight initialisation, temporary eval mode, grey input for
+networks made for RGB pictures."""
 
 from __future__ import annotations
 
 import contextlib
 
+import torch
 from torch import nn
 
 
@@ -39,3 +41,36 @@ def evaluating(module: nn.Module):
         yield
     finally:
         module.train(was_training)
+
+
+class GreyAdapter(nn.Module):
+    """A network made for images of several channels (an RGB pix2pix or CycleGAN generator) applied to grey slices.
+
+    Such networks were trained on grey scans saved as RGB pictures, whose three channels are equal, and wrote RGB
+    pictures back: so the grey slice is repeated over the input channels and the output channels are averaged,
+    which turns them back into one grey slice (B, 1, H, W) -> (B, 1, H, W) whatever the network's channel counts.
+    """
+
+    def __init__(self, network: nn.Module, in_channels: int, out_channels: int):
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"channel counts must be positive, got ({in_channels}, {out_channels})")
+        self.network = network
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != 1:
+            raise ValueError(f"GreyAdapter takes single-channel slices, got {x.shape[1]} channels")
+        out = self.network(x.repeat(1, self.in_channels, 1, 1) if self.in_channels > 1 else x)
+        return out.mean(dim=1, keepdim=True) if self.out_channels > 1 else out
+
+
+def grey_network(network: nn.Module, in_channels: int, out_channels: int) -> nn.Module:
+    """``network`` itself for a grey network (1, 1), else wrapped in :class:`GreyAdapter`."""
+    return network if (in_channels, out_channels) == (1, 1) else GreyAdapter(network, in_channels, out_channels)
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The network inside a :class:`GreyAdapter` (the module whose state dict holds the original's weights)."""
+    return module.network if isinstance(module, GreyAdapter) else module

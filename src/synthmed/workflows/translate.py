@@ -149,6 +149,11 @@ def load_run(
             f"{model.name} translates {plan.source} -> {plan.target} only (A2B); B2A needs a model "
             "trained in both directions (e.g. cyclegan)"
         )
+    if info.directions is not None and direction not in info.directions:
+        raise SynthmedError(
+            f"{folder.root} has weights for {', '.join(info.directions)} only ({plan.source} -> {plan.target}); "
+            f"{direction} needs the reverse generator (synthmed import ... --reverse FILE)"
+        )
     if direction == "B2A":
         plan = plan.swapped()
     return LoadedRun(model, plan, info, path, direction)
@@ -440,7 +445,7 @@ def _reference_normalization(loaded: LoadedRun, reference: Path | None) -> Norma
             return None  # predicted from the input's own scale: see translate_volume
         return loaded.plan.reference(target)
     volume = read_volume(reference)
-    kind = modality_kind(target)
+    kind = loaded.plan.normalization_kind.get(target) or modality_kind(target)
     low = mr_low(volume.data)
     if kind == "mr" and low <= CT_AIR_LEVEL:
         raise SynthmedError(
