@@ -225,17 +225,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "import",
-        help="a run folder from a checkpoint of an official implementation (pix2pix, CycleGAN)",
+        help="a run folder from a checkpoint of an official implementation (pix2pix, CycleGAN, SynDiff)",
         description="Turn an official implementation's checkpoint into a run folder that `synthmed translate` "
         "applies to whole volumes. pix2pix, cyclegan: junyanz/pytorch-CycleGAN-and-pix2pix generators "
-        "(latest_net_G.pth; U-Net or ResNet, batch/instance norm, 1 or 3 channels, read from the file).",
+        "(latest_net_G.pth; U-Net or ResNet, batch/instance norm, 1 or 3 channels, read from the file). "
+        "syndiff: icon-lab/SynDiff diffusive generators (gen_diffusive_2_N.pth makes contrast2 from contrast1; "
+        "gen_diffusive_1_N.pth, given as --reverse, the other way).",
     )
-    p.add_argument("kind", help="pix2pix or cyclegan")
+    p.add_argument("kind", help="pix2pix, cyclegan or syndiff")
     p.add_argument("checkpoint", help="the generator's state dict, e.g. checkpoints/NAME/latest_net_G.pth")
     p.add_argument("run_out", metavar="RUN_OUT", help="the run folder to create")
     p.add_argument("--source", default="A", help="the input modality's name, e.g. T1 (default A)")
     p.add_argument("--target", default="B", help="the output modality's name, e.g. T2 (default B)")
-    p.add_argument("--reverse", help="the B -> A generator of a CycleGAN pair (latest_net_G_B.pth): enables B2A")
+    p.add_argument(
+        "--reverse",
+        help="the B -> A generator of a two-way model (CycleGAN latest_net_G_B.pth, SynDiff gen_diffusive_1): "
+        "enables B2A",
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument(
         "--size", type=positive_int, help="slice size each foreground box is resized to (default: the network's)"

@@ -1,6 +1,6 @@
 """``synthmed import``: a run folder from a checkpoint of a method's official implementation.
 
-People who trained pix2pix or CycleGAN with the authors' code have weights, not a synthmed run. This turns such a
+People who trained pix2pix, CycleGAN or SynDiff with the authors' code have weights, not a synthmed run. This turns such a
 checkpoint into a run folder that ``synthmed translate`` applies to whole volumes like any trained run:
 
 ::
@@ -11,8 +11,9 @@ checkpoint into a run folder that ``synthmed translate`` applies to whole volume
     checkpoints/best.pt    the converted weights in synthmed's checkpoint format
 
 **Kinds.** Each kind is a function in :data:`KINDS` taking the checkpoint's state dict (and, optionally, that of the
-reverse generator of a two-way model) as :class:`Weights` and returning :class:`Converted`: our model name, its
-config overrides on top of the model's ``paper`` preset, and ``{network attribute: our state dict}``. Everything
+reverse generator of a two-way model) as :class:`Weights`, and the ``--size`` asked for, and returning
+:class:`Converted`: our model name, its config overrides on top of the model's ``paper`` preset, and
+``{network attribute: our state dict}``. Everything
 else (reading the file safely, the plan stub, the run folder, refusing an existing output) is shared here.
 
 **The plan stub.** The official code trains on 2D pictures: 8-bit grey levels [0, 255] scaled to [-1, 1], each
@@ -66,7 +67,7 @@ from synthmed.files import (
 from synthmed.models.registry import instantiate, make_config, model_class
 from synthmed.nn.layers import unwrapped
 from synthmed.runtime.versions import versions
-from synthmed.weights import junyanz
+from synthmed.weights import junyanz, syndiff_official
 from synthmed.weights.state import file_sha256, read_state_dict
 
 PRESET = "imported"
@@ -98,12 +99,14 @@ class Converted(NamedTuple):
     directions: tuple[str, ...] = ("A2B",)  # the directions the given networks translate
     size_multiple: int = 16  # image sizes the networks take are multiples of it
     details: dict[str, Any] | None = None  # recorded in run.json under settings.imported (architecture, ...)
+    only_given: bool = False  # store only ``networks`` (the others would be large and never used)
 
 
-Kind = Callable[[Weights, "Weights | None"], Converted]
+# (weights, reverse weights, --size or None) -> Converted
+Kind = Callable[[Weights, "Weights | None", "int | None"], Converted]
 
 
-def junyanz_kind(weights: Weights, reverse: Weights | None) -> Converted:
+def junyanz_kind(weights: Weights, reverse: Weights | None, size: int | None = None) -> Converted:
     """pix2pix and CycleGAN of junyanz/pytorch-CycleGAN-and-pix2pix (:mod:`synthmed.weights.junyanz`).
 
     Both of their models save generators of the same layouts, so both kinds read either: a U-Net runs in our
@@ -146,11 +149,73 @@ def junyanz_kind(weights: Weights, reverse: Weights | None) -> Converted:
     return Converted("cyclegan", config, networks, directions, 4, details)
 
 
-# Kind name -> converter. SynDiff's official checkpoints join as another kind here: a function like
-# junyanz_kind that converts with synthmed.weights.syndiff_official.convert_generator and returns Converted.
+SYNDIFF_NATURAL_SIZE = 256  # the official code's image size: attention sits at 16 px of it
+
+
+def _syndiff_generator(weights: Weights, size: int) -> tuple[dict, dict[str, torch.Tensor]]:
+    """One official diffusive generator for our SynDiff at ``size`` px: attention kept on the same level (16 px of
+    256), and only the first of the two output channels (the one SynDiff's sampler keeps)."""
+    kwargs, state = weights.convert(lambda s: syndiff_official.convert_generator(s, SYNDIFF_NATURAL_SIZE))
+    if kwargs["in_channels"] != 2:
+        raise SynthmedError(
+            f"{weights.path}: a diffusive generator takes 2 channels (x_t+1 and the source), this one takes "
+            f"{kwargs['in_channels']}"
+        )
+    levels = len(kwargs["channel_mult"])
+    smallest = 4 * 2 ** (levels - 1)
+    if size < smallest or size & (size - 1):
+        raise SynthmedError(
+            f"--size {size}: this generator's {levels} levels need a power-of-two slice size of at least {smallest}"
+        )
+    kwargs["attention_resolutions"] = tuple(r * size // SYNDIFF_NATURAL_SIZE for r in kwargs["attention_resolutions"])
+    state = dict(state)
+    state["out_conv.weight"] = state["out_conv.weight"][:1].clone()
+    state["out_conv.bias"] = state["out_conv.bias"][:1].clone()
+    return kwargs, state
+
+
+def syndiff_kind(weights: Weights, reverse: Weights | None, size: int | None = None) -> Converted:
+    """SynDiff (icon-lab/SynDiff): the diffusive generators ``gen_diffusive_<1|2>_<epoch>.pth``.
+
+    Translation needs only the diffusive generator of its direction: ``gen_diffusive_2`` makes contrast2 from
+    contrast1 (``--source contrast1 --target contrast2``), ``gen_diffusive_1`` the reverse (``--reverse``). Only the
+    given generators are stored; the run's other networks (discriminators, the non-diffusive half) are not, so the
+    run translates but cannot be trained on. Our NCSN++ computes the official network's function exactly
+    (:mod:`synthmed.weights.syndiff_official`), and the sampler is the same 4-step posterior chain."""
+    size = size or SYNDIFF_NATURAL_SIZE
+    kwargs, state = _syndiff_generator(weights, size)
+    networks = {"diffusive_b": state}
+    directions: tuple[str, ...] = ("A2B",)
+    if reverse is not None:
+        back_kwargs, back_state = _syndiff_generator(reverse, size)
+        if back_kwargs != kwargs:
+            raise SynthmedError(f"--reverse {reverse.path} is not the same network as {weights.path}")
+        networks["diffusive_a"] = back_state
+        directions = ("A2B", "B2A")
+    config = {
+        "image_size": size,
+        "generator_channels": kwargs["base_channels"],
+        "channel_mult": list(kwargs["channel_mult"]),
+        "num_res_blocks": kwargs["num_res_blocks"],
+        "attention_resolutions": list(kwargs["attention_resolutions"]),
+        "nz": kwargs["nz"],
+        "z_embedding": kwargs["z_embedding"],
+        "n_mlp": kwargs["n_mlp"],
+    }
+    details = {
+        "architecture": "NCSN++ (official SynDiff)",
+        "channel_mult": list(kwargs["channel_mult"]),
+        "base_channels": kwargs["base_channels"],
+        "num_res_blocks": kwargs["num_res_blocks"],
+    }
+    return Converted("syndiff", config, networks, directions, 2 ** (len(kwargs["channel_mult"]) - 1), details, True)
+
+
+# Kind name -> converter.
 KINDS: dict[str, Kind] = {
     "pix2pix": junyanz_kind,
     "cyclegan": junyanz_kind,
+    "syndiff": syndiff_kind,
 }
 
 
@@ -240,7 +305,7 @@ def import_weights(
         _refuse_existing(out, overwrite)
         weights = Weights(checkpoint, read_state_dict(checkpoint))
         back = Weights(Path(reverse), read_state_dict(reverse)) if reverse is not None else None
-        converted = KINDS[kind](weights, back)
+        converted = KINDS[kind](weights, back, size)
         overrides = dict(converted.config)
         if size is not None:
             if size % converted.size_multiple:
@@ -288,13 +353,24 @@ def import_weights(
             "preset": PRESET,
             "config": model.config_dict(),
             "step": 0,
-            "state": model.state_dict(),
+            "state": _stored_state(model, converted),
             "ema": None,
             "plan_digest": plan.digest(),
             "imported": origin,
         }
+        if converted.only_given:
+            payload["networks"] = list(converted.networks)
         _write_run(out, info, plan, payload)
     return out
+
+
+def _stored_state(model, converted: Converted) -> dict[str, torch.Tensor]:
+    """The model's state, or with ``only_given`` just the converted networks' entries (``translate`` loads those
+    and leaves the rest as built)."""
+    state = model.state_dict()
+    if not converted.only_given:
+        return state
+    return {key: value for key, value in state.items() if key.split(".", 1)[0] in converted.networks}
 
 
 def _refuse_existing(out: Path, overwrite: bool) -> None:

@@ -77,6 +77,7 @@ from synthmed.files import (
 )
 from synthmed.models.base import SynthesisModel
 from synthmed.models.registry import config_from_dict, instantiate
+from synthmed.nn.layers import unwrapped
 from synthmed.nn.patches import padded_to_multiple
 from synthmed.runtime.devices import pick_device, set_precision
 
@@ -133,7 +134,10 @@ def load_run(
     check_checkpoint_fits(record, info, plan, path, folder)
     model = instantiate(record["model"], config_from_dict(record["model"], record["config"]))
     try:
-        model.load_state_dict(record["state"])
+        if record.get("networks"):
+            load_networks(model, record["state"], record["networks"])
+        else:
+            model.load_state_dict(record["state"])
         for name, values in (record.get("ema") or {}).items():
             getattr(model, name).load_state_dict(values)
     except (RuntimeError, KeyError, AttributeError) as error:
@@ -157,6 +161,19 @@ def load_run(
     if direction == "B2A":
         plan = plan.swapped()
     return LoadedRun(model, plan, info, path, direction)
+
+
+def load_networks(model: SynthesisModel, state: dict, networks: list[str]) -> None:
+    """Load a checkpoint that holds only some of a model's networks (an imported run keeps just the generators it
+    translates with): each listed network strictly, anything outside them refused, the others left as built."""
+    for key in state:
+        if key.split(".", 1)[0] not in networks:
+            raise KeyError(f"{key} is outside the checkpoint's networks {networks}")
+    for name in networks:
+        prefix = f"{name}."
+        unwrapped(model.get_submodule(name)).load_state_dict(
+            {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+        )
 
 
 # Settings that may differ between a checkpoint and run.json: the step budget grows when a run is resumed.
