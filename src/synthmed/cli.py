@@ -258,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run folder that synthmed import made")
     _add_common(p)
 
+    p = sub.add_parser(
+        "export", help="a trained translation run as TorchScript, ONNX or a MONAI bundle, checked against the model"
+    )
+    p.add_argument("run")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx", "bundle"])
+    p.add_argument("--direction", default="A2B", choices=["A2B", "B2A"], help="B2A: models trained both ways")
+    p.add_argument("--checkpoint", default="best", help="best (default) or last")
+    p.add_argument("--steps", type=positive_int, default=None, help="ddpm: network evaluations of the exported loop")
+    p.add_argument("--eta", type=float, default=None, help="ddpm with DDIM: eta of the exported loop")
+    p.add_argument("--check-volume", help="also compare a whole volume translated by the export and by the model")
+    p.add_argument("--device", default="cpu", help="where the model runs for the export and its checks")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT (only its own files)")
+    _add_common(p)
+
     p = sub.add_parser("generate", help="new slices (and lesion masks, pig) from a trained generator")
     p.add_argument("run")
     p.add_argument("--n", type=positive_int, required=True, help="number of slices (pairs) to generate")
@@ -587,6 +602,27 @@ def run_command(args: argparse.Namespace) -> int:
             progress=progress,
         )
         print(f"wrote {len(written)} volume(s): {written[0]}{' ...' if len(written) > 1 else ''}")
+    elif args.verb == "export":
+        from synthmed.workflows.export import export
+
+        record = export(
+            args.run,
+            args.out,
+            format=args.format,
+            direction=args.direction,
+            checkpoint=args.checkpoint,
+            steps=args.steps,
+            eta=args.eta,
+            check_volume=args.check_volume,
+            overwrite=args.overwrite,
+            device=args.device,
+        )
+        for name, value in record["differences"].items():
+            print(f"check {name}: max difference {value:.3g}")
+        print(
+            f"exported {record['model']} ({args.format}) to {args.out}: {', '.join(record['files'])}; "
+            f"max difference to the model {record['max_difference']:.3g} (tolerance {record['tolerance']:g})"
+        )
     elif args.verb == "generate":
         from synthmed.workflows.generate import generate
 
