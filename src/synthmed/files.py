@@ -118,6 +118,23 @@ def temporary_path(path: str | os.PathLike, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}{suffix}")
 
 
+def move_folder_into_place(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Rename the finished folder ``tmp`` to ``out``. An existing ``out`` is moved aside first, restored if the
+    rename fails and deleted last, so that ``out`` is at every moment either the old folder or the new one."""
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = temporary_path(out, "old")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Any], Any], binary: bool = False) -> Path:
     """Write a file via a temporary file in the same folder, flushed to disk, then a rename: a reader (another
     process, a crash, a kill) sees the old file or the new one, never a truncated one. ``write(stream)`` fills it.

@@ -73,6 +73,7 @@ from synthmed.errors import SynthmedError
 from synthmed.files import (
     finite_json,
     json_text,
+    move_folder_into_place,
     output_lock,
     ownership_problem,
     refuse_overlap,
@@ -525,17 +526,7 @@ def _write_prepared(
             _write_npy(tmp / "slices" / f"{_array_file(plan, name)}.npy", parts)
         (tmp / "plan.json").write_text(json_text(plan.to_record()), encoding="utf-8")
         write_marker(tmp, "prepare")
-        if out.exists():
-            old = temporary_path(out, "old")
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        move_folder_into_place(tmp, out)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SynthmedError(

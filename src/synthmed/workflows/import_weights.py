@@ -40,7 +40,6 @@ or not at all.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +56,7 @@ from synthmed.engine.run_folder import RunFolder, is_run_entry
 from synthmed.errors import SynthmedError
 from synthmed.files import (
     finite_json,
+    move_folder_into_place,
     output_lock,
     ownership_problem,
     refuse_overlap,
@@ -421,17 +421,7 @@ def _write_run(out: Path, info: dict[str, Any], plan: Plan, payload: dict[str, A
         folder.write_record(info, plan)
         save_checkpoint(folder.checkpoint("best"), payload)
         write_marker(tmp, COMMAND)
-        if out.exists():
-            old = temporary_path(out, "old")
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        move_folder_into_place(tmp, out)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SynthmedError(
