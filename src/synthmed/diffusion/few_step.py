@@ -118,6 +118,19 @@ class FewStepSchedule:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         return mean + variance.sqrt() * noise
 
+    def posterior_sample_at(
+        self, x0: torch.Tensor, x_next: torch.Tensor, step: int, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`posterior_sample` with one step index for the whole batch, as a sampler has it: the coefficients
+        are Python numbers, so nothing waits for the device to look them up."""
+        if not 0 <= step < self.timesteps:
+            raise ValueError(f"step index outside [0, {self.timesteps - 1}]: {step}")
+        coef_x0 = float(self.posterior_coef_x0[step])
+        coef_xt = float(self.posterior_coef_xt[step])
+        deviation = math.sqrt(float(self.posterior_variance[step]))
+        out = x0 * coef_x0 + x_next * coef_xt
+        return out.add_(noise, alpha=deviation) if deviation > 0 else out
+
     def to_dict(self) -> dict:
         return {
             "timesteps": self.timesteps,

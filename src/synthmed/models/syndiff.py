@@ -135,6 +135,8 @@ class SynDiff(SynthesisModel):
     paper = "Özbey et al., Unsupervised Medical Image Translation with Adversarial Diffusion Models, IEEE TMI 2023"
     paired = False
     task = "translate"
+    channels_last_inference = True
+    fused_winograd = True
     directions = ("A2B", "B2A")
     stochastic = True
     sampling_options = ()
@@ -437,7 +439,7 @@ class SynDiff(SynthesisModel):
             with self.autocast():
                 x0 = network(torch.cat([x, source.to(x.dtype)], 1), t, z).float()
             noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-            x = self.schedule.posterior_sample(x0, x, t, noise=noise)
+            x = self.schedule.posterior_sample_at(x0, x, step, noise)
         return x0
 
     @torch.inference_mode()
