@@ -184,7 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["A2B", "B2A"],
         help="A2B: the run's source -> target (default); B2A: target -> source (models trained both ways)",
     )
-    p.add_argument("--batch-size", type=positive_int, default=32, help="slices per forward pass")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="slices per forward pass (default: 32 on a GPU; on a CPU as many as add up to 256x256 pixels, "
+        "since larger batches run slower per slice there)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument(
@@ -204,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["off", "auto", "bf16", "fp16"],
         help="network precision: off (full, default), auto (bf16 on GPUs that have it), bf16 (also on "
         "the CPU), fp16; faster, outputs differ by round-off",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the networks (for GPUs: the first batch waits for compilation; on CPUs it was "
+        "measured to gain nothing)",
     )
     g = p.add_argument_group("sampling (diffusion models)")
     g.add_argument("--sampler", help="ddpm, ddim (default), em, pc or ode")
@@ -279,7 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for NNNNNN_image / NNNNNN_mask files and a contact sheet")
     p.add_argument("--format", default="png", choices=["png", "nii"])
     p.add_argument("--checkpoint", default="best", help="best (default) or last")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="slices sampled together")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="slices sampled together (default 16; on a CPU at most 256x256 pixels in all)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument(
@@ -288,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["off", "auto", "bf16", "fp16"],
         help="network precision: off (full, default), auto (bf16 on GPUs that have it), bf16 (also on "
         "the CPU), fp16; faster, outputs differ by round-off",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the networks (for GPUs: the first batch waits for compilation; on CPUs it was "
+        "measured to gain nothing)",
     )
     g = p.add_argument_group("sampling")
     g.add_argument("--sampler", help="ddim (default) or ddpm (ancestral); ddpm-gen also em, pc, ode")
@@ -597,6 +620,7 @@ def run_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             direction=args.direction,
             amp=args.amp,
+            compile=args.compile,
             mask_background=args.mask_background,
             strict=args.strict,
             progress=progress,
@@ -640,6 +664,7 @@ def run_command(args: argparse.Namespace) -> int:
             device=args.device,
             overwrite=args.overwrite,
             amp=args.amp,
+            compile=args.compile,
             progress=progress,
         )
         what = "image + mask pairs" if info["masks"] else "images (this generator makes no masks)"

@@ -53,6 +53,12 @@ class SynthesisModel(nn.Module):
     takes_context: ClassVar[bool] = False
     # Networks left out of ``--compile``: torch.compile cannot differentiate twice, which gradient penalties (R1) need.
     uncompiled_modules: ClassVar[tuple[str, ...]] = ()
+    # Translation/generation on a CPU keeps the networks' feature maps channels_last, where that was measured to be
+    # faster (benchmarks/diffusion_inference.py): the convolutions then skip a layout conversion at every call.
+    channels_last_inference: ClassVar[bool] = False
+    # Networks built from synthmed.nn.fused layers, whose float32 3x3 convolutions on one CPU thread use Winograd's
+    # algorithm, which reads NCHW maps: such a model translates NCHW there, channels_last otherwise.
+    fused_winograd: ClassVar[bool] = False
 
     def __init__(self, config):
         super().__init__()

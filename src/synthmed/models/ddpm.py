@@ -81,6 +81,7 @@ class ConditionalDDPM(SynthesisModel):
     paper = "Ho et al., Denoising Diffusion Probabilistic Models, NeurIPS 2020 (conditional, with DDIM and score-SDE samplers)"
     paired = True
     task = "translate"
+    channels_last_inference = True
     Config = DDPMConfig
     PRESETS = {
         "paper": {},

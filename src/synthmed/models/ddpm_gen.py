@@ -112,6 +112,7 @@ class UnconditionalDDPM(SynthesisModel):
     paper = "Ho et al., Denoising Diffusion Probabilistic Models, NeurIPS 2020 (unconditional; DDIM sampling)"
     paired = True
     task = "generate"
+    channels_last_inference = True
     Config = DDPMGenConfig
     PRESETS = {"paper": {}, "small": dict(SMALL_GENERATOR), "tiny": dict(TINY_GENERATOR)}
     ema_modules = ("network",)

@@ -54,6 +54,7 @@ class PIG(SynthesisModel):
     paper = "PIG: Paired Image Generation with Diffusion-Guided Diffusion Models, MICCAI 2025"
     paired = True
     task = "generate"
+    channels_last_inference = True
     Config = PIGConfig
     PRESETS = {"paper": {}, "small": dict(SMALL_GENERATOR), "tiny": dict(TINY_GENERATOR)}
     ema_modules = ("network_x", "network_y")

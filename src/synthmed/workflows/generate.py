@@ -1,7 +1,7 @@
 """``synthmed generate RUN --n N --out DIR``: new slices (and, for ``pig``, their lesion masks) from a trained
 generator, written as described in :mod:`synthmed.data.generated`.
 
-Slices are sampled in chunks of ``batch_size`` with a progress bar; the noise comes from one generator seeded with
+Slices are sampled in chunks of ``batch_size`` (default 16, fewer for large slices on a CPU) with a progress bar; the noise comes from one generator seeded with
 ``seed`` on the model's device, so the same seed, batch size and device give the same files. Masks are the
 binarised final mask estimate (``x0_hat > mask_threshold``, 0 in [-1, 1] units by default: the midpoint between
 background and lesion). ``generation.json`` is written last: a folder without it is an interrupted run.
@@ -25,11 +25,12 @@ from synthmed.data.io import ensure_writable_folder
 from synthmed.diffusion.samplers import get_sampler
 from synthmed.errors import SynthmedError
 from synthmed.files import default_file_mode, json_text, output_lock, ownership_problem, write_marker, write_text_atomic
-from synthmed.workflows.translate import load_run
+from synthmed.workflows.translate import default_batch_size, load_run, prepare_for_inference
 
 log = logging.getLogger(__name__)
 
 CONTACT_SHEET_PAIRS = 16
+GENERATE_BATCH_SIZE = 16  # on a GPU; a CPU takes fewer at large sizes (translate.default_batch_size)
 
 
 def generate(
@@ -42,22 +43,27 @@ def generate(
     eta: float | None = None,
     fmt: str = "png",
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     checkpoint: str = "best",
     device: str = "auto",
     overwrite: bool = False,
     amp: str = "off",
+    compile: bool = False,
     progress: bool = True,
 ) -> dict:
     """Generate ``n`` slices into ``out``; returns the contents of ``generation.json``."""
     if n < 1:
         raise SynthmedError(f"--n {n}: must be at least 1")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
     if fmt not in FORMATS:
         raise SynthmedError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     loaded = load_run(run, device=device, checkpoint=checkpoint, amp=amp)
     model = loaded.model
+    prepare_for_inference(model, compile=compile)
+    if batch_size is None:
+        size = model.config.image_size
+        batch_size = min(GENERATE_BATCH_SIZE, default_batch_size(model.device, (size, size)))
     if model.task != "generate":
         raise SynthmedError(f"{run} holds a {loaded.info.model} translator; use `synthmed translate`")
     try:
