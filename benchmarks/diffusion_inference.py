@@ -14,7 +14,8 @@ the inference fast paths), ``fp32`` (fast paths, NCHW), ``fp32-cl`` (fast paths,
 ``bf16-cl`` (the same under bfloat16 autocast, as ``--amp bf16`` runs) and, with ``--compile``,
 ``fp32-cl-compiled`` / ``bf16-cl-compiled`` (``torch.compile`` of the networks; compilation time is reported
 separately). Each configuration runs at every batch size of ``--batches``; the time is the median of ``--repeats``
-calls after ``--warmup`` untimed ones. Per configuration the output is compared with ``fp32`` on the same noise: the PSNR
+calls after ``--warmup`` untimed ones. The configurations take turns call by call (each has its own copy of the
+networks), so drift in the machine's speed during the run affects all of them alike. Per configuration the output is compared with ``fp32`` on the same noise: the PSNR
 (data range 2, outputs in [-1, 1]) shows that the faster paths differ by round-off only.
 
 ``--official-seconds`` (default 10.65) is the official SynDiff code's translation time per 256 px slice measured
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime
 import json
 import math
@@ -130,54 +132,67 @@ def _measure_method(torch, name, args, device, configs, batches, save_partial, r
     }
     report["methods"][name] = entry
 
-    def call(batch: int, seed: int):
-        generator = torch.Generator(device=device).manual_seed(seed)
-        if task == "translate":
-            source = torch.rand(batch, 1, size, size, generator=generator, device=device) * 2 - 1
-            source = source.contiguous(memory_format=torch.channels_last) if channels_last else source
-            options = {} if name == "syndiff" else {"sampler": "ddim", "steps": args.ddpm_steps}
-            return model.translate(source, generator=generator, **options)
-        return model.sample(batch, sampler="ddim", steps=args.generator_steps, generator=generator)["image"]
-
-    reference: dict[int, torch.Tensor] = {}
+    # One copy of the sampler's networks per configuration (layout, compilation), so that the configurations can
+    # take turns: every round times each once, and a machine that slows down or speeds up during the run (shared
+    # hosts do) shifts all of them alike instead of whichever ran at that moment.
     originals = _networks(model)
+    variants = {}
     for config in configs:
-        channels_last = "-cl" in config
-        model.amp_dtype = torch.bfloat16 if config.startswith("bf16") else None
+        layout = torch.channels_last if "-cl" in config else torch.contiguous_format
+        copies = {}
         for attribute, network in originals.items():
-            network.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            setattr(model, attribute, torch.compile(network) if config.endswith("compiled") else network)
-        row: dict = {}
-        for batch in batches:
-            context = fused.plain() if config == "plain" else contextlib.nullcontext()
-            times = []
-            with context, warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                # The warm-up calls (and, compiled, the compilation) are timed but left out of the median.
-                for _ in range(args.warmup + args.repeats):
+            network = copy.deepcopy(network).to(memory_format=layout)
+            copies[attribute] = torch.compile(network) if config.endswith("compiled") else network
+        variants[config] = copies
+
+    def call(config: str, batch: int):
+        for attribute, network in variants[config].items():
+            setattr(model, attribute, network)
+        model.amp_dtype = torch.bfloat16 if config.startswith("bf16") else None
+        generator = torch.Generator(device=device).manual_seed(1)
+        context = fused.plain() if config == "plain" else contextlib.nullcontext()
+        with context:
+            if task == "translate":
+                source = torch.rand(batch, 1, size, size, generator=generator, device=device) * 2 - 1
+                if "-cl" in config:
+                    source = source.contiguous(memory_format=torch.channels_last)
+                options = {} if name == "syndiff" else {"sampler": "ddim", "steps": args.ddpm_steps}
+                return model.translate(source, generator=generator, **options)
+            return model.sample(batch, sampler="ddim", steps=args.generator_steps, generator=generator)["image"]
+
+    for batch in batches:
+        times: dict[str, list[float]] = {config: [] for config in configs}
+        syncs: dict[str, int] = dict.fromkeys(configs, 0)
+        outputs: dict[str, torch.Tensor] = {}
+        # The warm-up rounds (and, compiled, the compilation) are timed but left out of the median.
+        for _ in range(args.warmup + args.repeats):
+            for config in configs:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
                     start = time.perf_counter()
                     with _counting_syncs(torch, device):
-                        output = call(batch, seed=1).float()
+                        output = call(config, batch).float()
                     _sync(torch, device)
-                    times.append(time.perf_counter() - start)
-            seconds = statistics.median(times[args.warmup :]) / batch
+                    times[config].append(time.perf_counter() - start)
+                syncs[config] += sum("synchroniz" in str(w.message) for w in caught)
+                outputs[config] = output.cpu()
+        for config in configs:
+            seconds = statistics.median(times[config][args.warmup :]) / batch
             result = {
                 "seconds_per_slice": round(seconds, 4),
                 "slices_per_second": round(1 / seconds, 3),
                 "seconds_per_volume": round(seconds * args.slices_per_volume, 1),
-                "first_call_seconds": round(times[0], 2),
-                "calls_seconds": [round(t, 3) for t in times[args.warmup :]],
+                "first_call_seconds": round(times[config][0], 2),
+                "calls_seconds": [round(t, 3) for t in times[config][args.warmup :]],
             }
             if device.type == "cuda":
-                result["host_syncs_per_call"] = sum("synchroniz" in str(w.message) for w in caught) / len(times)
-            if config == entry["psnr_reference"]:
-                reference[batch] = output.cpu()
-            elif batch in reference:
-                result["psnr_vs_fp32_db"] = _psnr(torch, output.cpu(), reference[batch])
-                result["max_abs_diff_vs_fp32"] = round((output.cpu() - reference[batch]).abs().max().item(), 5)
-            row[f"batch_{batch}"] = result
-            entry["configs"][config] = row
-            save_partial()
+                result["host_syncs_per_call"] = syncs[config] / len(times[config])
+            reference = entry["psnr_reference"]
+            if reference is not None and config != reference:
+                result["psnr_vs_fp32_db"] = _psnr(torch, outputs[config], outputs[reference])
+                result["max_abs_diff_vs_fp32"] = round((outputs[config] - outputs[reference]).abs().max().item(), 5)
+            entry["configs"].setdefault(config, {})[f"batch_{batch}"] = result
+        save_partial()
     for attribute, network in originals.items():
         setattr(model, attribute, network)
     entry["summary"] = _summary(name, entry, args)
@@ -198,7 +213,7 @@ def _summary(name: str, entry: dict, args) -> dict:
         }
         for config, values in best.items()
     }
-    if name == "syndiff" and args.official_seconds:
+    if name == "syndiff" and args.official_seconds and args.threads == 1 and args.device == "cpu":
         for config, values in summary.items():
             values["speedup_vs_official"] = round(args.official_seconds / values["seconds_per_slice"], 2)
     return summary
@@ -232,7 +247,7 @@ def _networks(model) -> dict:
 
 def _psnr(torch, output, reference) -> float:
     mse = (output - reference).pow(2).mean().item()
-    return round(10 * math.log10(4 / mse), 2) if mse > 0 else float("inf")
+    return round(10 * math.log10(4 / mse), 2) if mse > 0 else None  # None: identical outputs
 
 
 @contextlib.contextmanager

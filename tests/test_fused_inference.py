@@ -217,3 +217,15 @@ def test_one_thread_float32_uses_winograd_within_round_off(monkeypatch):
         assert not calls
     finally:
         torch.set_num_threads(threads)
+
+
+def test_default_batch_size_keeps_a_cpu_batch_within_one_256px_slice():
+    from synthmed.workflows.translate import GPU_BATCH_SIZE, default_batch_size
+
+    cpu = torch.device("cpu")
+    assert default_batch_size(cpu, (155, 256, 256)) == 1
+    assert default_batch_size(cpu, (155, 240, 240)) == 1
+    assert default_batch_size(cpu, (155, 512, 512)) == 1
+    assert default_batch_size(cpu, (155, 64, 64)) == 16
+    assert default_batch_size(cpu, (155, 16, 16)) == GPU_BATCH_SIZE  # never more than a GPU's default
+    assert default_batch_size(torch.device("meta"), (155, 256, 256)) == GPU_BATCH_SIZE
