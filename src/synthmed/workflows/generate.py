@@ -1,8 +1,8 @@
 """``synthmed generate RUN --n N --out DIR``: new slices (and, for ``pig``, their lesion masks) from a trained
 generator, written as described in :mod:`synthmed.data.generated`.
 
-Slices are sampled in chunks of ``batch_size`` (default 16, fewer for large slices on a CPU) with a progress bar; the noise comes from one generator seeded with
-``seed`` on the model's device, so the same seed, batch size and device give the same files. Masks are the
+Slices are sampled in chunks of ``batch_size`` (default 16, fewer for large slices on a CPU) with a progress bar;
+the noise comes from one generator seeded with ``seed`` on the model's device, so the same seed, batch size and device give the same files. Masks are the
 binarised final mask estimate (``x0_hat > mask_threshold``, 0 in [-1, 1] units by default: the midpoint between
 background and lesion). ``generation.json`` is written last: a folder without it is an interrupted run.
 """
@@ -60,12 +60,12 @@ def generate(
         raise SynthmedError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     loaded = load_run(run, device=device, checkpoint=checkpoint, amp=amp)
     model = loaded.model
+    if model.task != "generate":
+        raise SynthmedError(f"{run} holds a {loaded.info.model} translator; use `synthmed translate`")
     prepare_for_inference(model, compile=compile)
     if batch_size is None:
         size = model.config.image_size
         batch_size = min(GENERATE_BATCH_SIZE, default_batch_size(model.device, (size, size)))
-    if model.task != "generate":
-        raise SynthmedError(f"{run} holds a {loaded.info.model} translator; use `synthmed translate`")
     try:
         model.check_sampling(sampler=sampler, steps=steps, eta=eta)
     except ValueError as error:

@@ -166,9 +166,10 @@ def load_run(
 
 def prepare_for_inference(model: SynthesisModel, compile: bool = False) -> None:
     """Ready a loaded model's networks for translation or generation: channels_last memory on a CPU for the models
-    measured faster that way (NCHW where float32 convolutions take the Winograd path), and with ``compile`` ``torch.compile`` of each network (in place, lazily: only the
-    networks the sampler calls are compiled, at their first call). On a CPU compilation was measured to gain
-    nothing for the diffusion networks at 256 px and to cost 40-100 s at the first call; it is meant for GPUs."""
+    measured faster that way (NCHW where float32 convolutions take the Winograd path) and, with ``compile``,
+    ``torch.compile`` of each network (in place, lazily: only the networks the sampler calls are compiled, at their
+    first call). On a CPU compilation was measured to gain nothing for the diffusion networks at 256 px and to cost
+    40-100 s at the first call; it is meant for GPUs."""
     if model.channels_last_inference and model.device.type == "cpu":
         # Winograd convolutions (float32, one thread; synthmed.nn.fused) read NCHW maps: there NCHW is faster.
         winograd = model.fused_winograd and model.amp_dtype is None and fused.winograd_active(model.device)
@@ -264,8 +265,8 @@ def default_batch_size(device: torch.device, slice_shape: tuple[int, ...]) -> in
     """Slices per forward pass when none is given: 32 on a GPU; on a CPU as many as add up to one 256 x 256 slice.
 
     A CPU runs the convolutions one sample after the other, so a larger batch saves nothing, and once a batch's
-    feature maps outgrow the cache every layer slows down: syndiff at 256 px on one thread took 7.3 s per slice at
-    batch 1 and 12.1 s at batch 4 (benchmarks/diffusion_inference.py)."""
+    feature maps outgrow the cache every layer slows down: syndiff at 256 px on one thread took 8.3 s per slice at
+    batch 1 and 12.9 s at batch 4 (benchmarks/results/diffusion-inference-syndiff-batches-1thread-cpu.json)."""
     if device.type != "cpu":
         return GPU_BATCH_SIZE
     pixels = int(np.prod(slice_shape[-2:]))
@@ -615,11 +616,11 @@ def translate(
     ``samples > 1``). Refuses to overwrite unless asked. ``mask_background``, ``strict``: see
     :func:`translate_volume`; ``compile``: see :func:`prepare_for_inference`."""
     loaded = load_run(run, device=device, checkpoint=checkpoint, direction=direction, amp=amp)
-    prepare_for_inference(loaded.model, compile=compile)
     if batch_size is not None and batch_size < 1:
         raise SynthmedError(f"--batch-size {batch_size}: must be at least 1")
     if loaded.model.task != "translate":
         raise SynthmedError(f"{run} holds a {loaded.info.model} generator; use `synthmed generate`")
+    prepare_for_inference(loaded.model, compile=compile)
     sampling = Sampling({"sampler": sampler, "steps": steps, "eta": eta}, samples=samples, seed=seed)
     check_sampling(loaded.model, sampling)
     jobs = plan_outputs(loaded, Path(input_path), Path(output), Path(reference) if reference else None)
